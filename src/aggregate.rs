@@ -1,0 +1,548 @@
+//! Per-partition aggregate state, and the pure step that applies one message to it.
+//!
+//! State is kept per input partition (topic, partition), not globally: a partition is Kafka's
+//! unit of ownership, so when the group moves a partition away its series leave with it, and
+//! its state is a self-contained unit with its own offsets and de-duplication memory. Reading
+//! merges the partitions of this instance into one row per (campaign, channel).
+//!
+//! Within a partition each key holds one lazily created [`Series`] per event type, so a key
+//! that only ever sees visits (the common case for a `visits` topic) pays 4 bytes per bucket.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{Config, ConfigError};
+use crate::decode::{Decoder, Event, EventType, Reason, Rejection};
+use crate::dedup::Dedup;
+use crate::kpi::Sums;
+use crate::window::{Cell, Series, Windows};
+
+/// A (campaign, channel) pair: the identity of every exported series.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    pub campaign: Arc<str>,
+    pub channel: Arc<str>,
+}
+
+impl Key {
+    pub fn new(campaign: &str, channel: &str) -> Key {
+        Key {
+            campaign: campaign.into(),
+            channel: channel.into(),
+        }
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        KeyRef(&self.campaign, &self.channel).hash(state)
+    }
+}
+
+/// A borrowed key, so an event's labels can be looked up without allocating.
+#[derive(PartialEq, Eq)]
+struct KeyRef<'a>(&'a str, &'a str);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *key.campaign == *self.0 && *key.channel == *self.1
+    }
+}
+
+/// Bucket contents for orders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrderCell {
+    pub orders: u32,
+    pub new_customers: u32,
+    pub gmv_micros: u64,
+}
+
+impl Cell for OrderCell {
+    fn merge(&mut self, other: &Self) {
+        self.orders = self.orders.saturating_add(other.orders);
+        self.new_customers = self.new_customers.saturating_add(other.new_customers);
+        self.gmv_micros = self.gmv_micros.saturating_add(other.gmv_micros);
+    }
+}
+
+/// One key's state within one partition.
+#[derive(Debug, Clone, Default)]
+pub struct KeyState {
+    visits: Option<Series<u32>>,
+    orders: Option<Series<OrderCell>>,
+    ad_spend: Option<Series<u64>>,
+    /// Monotonic counters (the `*_total` metrics): every accepted event, whatever its age.
+    totals: Sums,
+}
+
+impl KeyState {
+    fn add(&mut self, windows: &Windows, event: &Event<'_>, at_ms: i64, now_ms: i64) {
+        match event.kind {
+            EventType::Visit => {
+                self.totals.visits += 1;
+                self.visits
+                    .get_or_insert_with(|| Series::new(windows))
+                    .add(windows, at_ms, now_ms, &1);
+            }
+            EventType::Order => {
+                let new = u32::from(event.new_customer);
+                self.totals.orders += 1;
+                self.totals.new_customers += u64::from(new);
+                self.totals.gmv_micros += u128::from(event.amount_micros);
+                let cell = OrderCell {
+                    orders: 1,
+                    new_customers: new,
+                    gmv_micros: event.amount_micros,
+                };
+                self.orders
+                    .get_or_insert_with(|| Series::new(windows))
+                    .add(windows, at_ms, now_ms, &cell);
+            }
+            EventType::AdSpend => {
+                self.totals.ad_spend_micros += u128::from(event.amount_micros);
+                self.ad_spend
+                    .get_or_insert_with(|| Series::new(windows))
+                    .add(windows, at_ms, now_ms, &event.amount_micros);
+            }
+        }
+    }
+
+    /// Window `w`'s sums at `now_ms`.
+    pub fn window_sums(&self, windows: &Windows, w: usize, now_ms: i64) -> Sums {
+        let mut sums = Sums::default();
+        if let Some(s) = &self.visits {
+            s.for_each_in_window(windows, w, now_ms, |c| sums.visits += u64::from(*c));
+        }
+        if let Some(s) = &self.orders {
+            s.for_each_in_window(windows, w, now_ms, |c| {
+                sums.orders += u64::from(c.orders);
+                sums.new_customers += u64::from(c.new_customers);
+                sums.gmv_micros += u128::from(c.gmv_micros);
+            });
+        }
+        if let Some(s) = &self.ad_spend {
+            s.for_each_in_window(windows, w, now_ms, |c| sums.ad_spend_micros += u128::from(*c));
+        }
+        sums
+    }
+
+    pub fn totals(&self) -> &Sums {
+        &self.totals
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.visits.as_ref().map_or(0, Series::heap_bytes)
+            + self.orders.as_ref().map_or(0, Series::heap_bytes)
+            + self.ad_spend.as_ref().map_or(0, Series::heap_bytes)
+    }
+}
+
+/// Everything one input partition contributes.
+#[derive(Debug, Clone)]
+pub struct PartitionState {
+    keys: hashbrown::HashMap<Key, KeyState>,
+    dedup: Dedup,
+}
+
+impl PartitionState {
+    pub fn new(dedup: Dedup) -> Self {
+        PartitionState {
+            keys: Default::default(),
+            dedup,
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = (&Key, &KeyState)> {
+        self.keys.iter()
+    }
+
+    pub fn dedup(&self) -> &Dedup {
+        &self.dedup
+    }
+
+    fn key_mut(&mut self, campaign: &str, channel: &str) -> &mut KeyState {
+        // Two probes on a miss, none allocating on a hit: new keys are rare.
+        if !self.keys.contains_key(&KeyRef(campaign, channel)) {
+            self.keys.insert(Key::new(campaign, channel), KeyState::default());
+        }
+        self.keys
+            .get_mut(&KeyRef(campaign, channel))
+            .expect("inserted above")
+    }
+
+    /// Approximate heap bytes of the window rings (not counting hash-table overhead).
+    pub fn ring_bytes(&self) -> usize {
+        self.keys.values().map(KeyState::heap_bytes).sum()
+    }
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted { kind: EventType, timestamp_ms: i64 },
+    Duplicate,
+    Rejected(Rejection),
+}
+
+/// The pure per-message step: decode, check time, de-duplicate, aggregate.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub decoder: Decoder,
+    pub windows: Windows,
+    pub max_future_skew_ms: i64,
+    pub dedup_horizon_ms: i64,
+    pub dedup_max_ids: usize,
+}
+
+impl Pipeline {
+    pub fn new_partition(&self) -> PartitionState {
+        PartitionState::new(Dedup::new(self.dedup_horizon_ms, self.dedup_max_ids))
+    }
+
+    /// Applies one message value at wall-clock time `now_ms`. `record_ts_ms` is the Kafka
+    /// record timestamp, used when the event has none.
+    pub fn process(
+        &self,
+        state: &mut PartitionState,
+        payload: &[u8],
+        record_ts_ms: i64,
+        now_ms: i64,
+    ) -> Outcome {
+        let event = match self.decoder.decode(payload, record_ts_ms) {
+            Ok(event) => event,
+            Err(rejection) => return Outcome::Rejected(rejection),
+        };
+        self.apply(state, &event, now_ms)
+    }
+
+    /// Applies a decoded event.
+    pub fn apply(&self, state: &mut PartitionState, event: &Event<'_>, now_ms: i64) -> Outcome {
+        let ts = event.timestamp_ms;
+        if ts <= now_ms - self.windows.longest_ms() {
+            return Outcome::Rejected(Rejection {
+                reason: Reason::TooLate,
+                detail: "older than the longest window",
+            });
+        }
+        if ts > now_ms + self.max_future_skew_ms {
+            return Outcome::Rejected(Rejection {
+                reason: Reason::TooEarly,
+                detail: "further in the future than windows.max_future_skew",
+            });
+        }
+        if !state.dedup.insert(event.id_hash, ts) {
+            return Outcome::Duplicate;
+        }
+        // Within the allowed skew, a future event counts as arriving now.
+        let at = ts.min(now_ms);
+        state
+            .key_mut(&event.campaign, &event.channel)
+            .add(&self.windows, event, at, now_ms);
+        Outcome::Accepted {
+            kind: event.kind,
+            timestamp_ms: ts,
+        }
+    }
+}
+
+impl Pipeline {
+    /// The pure processing step as configured.
+    pub fn from_config(config: &Config) -> Result<Pipeline, ConfigError> {
+        Ok(Pipeline {
+            decoder: Decoder::new(&config.kpi.reporting_currency, config.currency_rates()),
+            windows: Windows::new(&config.window_lengths()?, config.windows.buckets),
+            max_future_skew_ms: config.windows.max_future_skew.as_millis() as i64,
+            dedup_horizon_ms: config.dedup.horizon.as_millis() as i64,
+            dedup_max_ids: config.dedup.max_ids_per_partition,
+        })
+    }
+}
+
+/// A topic-partition, the unit of state ownership.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: &str, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+pub type SharedPartition = Arc<Mutex<PartitionState>>;
+
+/// The partitions this instance owns, shared between the consumer (writes) and the HTTP
+/// endpoints (reads). Each partition has its own lock so a scrape never blocks ingestion of
+/// more than one partition at a time, and only while that partition's sums are read.
+#[derive(Debug, Default)]
+pub struct Store {
+    partitions: RwLock<BTreeMap<TopicPartition, SharedPartition>>,
+    /// Bumped whenever partitions come or go, so the consumer knows to refresh its handles.
+    generation: AtomicU64,
+}
+
+impl Store {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The state of `tp`, created by `make` if this instance did not hold it yet.
+    pub fn get_or_insert(
+        &self,
+        tp: &TopicPartition,
+        make: impl FnOnce() -> PartitionState,
+    ) -> SharedPartition {
+        if let Some(p) = self.partitions.read().get(tp) {
+            return p.clone();
+        }
+        let mut partitions = self.partitions.write();
+        let p = partitions
+            .entry(tp.clone())
+            .or_insert_with(|| {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                Arc::new(Mutex::new(make()))
+            })
+            .clone();
+        p
+    }
+
+    /// Drops partitions this instance no longer owns: their series leave at once.
+    pub fn remove(&self, tps: &[TopicPartition]) {
+        let mut partitions = self.partitions.write();
+        for tp in tps {
+            partitions.remove(tp);
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn partitions(&self) -> Vec<(TopicPartition, SharedPartition)> {
+        self.partitions
+            .read()
+            .iter()
+            .map(|(tp, p)| (tp.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Merges every partition into one row per key, read at `now_ms`.
+    pub fn snapshot(&self, windows: &Windows, now_ms: i64) -> Snapshot {
+        let mut rows: BTreeMap<Key, Row> = BTreeMap::new();
+        for (_, partition) in self.partitions() {
+            let state = partition.lock();
+            for (key, ks) in state.keys() {
+                let row = match rows.get_mut(key) {
+                    Some(row) => row,
+                    None => rows.entry(key.clone()).or_insert_with(|| Row {
+                        windows: vec![Sums::default(); windows.len()],
+                        totals: Sums::default(),
+                    }),
+                };
+                for (w, sums) in row.windows.iter_mut().enumerate() {
+                    *sums += &ks.window_sums(windows, w, now_ms);
+                }
+                row.totals += ks.totals();
+            }
+        }
+        Snapshot { rows }
+    }
+}
+
+/// One key's merged sums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Per configured window, in config order.
+    pub windows: Vec<Sums>,
+    pub totals: Sums,
+}
+
+/// A consistent-per-partition read of all keys, sorted by key.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub rows: BTreeMap<Key, Row>,
+}
+
+/// How to roll keys up in `/api/v1/kpis` (`group_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    CampaignChannel,
+    Campaign,
+    Channel,
+    All,
+}
+
+impl Snapshot {
+    /// Rolls rows up by summing (never by averaging ratios). `None` marks a label grouped away.
+    pub fn grouped(&self, by: GroupBy) -> BTreeMap<(Option<Arc<str>>, Option<Arc<str>>), Row> {
+        let mut out: BTreeMap<(Option<Arc<str>>, Option<Arc<str>>), Row> = BTreeMap::new();
+        for (key, row) in &self.rows {
+            let group = match by {
+                GroupBy::CampaignChannel => (Some(key.campaign.clone()), Some(key.channel.clone())),
+                GroupBy::Campaign => (Some(key.campaign.clone()), None),
+                GroupBy::Channel => (None, Some(key.channel.clone())),
+                GroupBy::All => (None, None),
+            };
+            let acc = out.entry(group).or_insert_with(|| Row {
+                windows: vec![Sums::default(); row.windows.len()],
+                totals: Sums::default(),
+            });
+            for (a, s) in acc.windows.iter_mut().zip(&row.windows) {
+                *a += s;
+            }
+            acc.totals += &row.totals;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Decoder;
+
+    const T0: i64 = 1_763_798_400_000;
+    const MIN: i64 = 60_000;
+
+    fn pipeline() -> Pipeline {
+        Pipeline {
+            decoder: Decoder::new("USD", [("EUR".to_string(), 1.08)]),
+            windows: Windows::from_labels(&["5m", "1h", "24h"], 60),
+            max_future_skew_ms: MIN,
+            dedup_horizon_ms: 15 * MIN,
+            dedup_max_ids: 100_000,
+        }
+    }
+
+    fn visit(id: &str, ts: i64, campaign: &str) -> String {
+        format!(r#"{{"type":"visit","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email"}}"#)
+    }
+
+    fn order(id: &str, ts: i64, campaign: &str, amount: &str, new: bool) -> String {
+        format!(r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email","amount":{amount},"new_customer":{new}}}"#)
+    }
+
+    fn spend(id: &str, ts: i64, campaign: &str, amount: &str) -> String {
+        format!(r#"{{"type":"ad_spend","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email","amount":{amount}}}"#)
+    }
+
+    #[test]
+    fn windows_and_totals_accumulate_per_key() {
+        let p = pipeline();
+        let mut st = p.new_partition();
+        let msgs = [
+            visit("v1", T0, "a"),
+            visit("v2", T0 - 10 * MIN, "a"),
+            order("o1", T0, "a", "40", true),
+            order("o2", T0 - 2 * 60 * MIN, "a", "\"10.5\"", false),
+            spend("s1", T0, "a", "20"),
+            visit("v3", T0, "b"),
+        ];
+        for m in &msgs {
+            assert!(matches!(p.process(&mut st, m.as_bytes(), T0, T0), Outcome::Accepted { .. }), "{m}");
+        }
+        let store = Store::default();
+        let tp = TopicPartition::new("t", 0);
+        *store.get_or_insert(&tp, || p.new_partition()).lock() = st;
+        let snap = store.snapshot(&p.windows, T0);
+        let a = &snap.rows[&Key::new("a", "email")];
+        assert_eq!(a.windows[0], Sums { visits: 1, orders: 1, new_customers: 1, gmv_micros: 40_000_000, ad_spend_micros: 20_000_000 });
+        assert_eq!(a.windows[1].visits, 2);
+        assert_eq!(a.windows[1].orders, 1);
+        assert_eq!(a.windows[2].orders, 2);
+        assert_eq!(a.windows[2].gmv_micros, 50_500_000);
+        assert_eq!(a.totals, a.windows[2]);
+        assert_eq!(snap.rows[&Key::new("b", "email")].totals.visits, 1);
+    }
+
+    #[test]
+    fn duplicates_count_once() {
+        let p = pipeline();
+        let mut st = p.new_partition();
+        let m = order("o1", T0, "a", "40", true);
+        assert!(matches!(p.process(&mut st, m.as_bytes(), T0, T0), Outcome::Accepted { .. }));
+        assert_eq!(p.process(&mut st, m.as_bytes(), T0, T0 + MIN), Outcome::Duplicate);
+        assert_eq!(st.keys().next().unwrap().1.totals().orders, 1);
+    }
+
+    #[test]
+    fn too_late_and_too_early_are_rejected_without_effect() {
+        let p = pipeline();
+        let mut st = p.new_partition();
+        let old = visit("old", T0 - 24 * 60 * MIN, "a");
+        let future = visit("future", T0 + 2 * MIN, "a");
+        let skewed = visit("skewed", T0 + 30_000, "a");
+        let reason = |o: Outcome| match o {
+            Outcome::Rejected(r) => Some(r.reason),
+            _ => None,
+        };
+        assert_eq!(reason(p.process(&mut st, old.as_bytes(), T0, T0)), Some(Reason::TooLate));
+        assert_eq!(reason(p.process(&mut st, future.as_bytes(), T0, T0)), Some(Reason::TooEarly));
+        assert_eq!(st.keys().count(), 0);
+        // Within the skew: accepted and counted now, in the 5m window at once.
+        assert!(matches!(p.process(&mut st, skewed.as_bytes(), T0, T0), Outcome::Accepted { .. }));
+        let (_, ks) = st.keys().next().unwrap();
+        assert_eq!(ks.window_sums(&p.windows, 0, T0).visits, 1);
+    }
+
+    #[test]
+    fn rejected_events_do_not_consume_their_id() {
+        let p = pipeline();
+        let mut st = p.new_partition();
+        let bad = r#"{"type":"order","event_id":"o1","amount":-1}"#;
+        assert!(matches!(p.process(&mut st, bad.as_bytes(), T0, T0), Outcome::Rejected(_)));
+        let good = order("o1", T0, "a", "1", false);
+        assert!(matches!(p.process(&mut st, good.as_bytes(), T0, T0), Outcome::Accepted { .. }));
+    }
+
+    #[test]
+    fn grouping_sums_then_divides() {
+        let mut snap = Snapshot::default();
+        let row = |orders, gmv| Row {
+            windows: vec![Sums { orders, gmv_micros: gmv, ..Sums::default() }],
+            totals: Sums::default(),
+        };
+        snap.rows.insert(Key::new("a", "x"), row(1, 100_000_000));
+        snap.rows.insert(Key::new("a", "y"), row(3, 100_000_000));
+        snap.rows.insert(Key::new("b", "x"), row(4, 0));
+        let by_campaign = snap.grouped(GroupBy::Campaign);
+        let a = &by_campaign[&(Some("a".into()), None)];
+        assert_eq!(a.windows[0].orders, 4);
+        assert_eq!(a.windows[0].gmv(), 200.0); // AOV 50, not the mean of 100 and 33.3
+        let all = snap.grouped(GroupBy::All);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[&(None, None)].windows[0].orders, 8);
+        assert_eq!(snap.grouped(GroupBy::Channel).len(), 2);
+    }
+
+    #[test]
+    fn removing_a_partition_removes_its_series() {
+        let p = pipeline();
+        let store = Store::default();
+        for (part, campaign) in [(0, "a"), (1, "b")] {
+            let tp = TopicPartition::new("visits", part);
+            let shared = store.get_or_insert(&tp, || p.new_partition());
+            let m = visit(&format!("v{part}"), T0, campaign);
+            p.process(&mut shared.lock(), m.as_bytes(), T0, T0);
+        }
+        let g = store.generation();
+        assert_eq!(store.snapshot(&p.windows, T0).rows.len(), 2);
+        store.remove(&[TopicPartition::new("visits", 0)]);
+        assert!(store.generation() > g);
+        let snap = store.snapshot(&p.windows, T0);
+        assert_eq!(snap.rows.keys().map(|k| &*k.campaign).collect::<Vec<_>>(), ["b"]);
+    }
+}

@@ -1,0 +1,453 @@
+//! Configuration: one typed struct per section, loaded once at start-up and validated there.
+//!
+//! Defaults live in one place, `config/default.toml`, which is compiled into the binary and is
+//! always the bottom layer; a user file (`--config`) and `ECOM_PULSE__SECTION__KEY` environment
+//! variables are layered on top. Every problem is reported with the key it concerns, so a
+//! wrong deployment fails at start instead of exporting wrong numbers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The defaults, and the documentation of every key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or a value has the wrong type; `config` names the key.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but makes no sense.
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub http: HttpConfig,
+    pub windows: WindowsConfig,
+    pub kpi: KpiConfig,
+    pub dedup: DedupConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// librdkafka `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group shared by all replicas.
+    pub group_id: String,
+    /// Topics consumed; any of them may carry any event type.
+    pub topics: Vec<String>,
+    /// Topic for alert transitions (not implemented yet).
+    pub alerts_topic: String,
+    /// Topic for KPI snapshots (not implemented yet).
+    pub kpis_topic: String,
+    /// librdkafka properties, flattened to dotted names; applied after ecom-pulse's own.
+    #[serde(default, deserialize_with = "flatten_properties")]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address of the HTTP endpoints.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowsConfig {
+    /// Window lengths, each also the value of the `window` label.
+    pub lengths: Vec<String>,
+    /// Buckets per window: the resolution of the trailing edge.
+    pub buckets: u32,
+    /// How far ahead of the wall clock an event may be stamped and still be accepted.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpiConfig {
+    /// ISO 4217 code all amounts are converted to.
+    pub reporting_currency: String,
+    /// CLV assumption: purchases per customer per year.
+    pub purchases_per_year: f64,
+    /// CLV assumption: customer lifetime in years.
+    pub lifetime_years: f64,
+    /// Reporting-currency units per unit of each other currency.
+    #[serde(default)]
+    pub currency_rates: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Event-time span within which a repeated event id is a duplicate.
+    #[serde(with = "humantime_serde")]
+    pub horizon: Duration,
+    /// Memory bound on remembered ids, per partition.
+    pub max_ids_per_partition: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing_subscriber::EnvFilter` directives.
+    pub level: String,
+}
+
+/// A validated window length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowLength {
+    /// As written in the config; the `window` label value.
+    pub label: String,
+    pub length: Duration,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<BTreeMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let mut environment = config::Environment::with_prefix("ECOM_PULSE")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("kafka.topics")
+            .with_list_parse_key("windows.lengths")
+            .try_parsing(true);
+        if let Some(vars) = env {
+            environment = environment.source(Some(vars.into_iter().collect()));
+        }
+        let config: Config = builder
+            .add_source(environment)
+            .build()?
+            .try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot express. Called once by `load`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must name at least one broker"));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        if self.kafka.topics.is_empty() {
+            return Err(invalid("kafka.topics", "must list at least one topic"));
+        }
+        for (i, topic) in self.kafka.topics.iter().enumerate() {
+            if topic.trim().is_empty() || topic.contains(char::is_whitespace) {
+                return Err(invalid(
+                    format!("kafka.topics[{i}]"),
+                    format!("{topic:?} is not a valid topic name"),
+                ));
+            }
+        }
+        self.window_lengths()?;
+        if self.windows.buckets == 0 || self.windows.buckets > 3600 {
+            return Err(invalid(
+                "windows.buckets",
+                format!("must be between 1 and 3600, got {}", self.windows.buckets),
+            ));
+        }
+        if !is_currency_code(&self.kpi.reporting_currency) {
+            return Err(invalid(
+                "kpi.reporting_currency",
+                format!(
+                    "{:?} is not an ISO 4217 code (three capital letters)",
+                    self.kpi.reporting_currency
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("kpi.purchases_per_year", self.kpi.purchases_per_year),
+            ("kpi.lifetime_years", self.kpi.lifetime_years),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(invalid(key, format!("must be a positive number, got {value}")));
+            }
+        }
+        for (code, rate) in &self.kpi.currency_rates {
+            let key = format!("kpi.currency_rates.{code}");
+            if !is_currency_code(&code.to_ascii_uppercase()) {
+                return Err(invalid(key, "is not an ISO 4217 code (three letters)"));
+            }
+            if !(rate.is_finite() && *rate > 0.0) {
+                return Err(invalid(key, format!("must be a positive number, got {rate}")));
+            }
+        }
+        if self.dedup.horizon.is_zero() {
+            return Err(invalid("dedup.horizon", "must be longer than 0s"));
+        }
+        if self.dedup.max_ids_per_partition < 1000 {
+            return Err(invalid(
+                "dedup.max_ids_per_partition",
+                format!(
+                    "must be at least 1000, got {}",
+                    self.dedup.max_ids_per_partition
+                ),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The configured windows, parsed, in config order.
+    pub fn window_lengths(&self) -> Result<Vec<WindowLength>, ConfigError> {
+        if self.windows.lengths.is_empty() {
+            return Err(invalid("windows.lengths", "must list at least one window"));
+        }
+        let mut out: Vec<WindowLength> = Vec::new();
+        for (i, label) in self.windows.lengths.iter().enumerate() {
+            let key = format!("windows.lengths[{i}]");
+            let length = humantime::parse_duration(label.trim())
+                .map_err(|e| invalid(&key, format!("{label:?} is not a duration ({e})")))?;
+            if length < Duration::from_secs(1) || length > Duration::from_secs(31 * 86_400) {
+                return Err(invalid(&key, format!("{label:?} must be between 1s and 31d")));
+            }
+            if let Some(twin) = out.iter().find(|w| w.length == length) {
+                return Err(invalid(
+                    &key,
+                    format!("{label:?} is the same length as {:?}", twin.label),
+                ));
+            }
+            out.push(WindowLength {
+                label: label.trim().to_owned(),
+                length,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Currency rates with upper-case codes (environment keys arrive in lower case).
+    pub fn currency_rates(&self) -> BTreeMap<String, f64> {
+        self.kpi
+            .currency_rates
+            .iter()
+            .map(|(code, rate)| (code.to_ascii_uppercase(), *rate))
+            .collect()
+    }
+}
+
+fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// A librdkafka property value as TOML or the environment may give it: `session.timeout.ms =
+/// 6000` arrives as nested tables, `"session.timeout.ms" = "6000"` as one key.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PropertyValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Table(BTreeMap<String, PropertyValue>),
+}
+
+fn flatten_properties<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    fn walk(prefix: &str, table: BTreeMap<String, PropertyValue>, out: &mut BTreeMap<String, String>) {
+        for (key, value) in table {
+            // librdkafka names never contain `_`, environment variable names cannot contain `.`.
+            let key = key.replace('_', ".");
+            let name = if prefix.is_empty() {
+                key
+            } else {
+                format!("{prefix}.{key}")
+            };
+            let text = match value {
+                PropertyValue::Table(inner) => {
+                    walk(&name, inner, out);
+                    continue;
+                }
+                PropertyValue::Bool(b) => b.to_string(),
+                PropertyValue::Int(i) => i.to_string(),
+                PropertyValue::Float(f) => f.to_string(),
+                PropertyValue::Text(s) => s,
+            };
+            out.insert(name, text);
+        }
+    }
+    let table = BTreeMap::<String, PropertyValue>::deserialize(de)?;
+    let mut out = BTreeMap::new();
+    walk("", table, &mut out);
+    Ok(out)
+}
+
+/// Durations as humantime strings ("15m"), for serde.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(de)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"90s\" or \"15m\" ({e})"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load_with_env(Some(&path), env(&[]))
+    }
+
+    fn error_of(text: &str) -> String {
+        load_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.group_id, "ecom-pulse");
+        assert_eq!(c.kafka.topics, ["visits", "orders", "ad-spend"]);
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9898");
+        assert_eq!(c.windows.lengths, ["5m", "1h", "24h"]);
+        assert_eq!(c.kpi.reporting_currency, "USD");
+        assert_eq!(c.kpi.purchases_per_year, 4.0);
+        assert_eq!(c.kpi.lifetime_years, 3.0);
+        assert_eq!(c.currency_rates().get("EUR"), Some(&1.08));
+        assert!(c.dedup.horizon >= Duration::from_secs(15 * 60));
+        assert!(c.kafka.properties.is_empty());
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn environment_overrides_file_and_parses_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[kafka]\nbrokers = \"file:1\"\ngroup_id = \"g\"\n").unwrap();
+        let c = Config::load_with_env(
+            Some(&path),
+            env(&[
+                ("ECOM_PULSE__KAFKA__BROKERS", "env:1,env:2"),
+                ("ECOM_PULSE__WINDOWS__LENGTHS", "10s,2m"),
+                ("ECOM_PULSE__KAFKA__TOPICS", "a,b"),
+                ("ECOM_PULSE__KAFKA__PROPERTIES__SASL_PASSWORD", "secret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "env:1,env:2");
+        assert_eq!(c.kafka.group_id, "g");
+        assert_eq!(c.windows.lengths, ["10s", "2m"]);
+        assert_eq!(c.kafka.topics, ["a", "b"]);
+        assert_eq!(c.kafka.properties.get("sasl.password").unwrap(), "secret");
+    }
+
+    #[test]
+    fn kafka_properties_accept_nested_and_quoted_keys() {
+        let c = load_toml(
+            "[kafka.properties]\nsession.timeout.ms = 6000\n\"security.protocol\" = \"SSL\"\nenable.partition.eof = false\n",
+        )
+        .unwrap();
+        let p = &c.kafka.properties;
+        assert_eq!(p.get("session.timeout.ms").unwrap(), "6000");
+        assert_eq!(p.get("security.protocol").unwrap(), "SSL");
+        assert_eq!(p.get("enable.partition.eof").unwrap(), "false");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[kpi]\npurchases_per_year = \"many\"\n", "kpi.purchases_per_year"),
+            ("[kpi]\npurchases_per_year = -1.0\n", "kpi.purchases_per_year"),
+            ("[kpi]\nlifetime_years = 0.0\n", "kpi.lifetime_years"),
+            ("[kpi]\nreporting_currency = \"dollars\"\n", "kpi.reporting_currency"),
+            ("[kpi.currency_rates]\nGBP = -2.0\n", "kpi.currency_rates.GBP"),
+            ("[windows]\nlengths = [\"5m\", \"5x\"]\n", "windows.lengths[1]"),
+            ("[windows]\nlengths = [\"5m\", \"300s\"]\n", "windows.lengths[1]"),
+            ("[windows]\nlengths = []\n", "windows.lengths"),
+            ("[windows]\nbuckets = 0\n", "windows.buckets"),
+            ("[windows]\nmax_future_skew = \"soon\"\n", "windows.max_future_skew"),
+            ("[dedup]\nhorizon = \"0s\"\n", "dedup.horizon"),
+            ("[dedup]\nmax_ids_per_partition = 10\n", "dedup.max_ids_per_partition"),
+            ("[http]\nlisten = \"not an address\"\n", "http.listen"),
+            ("[kafka]\nbrokers = \"\"\n", "kafka.brokers"),
+            ("[kafka]\ntopics = [\"a\", \" \"]\n", "kafka.topics[1]"),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+        ];
+        for (toml, key) in cases {
+            let message = error_of(toml);
+            assert!(message.contains(key), "{toml:?}: {message:?} does not name {key}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let message = error_of("[kpi]\npurchases_per_yaer = 5.0\n");
+        assert!(message.contains("purchases_per_yaer"), "{message}");
+        let message = error_of("[kafak]\nbrokers = \"x\"\n");
+        assert!(message.contains("kafak"), "{message}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load_with_env(Some(Path::new("/nonexistent/ecom.toml")), env(&[]));
+        assert!(err.unwrap_err().to_string().contains("/nonexistent/ecom.toml"));
+    }
+}

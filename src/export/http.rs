@@ -1,0 +1,282 @@
+//! HTTP endpoints (SPEC §4): metrics, probes and the JSON API.
+//!
+//! The router is built from an [`AppState`] alone, so tests drive it without a socket and the
+//! service serves it with graceful shutdown.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{GroupBy, Store};
+use crate::kpi::{ClvAssumptions, Sums};
+use crate::telemetry::{Health, Telemetry};
+use crate::window::Windows;
+
+/// What the handlers read. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub windows: Windows,
+    pub clv: ClvAssumptions,
+    pub telemetry: Arc<Telemetry>,
+    pub health: Arc<Health>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/kpis", get(kpis))
+        .route("/api/v1/alerts", get(alerts))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    // Reading every partition is CPU work; keep it off the async workers.
+    let rendered = tokio::task::spawn_blocking(move || {
+        state.telemetry.refresh(&state.health);
+        prometheus::TextEncoder::new().encode_to_string(&state.telemetry.registry.gather())
+    })
+    .await;
+    match rendered {
+        Ok(Ok(body)) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct KpiQuery {
+    window: Option<String>,
+    group_by: Option<String>,
+}
+
+/// One row of `/api/v1/kpis`. A label that was grouped away is `null`.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct KpiRow {
+    pub campaign: Option<String>,
+    pub channel: Option<String>,
+    pub window: String,
+    pub visits: u64,
+    pub orders: u64,
+    pub new_customers: u64,
+    pub gmv: f64,
+    pub ad_spend: f64,
+    pub cvr: Option<f64>,
+    pub aov: Option<f64>,
+    pub cac: Option<f64>,
+    pub clv: Option<f64>,
+    pub roas: Option<f64>,
+    pub clv_cac: Option<f64>,
+}
+
+fn parse_group_by(text: Option<&str>) -> Result<GroupBy, String> {
+    let Some(text) = text else {
+        return Ok(GroupBy::CampaignChannel);
+    };
+    let mut parts: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    parts.sort_unstable();
+    parts.dedup();
+    match parts.as_slice() {
+        [] => Ok(GroupBy::All),
+        ["campaign"] => Ok(GroupBy::Campaign),
+        ["channel"] => Ok(GroupBy::Channel),
+        ["campaign", "channel"] => Ok(GroupBy::CampaignChannel),
+        _ => Err(format!(
+            "group_by={text:?}: use \"campaign,channel\" (default), \"campaign\", \"channel\" or \"\""
+        )),
+    }
+}
+
+async fn kpis(State(state): State<AppState>, Query(q): Query<KpiQuery>) -> Response {
+    let group_by = match parse_group_by(q.group_by.as_deref()) {
+        Ok(g) => g,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let selected: Vec<usize> = match q.window.as_deref() {
+        None | Some("") => (0..state.windows.len()).collect(),
+        Some(label) => match state.windows.index_of(label) {
+            Some(i) => vec![i],
+            None => {
+                let known: Vec<&str> = state.windows.specs().iter().map(|s| &*s.label).collect();
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("window={label:?} is not configured; configured: {}", known.join(", ")),
+                )
+                    .into_response();
+            }
+        },
+    };
+    let snapshot = state.store.snapshot(&state.windows, crate::now_ms());
+    let mut rows = Vec::new();
+    for ((campaign, channel), row) in snapshot.grouped(group_by) {
+        for &w in &selected {
+            let sums = &row.windows[w];
+            if sums.is_empty() {
+                continue;
+            }
+            rows.push(kpi_row(
+                campaign.as_deref(),
+                channel.as_deref(),
+                &state.windows.specs()[w].label,
+                sums,
+                &state.clv,
+            ));
+        }
+    }
+    Json(rows).into_response()
+}
+
+fn kpi_row(campaign: Option<&str>, channel: Option<&str>, window: &str, s: &Sums, clv: &ClvAssumptions) -> KpiRow {
+    let k = s.kpis(clv);
+    KpiRow {
+        campaign: campaign.map(str::to_owned),
+        channel: channel.map(str::to_owned),
+        window: window.to_owned(),
+        visits: s.visits,
+        orders: s.orders,
+        new_customers: s.new_customers,
+        gmv: s.gmv(),
+        ad_spend: s.ad_spend(),
+        cvr: k.cvr,
+        aov: k.aov,
+        cac: k.cac,
+        clv: k.clv,
+        roas: k.roas,
+        clv_cac: k.clv_cac,
+    }
+}
+
+/// Alert rules arrive with the alerting feature; until then no alert is ever active.
+async fn alerts() -> Json<Vec<serde_json::Value>> {
+    Json(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Pipeline, TopicPartition};
+    use crate::decode::Decoder;
+    use crate::export::metrics::KpiCollector;
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn app() -> (Router, Arc<Health>) {
+        let windows = Windows::from_labels(&["5m", "1h"], 60);
+        let clv = ClvAssumptions { purchases_per_year: 4.0, lifetime_years: 3.0 };
+        let pipeline = Pipeline {
+            decoder: Decoder::new("USD", []),
+            windows: windows.clone(),
+            max_future_skew_ms: 60_000,
+            dedup_horizon_ms: 900_000,
+            dedup_max_ids: 10_000,
+        };
+        let store = Arc::new(Store::default());
+        let now = crate::now_ms();
+        let part = store.get_or_insert(&TopicPartition::new("t", 0), || pipeline.new_partition());
+        for (i, (campaign, channel, kind, amount)) in [
+            ("a", "x", "order", 100),
+            ("a", "y", "order", 20),
+            ("a", "y", "order", 30),
+            ("b", "x", "ad_spend", 40),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let json = format!(r#"{{"type":"{kind}","event_id":"{i}","campaign":"{campaign}","channel":"{channel}","amount":{amount}}}"#);
+            pipeline.process(&mut part.lock(), json.as_bytes(), now, now);
+        }
+        let telemetry = Arc::new(Telemetry::new("USD"));
+        telemetry
+            .registry
+            .register(Box::new(KpiCollector::new(store.clone(), windows.clone(), clv)))
+            .unwrap();
+        let health = Arc::new(Health::default());
+        (
+            router(AppState { store, windows, clv, telemetry, health: health.clone() }),
+            health,
+        )
+    }
+
+    async fn get(app: &Router, uri: &str) -> (StatusCode, String) {
+        let response = app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn kpis_by_key_window_and_group() {
+        let (app, _) = app();
+        let (status, body) = get(&app, "/api/v1/kpis?window=1h").await;
+        assert_eq!(status, StatusCode::OK);
+        let rows: Vec<KpiRow> = serde_json::from_str(&body).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1].campaign.as_deref(), Some("a"));
+        assert_eq!(rows[1].channel.as_deref(), Some("y"));
+        assert_eq!(rows[1].aov, Some(25.0));
+        assert_eq!(rows[1].roas, None);
+        assert!(body.contains("\"roas\":null"), "{body}");
+
+        let (_, body) = get(&app, "/api/v1/kpis?window=5m&group_by=campaign").await;
+        let rows: Vec<KpiRow> = serde_json::from_str(&body).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].channel, None);
+        assert_eq!(rows[0].orders, 3);
+        assert_eq!(rows[0].aov, Some(50.0)); // 150 / 3: summed, not averaged per channel
+
+        let (_, body) = get(&app, "/api/v1/kpis?group_by=").await;
+        let rows: Vec<KpiRow> = serde_json::from_str(&body).unwrap();
+        assert_eq!(rows.len(), 2, "one fleet row per window");
+        assert_eq!(rows[0].roas, Some(150.0 / 40.0));
+
+        let (_, body) = get(&app, "/api/v1/kpis?group_by=channel").await;
+        let rows: Vec<KpiRow> = serde_json::from_str(&body).unwrap();
+        assert_eq!(rows.iter().filter(|r| r.window == "5m").count(), 2);
+
+        assert_eq!(get(&app, "/api/v1/kpis?window=2h").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(get(&app, "/api/v1/kpis?group_by=device").await.0, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn probes_and_metrics() {
+        let (app, health) = app();
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+        let (status, body) = get(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("not connected"));
+        health.set_connected(true);
+        health.assign(&[]);
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+
+        let (status, text) = get(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(text.contains(r#"ecom_aov{campaign="a",channel="y",window="5m"} 25"#), "{text}");
+        assert!(text.contains("ecom_pulse_ready 1"));
+        assert!(text.contains("ecom_pulse_kafka_connected 1"));
+        assert!(text.contains("process_resident_memory_bytes"));
+        assert_eq!(get(&app, "/api/v1/alerts").await.1, "[]");
+    }
+}

@@ -1,0 +1,239 @@
+//! The KPI series of SPEC §3, built at scrape time from the window state.
+//!
+//! Nothing here is updated per event: a scrape reads a [`Snapshot`] of the sums and derives
+//! every gauge from it, so the numbers in one scrape are consistent with each other and a KPI
+//! whose denominator is zero simply has no series.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+
+use crate::aggregate::{Key, Snapshot, Store};
+use crate::kpi::{ClvAssumptions, Kpis, Sums};
+use crate::window::Windows;
+
+/// A windowed gauge: name, help, and how to read it from the sums or KPIs.
+struct WindowedMetric {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&Sums, &Kpis) -> Option<f64>,
+}
+
+const WINDOWED: &[WindowedMetric] = &[
+    WindowedMetric { name: "ecom_visits", help: "Visit events in the window.", value: |s, _| Some(s.visits as f64) },
+    WindowedMetric { name: "ecom_orders", help: "Orders in the window.", value: |s, _| Some(s.orders as f64) },
+    WindowedMetric { name: "ecom_new_customers", help: "Orders with new_customer=true in the window.", value: |s, _| Some(s.new_customers as f64) },
+    WindowedMetric { name: "ecom_gmv", help: "Sum of order amounts in the window, in the reporting currency (ecom_pulse_info).", value: |s, _| Some(s.gmv()) },
+    WindowedMetric { name: "ecom_ad_spend", help: "Sum of ad spend in the window, in the reporting currency.", value: |s, _| Some(s.ad_spend()) },
+    WindowedMetric { name: "ecom_cvr_ratio", help: "Conversion rate: orders / visits (0..1).", value: |_, k| k.cvr },
+    WindowedMetric { name: "ecom_aov", help: "Average order value: GMV / orders, in the reporting currency.", value: |_, k| k.aov },
+    WindowedMetric { name: "ecom_cac", help: "Customer acquisition cost: ad spend / new customers, in the reporting currency.", value: |_, k| k.cac },
+    WindowedMetric { name: "ecom_clv", help: "Customer lifetime value: AOV x purchases per year x lifetime years, in the reporting currency.", value: |_, k| k.clv },
+    WindowedMetric { name: "ecom_roas_ratio", help: "Return on ad spend: GMV / ad spend.", value: |_, k| k.roas },
+    WindowedMetric { name: "ecom_clv_cac_ratio", help: "CLV / CAC.", value: |_, k| k.clv_cac },
+];
+
+/// A monotonic counter per key.
+struct TotalMetric {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&Sums) -> f64,
+}
+
+const TOTALS: &[TotalMetric] = &[
+    TotalMetric { name: "ecom_visits_total", help: "Visit events counted since this instance took the partitions.", value: |s| s.visits as f64 },
+    TotalMetric { name: "ecom_orders_total", help: "Orders counted since this instance took the partitions.", value: |s| s.orders as f64 },
+    TotalMetric { name: "ecom_new_customers_total", help: "Orders with new_customer=true counted since this instance took the partitions.", value: |s| s.new_customers as f64 },
+    TotalMetric { name: "ecom_gmv_total", help: "Order amounts summed since this instance took the partitions, in the reporting currency.", value: Sums::gmv },
+    TotalMetric { name: "ecom_ad_spend_total", help: "Ad spend summed since this instance took the partitions, in the reporting currency.", value: Sums::ad_spend },
+];
+
+const TRACKED_KEYS: &str = "ecom_pulse_tracked_keys";
+
+/// Registers into a `prometheus::Registry` and renders the KPI families on each scrape.
+pub struct KpiCollector {
+    store: Arc<Store>,
+    windows: Windows,
+    clv: ClvAssumptions,
+    descs: Vec<Desc>,
+}
+
+impl KpiCollector {
+    pub fn new(store: Arc<Store>, windows: Windows, clv: ClvAssumptions) -> Self {
+        let desc = |name: &str, help: &str, labels: &[&str]| {
+            Desc::new(
+                name.to_string(),
+                help.to_string(),
+                labels.iter().map(|l| l.to_string()).collect(),
+                HashMap::new(),
+            )
+            .expect("valid metric name")
+        };
+        let mut descs: Vec<Desc> = WINDOWED
+            .iter()
+            .map(|m| desc(m.name, m.help, &["campaign", "channel", "window"]))
+            .collect();
+        descs.extend(TOTALS.iter().map(|m| desc(m.name, m.help, &["campaign", "channel"])));
+        descs.push(desc(TRACKED_KEYS, "Distinct (campaign, channel) keys held.", &[]));
+        KpiCollector {
+            store,
+            windows,
+            clv,
+            descs,
+        }
+    }
+
+    /// The families for a snapshot; separate from `collect` so tests can pass their own.
+    pub fn families(&self, snapshot: &Snapshot) -> Vec<MetricFamily> {
+        let mut windowed: Vec<MetricFamily> = WINDOWED
+            .iter()
+            .map(|m| family(m.name, m.help, MetricType::GAUGE))
+            .collect();
+        let mut totals: Vec<MetricFamily> = TOTALS
+            .iter()
+            .map(|m| family(m.name, m.help, MetricType::COUNTER))
+            .collect();
+        for (key, row) in &snapshot.rows {
+            for (spec, sums) in self.windows.specs().iter().zip(&row.windows) {
+                if sums.is_empty() {
+                    continue;
+                }
+                let kpis = sums.kpis(&self.clv);
+                for (metric, fam) in WINDOWED.iter().zip(windowed.iter_mut()) {
+                    if let Some(v) = (metric.value)(sums, &kpis) {
+                        fam.mut_metric().push(gauge(key, Some(&spec.label), v));
+                    }
+                }
+            }
+            for (metric, fam) in TOTALS.iter().zip(totals.iter_mut()) {
+                fam.mut_metric().push(counter(key, (metric.value)(&row.totals)));
+            }
+        }
+        let mut keys = family(TRACKED_KEYS, "Distinct (campaign, channel) keys held.", MetricType::GAUGE);
+        let mut m = Metric::default();
+        m.set_gauge(gauge_value(snapshot.rows.len() as f64));
+        keys.mut_metric().push(m);
+        windowed.extend(totals);
+        windowed.push(keys);
+        // A family without samples is invalid in the text format.
+        windowed.retain(|f| !f.get_metric().is_empty());
+        windowed
+    }
+}
+
+impl Collector for KpiCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snapshot = self.store.snapshot(&self.windows, crate::now_ms());
+        self.families(&snapshot)
+    }
+}
+
+fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f
+}
+
+fn labels(key: &Key, window: Option<&str>) -> Vec<LabelPair> {
+    let pair = |name: &str, value: &str| {
+        let mut p = LabelPair::default();
+        p.set_name(name.to_string());
+        p.set_value(value.to_string());
+        p
+    };
+    let mut out = vec![pair("campaign", &key.campaign), pair("channel", &key.channel)];
+    if let Some(w) = window {
+        out.push(pair("window", w));
+    }
+    out
+}
+
+fn gauge_value(v: f64) -> Gauge {
+    let mut g = Gauge::default();
+    g.set_value(v);
+    g
+}
+
+fn gauge(key: &Key, window: Option<&str>, v: f64) -> Metric {
+    let mut m = Metric::from_label(labels(key, window));
+    m.set_gauge(gauge_value(v));
+    m
+}
+
+fn counter(key: &Key, v: f64) -> Metric {
+    let mut m = Metric::from_label(labels(key, None));
+    let mut c = Counter::default();
+    c.set_value(v);
+    m.set_counter(c);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Row;
+
+    fn collector() -> KpiCollector {
+        KpiCollector::new(
+            Arc::new(Store::default()),
+            Windows::from_labels(&["5m", "1h"], 60),
+            ClvAssumptions { purchases_per_year: 4.0, lifetime_years: 3.0 },
+        )
+    }
+
+    fn render(snapshot: &Snapshot) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&collector().families(snapshot))
+            .unwrap()
+    }
+
+    #[test]
+    fn kpis_are_exported_only_where_defined() {
+        let mut snap = Snapshot::default();
+        snap.rows.insert(
+            Key::new("spring", "email"),
+            Row {
+                windows: vec![
+                    Sums { visits: 10_000, orders: 500, gmv_micros: 20_000_000_000, ..Sums::default() },
+                    Sums::default(),
+                ],
+                totals: Sums { visits: 10_000, orders: 500, gmv_micros: 20_000_000_000, ..Sums::default() },
+            },
+        );
+        let text = render(&snap);
+        let l = r#"{campaign="spring",channel="email",window="5m"}"#;
+        assert!(text.contains(&format!("ecom_cvr_ratio{l} 0.05\n")), "{text}");
+        assert!(text.contains(&format!("ecom_aov{l} 40\n")));
+        assert!(text.contains(&format!("ecom_clv{l} 480\n")));
+        assert!(text.contains(&format!("ecom_gmv{l} 20000\n")));
+        assert!(text.contains(&format!("ecom_ad_spend{l} 0\n")));
+        // No spend, no new customers: no ROAS, CAC or CLV:CAC series at all.
+        for absent in ["ecom_roas_ratio{", "ecom_cac{", "ecom_clv_cac_ratio{"] {
+            assert!(!text.contains(absent), "{absent} in {text}");
+        }
+        // The empty 1h window has no series.
+        assert!(!text.contains("window=\"1h\""));
+        assert!(text.contains(r#"ecom_gmv_total{campaign="spring",channel="email"} 20000"#));
+        assert!(text.contains("# TYPE ecom_visits_total counter"));
+        assert!(text.contains("ecom_pulse_tracked_keys 1"));
+    }
+
+    #[test]
+    fn hostile_label_values_are_escaped() {
+        let mut snap = Snapshot::default();
+        snap.rows.insert(
+            Key::new("a \"quoted\" \\ back\nslash", "x"),
+            Row { windows: vec![Sums { visits: 1, ..Sums::default() }; 2], totals: Sums::default() },
+        );
+        let text = render(&snap);
+        assert!(text.contains(r#"campaign="a \"quoted\" \\ back\nslash""#), "{text}");
+    }
+}

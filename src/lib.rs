@@ -1,0 +1,47 @@
+//! ecom-pulse: live marketing KPIs from Kafka events, for Prometheus and Grafana.
+//!
+//! The modules follow the data:
+//!
+//! ```text
+//!  Kafka ──► source ──► decode ──► aggregate ──────────────► export
+//!  (topics)  consumer,  JSON →     per-partition state:      /metrics  (Prometheus text)
+//!            offsets,   Event,     dedup + window rings      /api/v1/kpis (JSON)
+//!            rebalance  rejection  (window), exact sums      /healthz, /readyz
+//!                       reasons         │
+//!                                       └─► kpi: ratios from sums, at read time
+//! ```
+//!
+//! - [`source`]: the consumer group member, at-least-once (offsets stored after apply).
+//! - [`decode`]: one message value → [`decode::Event`] or a [`decode::Rejection`] with a reason.
+//! - [`dedup`]: event ids remembered for a horizon of event time, in bounded memory.
+//! - [`window`]: rolling windows as bucket rings; pure, time passed in.
+//! - [`aggregate`]: the per-message step ([`aggregate::Pipeline`]) and the per-partition
+//!   state it updates ([`aggregate::Store`]).
+//! - [`kpi`]: SPEC §1 formulas over exact sums.
+//! - [`export`]: the Prometheus collector and the HTTP router.
+//! - [`telemetry`]: the service's own metrics, readiness and rate-limited logs.
+//! - [`service`] wires these together; [`generate`] and [`demo`] make traffic to show it.
+//!
+//! Everything from `decode` to `kpi` is pure and synchronous; I/O lives in `source`,
+//! `export` and `service`.
+
+pub mod aggregate;
+pub mod config;
+pub mod decode;
+pub mod dedup;
+pub mod demo;
+pub mod export;
+pub mod generate;
+pub mod kpi;
+pub mod service;
+pub mod source;
+pub mod telemetry;
+pub mod window;
+
+/// Wall-clock time in epoch milliseconds: the only clock the pure core is ever given.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,114 @@
+//! The `ecom-pulse` binary: command line, configuration, logging and signals. Everything else
+//! lives in the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ecom_pulse::config::{Config, LogFormat};
+use ecom_pulse::service::Service;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about = "Live marketing KPIs from Kafka events, served to Prometheus")]
+struct Cli {
+    /// Configuration file layered over the built-in defaults (config/default.toml).
+    #[arg(long, short, global = true, env = "ECOM_PULSE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume the configured topics and serve metrics (the default).
+    Run,
+    /// Everything in one process: in-process Kafka, a traffic generator and the service.
+    Demo {
+        /// Visits per second generated (orders and spend follow from them).
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+    },
+    /// Produce synthetic traffic to a real Kafka cluster.
+    Generate {
+        /// Bootstrap brokers (default: kafka.brokers from the configuration).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Visits per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Share of deliberately bad messages (malformed, duplicates ...).
+        #[arg(long, default_value_t = 0.002)]
+        bad_ratio: f64,
+    },
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancels the token on SIGTERM or Ctrl-C.
+fn stop_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down: draining and committing offsets");
+        token.cancel();
+    });
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ecom-pulse: {e}");
+            std::process::exit(2);
+        }
+    };
+    init_tracing(&config);
+    let shutdown = CancellationToken::new();
+    stop_on_signal(shutdown.clone());
+
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let service = Service::start(&config).await.context("start-up failed")?;
+            service.run(shutdown).await?;
+        }
+        Command::Demo { rate } => {
+            ecom_pulse::demo::run(config, rate, shutdown).await?;
+        }
+        Command::Generate {
+            brokers,
+            rate,
+            bad_ratio,
+        } => {
+            let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
+            let properties: Vec<(String, String)> = config.kafka.properties.clone().into_iter().collect();
+            let topics = config.kafka.topics.clone();
+            let sent = tokio::task::spawn_blocking(move || {
+                ecom_pulse::generate::run(&brokers, &topics, rate, bad_ratio, &properties, shutdown)
+            })
+            .await??;
+            tracing::info!(sent, "generator stopped");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Wires the pipeline together: the Kafka source feeding the store, and the HTTP server
+//! reading it, both stopped by one cancellation token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::{Pipeline, Store};
+use crate::config::{Config, ConfigError};
+use crate::export::http::{AppState, router};
+use crate::export::metrics::KpiCollector;
+use crate::kpi::ClvAssumptions;
+use crate::source::{Source, SourceError};
+use crate::telemetry::{Health, Telemetry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} (config key `http.listen`): {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// A service whose listener is bound and whose consumer is created, not yet running.
+pub struct Service {
+    listener: TcpListener,
+    state: AppState,
+    source: Source,
+}
+
+impl Service {
+    /// Binds `http.listen` and creates the consumer: everything that can fail because of the
+    /// configuration fails here, before anything runs.
+    pub async fn start(config: &Config) -> Result<Service, ServiceError> {
+        for (key, topic) in [("kafka.alerts_topic", &config.kafka.alerts_topic), ("kafka.kpis_topic", &config.kafka.kpis_topic)] {
+            if !topic.is_empty() {
+                tracing::warn!(key, topic = %topic, "not implemented yet; ignored");
+            }
+        }
+        let pipeline = Arc::new(Pipeline::from_config(config)?);
+        let clv = ClvAssumptions {
+            purchases_per_year: config.kpi.purchases_per_year,
+            lifetime_years: config.kpi.lifetime_years,
+        };
+        let store = Arc::new(Store::default());
+        let telemetry = Arc::new(Telemetry::new(pipeline.decoder.reporting_currency()));
+        telemetry
+            .registry
+            .register(Box::new(KpiCollector::new(store.clone(), pipeline.windows.clone(), clv)))
+            .expect("KPI metric names are unique");
+        let health = Arc::new(Health::default());
+
+        let addr = config.http.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServiceError::Listen { addr, source })?;
+        let source = Source::new(
+            &config.kafka,
+            pipeline.clone(),
+            store.clone(),
+            telemetry.clone(),
+            health.clone(),
+        )?;
+        let state = AppState {
+            store,
+            windows: pipeline.windows.clone(),
+            clv,
+            telemetry,
+            health,
+        };
+        Ok(Service { listener, state, source })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound socket")
+    }
+
+    /// Runs until `shutdown` is cancelled: then stops consuming, commits offsets, lets
+    /// in-flight HTTP requests finish and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
+        tracing::info!(url = %format!("http://{}/metrics", self.local_addr()), "serving");
+        let app = router(self.state);
+        let http_shutdown = shutdown.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(http_shutdown.cancelled_owned())
+                .await
+        });
+        self.source.run(shutdown.clone()).await;
+        // The source only returns on shutdown; make sure HTTP follows in any case.
+        shutdown.cancel();
+        match http.await {
+            Ok(result) => result.map_err(ServiceError::Http),
+            Err(join) => Err(ServiceError::Http(std::io::Error::other(join))),
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The service's own health: `ecom_pulse_*` metrics, readiness, and rate-limited logging.
+//!
+//! Counters that move per event are resolved to plain atomics once, at start-up, so the hot
+//! path never looks a label set up. Gauges that describe state (readiness, connection) are
+//! refreshed from [`Health`] when scraped.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::aggregate::{Outcome, TopicPartition};
+use crate::decode::{EventType, Reason};
+
+/// Registered service metrics.
+pub struct Telemetry {
+    pub registry: Registry,
+    events: Vec<IntCounter>,
+    rejected: Vec<IntCounter>,
+    duplicates: IntCounter,
+    last_event_timestamp: Gauge,
+    ready: IntGauge,
+    kafka_connected: IntGauge,
+    consumer_lag: IntGaugeVec,
+    kafka_errors: IntCounterVec,
+    rejection_logs: Vec<RateLimit>,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("ecom_pulse")
+}
+
+impl Telemetry {
+    pub fn new(reporting_currency: &str) -> Telemetry {
+        let registry = Registry::new();
+        let register = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique");
+        };
+
+        let events_vec = IntCounterVec::new(
+            opts("events_total", "Events accepted and aggregated, by type."),
+            &["event_type"],
+        )
+        .unwrap();
+        let events = EventType::ALL
+            .iter()
+            .map(|t| events_vec.with_label_values(&[t.as_str()]))
+            .collect();
+        register(Box::new(events_vec));
+
+        let rejected_vec = IntCounterVec::new(
+            opts("events_rejected_total", "Events rejected, by reason."),
+            &["reason"],
+        )
+        .unwrap();
+        let rejected = Reason::ALL
+            .iter()
+            .map(|r| rejected_vec.with_label_values(&[r.as_str()]))
+            .collect();
+        register(Box::new(rejected_vec));
+
+        let duplicates = IntCounter::with_opts(opts(
+            "events_duplicate_total",
+            "Events whose event_id was already seen within the dedup horizon; counted once.",
+        ))
+        .unwrap();
+        register(Box::new(duplicates.clone()));
+
+        let last_event_timestamp = Gauge::with_opts(opts(
+            "last_event_timestamp_seconds",
+            "Event time of the newest accepted event, Unix seconds.",
+        ))
+        .unwrap();
+        register(Box::new(last_event_timestamp.clone()));
+
+        let ready = IntGauge::with_opts(opts(
+            "ready",
+            "1 when partitions are assigned and caught up (what /readyz answers), else 0.",
+        ))
+        .unwrap();
+        register(Box::new(ready.clone()));
+
+        let kafka_connected = IntGauge::with_opts(opts(
+            "kafka_connected",
+            "1 while at least one broker connection is up, else 0.",
+        ))
+        .unwrap();
+        register(Box::new(kafka_connected.clone()));
+
+        let consumer_lag = IntGaugeVec::new(
+            opts(
+                "consumer_lag",
+                "Messages between the last processed offset and the high watermark, per assigned partition.",
+            ),
+            &["topic", "partition"],
+        )
+        .unwrap();
+        register(Box::new(consumer_lag.clone()));
+
+        let kafka_errors = IntCounterVec::new(
+            opts("kafka_errors_total", "Errors reported by the Kafka client, by error code."),
+            &["code"],
+        )
+        .unwrap();
+        register(Box::new(kafka_errors.clone()));
+
+        let build_info = IntGaugeVec::new(
+            opts("build_info", "Build of the running binary; always 1."),
+            &["version"],
+        )
+        .unwrap();
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        register(Box::new(build_info));
+
+        let info = IntGaugeVec::new(
+            opts("info", "Settings that give the KPIs their meaning; always 1."),
+            &["reporting_currency"],
+        )
+        .unwrap();
+        info.with_label_values(&[reporting_currency]).set(1);
+        register(Box::new(info));
+
+        #[cfg(target_os = "linux")]
+        register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+
+        Telemetry {
+            registry,
+            events,
+            rejected,
+            duplicates,
+            last_event_timestamp,
+            ready,
+            kafka_connected,
+            consumer_lag,
+            kafka_errors,
+            rejection_logs: Reason::ALL
+                .iter()
+                .map(|_| RateLimit::new(Duration::from_secs(10)))
+                .collect(),
+        }
+    }
+
+    /// Counts one message's outcome; logs rejections, at most one line per reason per 10 s.
+    pub fn record(&self, outcome: &Outcome, origin: &dyn std::fmt::Display) {
+        match outcome {
+            Outcome::Accepted { kind, timestamp_ms } => {
+                self.events[kind.index()].inc();
+                let seconds = *timestamp_ms as f64 / 1000.0;
+                if seconds > self.last_event_timestamp.get() {
+                    self.last_event_timestamp.set(seconds);
+                }
+            }
+            Outcome::Duplicate => self.duplicates.inc(),
+            Outcome::Rejected(rejection) => {
+                let i = rejection.reason.index();
+                self.rejected[i].inc();
+                if let Some(suppressed) = self.rejection_logs[i].check() {
+                    tracing::warn!(
+                        reason = rejection.reason.as_str(),
+                        field = rejection.detail,
+                        at = %origin,
+                        suppressed,
+                        "event rejected: {rejection}"
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn kafka_error(&self, code: &str) {
+        self.kafka_errors.with_label_values(&[code]).inc();
+    }
+
+    /// Replaces the lag series with exactly the given partitions.
+    pub fn set_consumer_lag(&self, lags: &BTreeMap<TopicPartition, i64>) {
+        self.consumer_lag.reset();
+        for (tp, lag) in lags {
+            self.consumer_lag
+                .with_label_values(&[&*tp.topic, &tp.partition.to_string()])
+                .set(*lag);
+        }
+    }
+
+    /// Refreshes the state gauges from `health`; called before each scrape.
+    pub fn refresh(&self, health: &Health) {
+        self.ready.set(i64::from(health.readiness().is_ok()));
+        self.kafka_connected.set(i64::from(health.connected()));
+    }
+}
+
+/// Readiness as the Kafka client reports it.
+#[derive(Debug, Default)]
+pub struct Health {
+    connected: AtomicBool,
+    /// `None` until the group has given this instance its first assignment.
+    assignment: Mutex<Option<BTreeMap<TopicPartition, bool>>>,
+}
+
+impl Health {
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Release);
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// New partitions start not caught up.
+    pub fn assign(&self, tps: &[TopicPartition]) {
+        let mut assignment = self.assignment.lock();
+        let map = assignment.get_or_insert_with(BTreeMap::new);
+        for tp in tps {
+            map.insert(tp.clone(), false);
+        }
+    }
+
+    pub fn revoke(&self, tps: &[TopicPartition]) {
+        if let Some(map) = self.assignment.lock().as_mut() {
+            for tp in tps {
+                map.remove(tp);
+            }
+        }
+    }
+
+    /// Marks a partition as having reached its high watermark once.
+    pub fn caught_up(&self, tp: &TopicPartition) {
+        if let Some(flag) = self.assignment.lock().as_mut().and_then(|m| m.get_mut(tp)) {
+            *flag = true;
+        }
+    }
+
+    pub fn assigned(&self) -> Vec<TopicPartition> {
+        self.assignment
+            .lock()
+            .as_ref()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// `Ok` when ready to serve trustworthy numbers, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.connected() {
+            return Err("not connected to Kafka".into());
+        }
+        let assignment = self.assignment.lock();
+        let Some(map) = assignment.as_ref() else {
+            return Err("waiting for a partition assignment from the consumer group".into());
+        };
+        let behind: Vec<String> = map
+            .iter()
+            .filter(|(_, caught_up)| !**caught_up)
+            .map(|(tp, _)| format!("{}/{}", tp.topic, tp.partition))
+            .collect();
+        if behind.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("catching up on {}", behind.join(", ")))
+        }
+    }
+}
+
+/// Lets one event through per interval and counts the rest, so a flood of bad input costs a
+/// log line every few seconds, not one per message.
+#[derive(Debug)]
+pub struct RateLimit {
+    interval: Duration,
+    start: Instant,
+    /// Milliseconds since `start` of the last event let through, plus one (0: never).
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    pub fn new(interval: Duration) -> Self {
+        RateLimit {
+            interval,
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when this event may be logged, `n` being how many were suppressed since the last.
+    pub fn check(&self) -> Option<u64> {
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&self, now: Instant) -> Option<u64> {
+        let now_ms = now.duration_since(self.start).as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || now_ms >= last + self.interval.as_millis() as u64;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_lets_one_through_per_interval() {
+        let rl = RateLimit::new(Duration::from_secs(10));
+        let t0 = rl.start;
+        assert_eq!(rl.check_at(t0), Some(0));
+        assert_eq!(rl.check_at(t0 + Duration::from_secs(1)), None);
+        assert_eq!(rl.check_at(t0 + Duration::from_secs(2)), None);
+        assert_eq!(rl.check_at(t0 + Duration::from_secs(11)), Some(2));
+        assert_eq!(rl.check_at(t0 + Duration::from_secs(12)), None);
+    }
+
+    #[test]
+    fn readiness_needs_connection_assignment_and_catch_up() {
+        let h = Health::default();
+        assert!(h.readiness().unwrap_err().contains("not connected"));
+        h.set_connected(true);
+        assert!(h.readiness().unwrap_err().contains("assignment"));
+        let tps = [TopicPartition::new("visits", 0), TopicPartition::new("orders", 0)];
+        h.assign(&tps);
+        let why = h.readiness().unwrap_err();
+        assert!(why.contains("visits/0") && why.contains("orders/0"), "{why}");
+        h.caught_up(&tps[0]);
+        h.caught_up(&tps[1]);
+        assert_eq!(h.readiness(), Ok(()));
+        h.revoke(&tps);
+        assert_eq!(h.readiness(), Ok(()), "an empty assignment is a valid, idle member");
+        h.set_connected(false);
+        assert!(h.readiness().is_err());
+    }
+
+    #[test]
+    fn outcomes_are_counted_under_their_labels() {
+        let t = Telemetry::new("USD");
+        t.record(
+            &Outcome::Accepted { kind: EventType::Order, timestamp_ms: 5_000 },
+            &"here",
+        );
+        t.record(&Outcome::Duplicate, &"here");
+        t.record(
+            &Outcome::Rejected(crate::decode::Rejection { reason: Reason::TooLate, detail: "x" }),
+            &"here",
+        );
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&t.registry.gather())
+            .unwrap();
+        assert!(text.contains("ecom_pulse_events_total{event_type=\"order\"} 1"), "{text}");
+        assert!(text.contains("ecom_pulse_events_total{event_type=\"visit\"} 0"));
+        assert!(text.contains("ecom_pulse_events_duplicate_total 1"));
+        assert!(text.contains("ecom_pulse_events_rejected_total{reason=\"too_late\"} 1"));
+        assert!(text.contains("ecom_pulse_events_rejected_total{reason=\"malformed_json\"} 0"));
+        assert!(text.contains("ecom_pulse_last_event_timestamp_seconds 5"));
+        assert!(text.contains("ecom_pulse_build_info{version="));
+        assert!(text.contains("ecom_pulse_info{reporting_currency=\"USD\"} 1"));
+    }
+}

@@ -1,0 +1,371 @@
+//! Rolling windows as rings of time buckets. Pure: the caller passes the time in.
+//!
+//! Each window of length `L` is `n` buckets of width `w = ⌈L / n⌉` milliseconds. An event is
+//! placed by its own timestamp into bucket `⌊t / w⌋`, so arrival order does not matter. The
+//! window read at time `now` is the `n` buckets ending with the one holding `now`: it covers
+//! the last `(n - 1)·w + (now mod w)` milliseconds, i.e. between `L - w` and `L`. That is the
+//! edge error: up to one bucket width (1/n of the window, 1.7 % with the default 60 buckets)
+//! of the oldest data leaves the window early, and nothing older than `L` is ever counted.
+//!
+//! A ring never stores more than `n` buckets whatever the event rate, and a bucket that falls
+//! out of the window is recycled lazily by the next write, so idle rings cost no work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::WindowLength;
+
+/// One window length and its bucket geometry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// The `window` label value.
+    pub label: Arc<str>,
+    pub length_ms: i64,
+    /// Bucket width.
+    pub width_ms: i64,
+}
+
+/// The configured windows; every ring of every key uses this geometry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Windows {
+    specs: Vec<WindowSpec>,
+    buckets: usize,
+    longest_ms: i64,
+}
+
+impl Windows {
+    pub fn new(lengths: &[WindowLength], buckets: u32) -> Windows {
+        assert!(!lengths.is_empty() && buckets > 0, "validated by Config");
+        let buckets = buckets as usize;
+        let specs: Vec<WindowSpec> = lengths
+            .iter()
+            .map(|w| {
+                let length_ms = w.length.as_millis() as i64;
+                WindowSpec {
+                    label: w.label.as_str().into(),
+                    length_ms,
+                    width_ms: (length_ms + buckets as i64 - 1) / buckets as i64,
+                }
+            })
+            .collect();
+        let longest_ms = specs.iter().map(|s| s.length_ms).max().unwrap_or(0);
+        Windows {
+            specs,
+            buckets,
+            longest_ms,
+        }
+    }
+
+    /// Convenience for tests and benches: `Windows::from_labels(&["5m", "1h"], 60)`.
+    pub fn from_labels(labels: &[&str], buckets: u32) -> Windows {
+        let lengths: Vec<WindowLength> = labels
+            .iter()
+            .map(|l| WindowLength {
+                label: l.to_string(),
+                length: humantime::parse_duration(l).expect("a duration"),
+            })
+            .collect();
+        Windows::new(&lengths, buckets)
+    }
+
+    pub fn specs(&self) -> &[WindowSpec] {
+        &self.specs
+    }
+
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.buckets
+    }
+
+    /// Length of the longest window: events older than this cannot show anywhere.
+    pub fn longest(&self) -> Duration {
+        Duration::from_millis(self.longest_ms as u64)
+    }
+
+    pub fn longest_ms(&self) -> i64 {
+        self.longest_ms
+    }
+
+    pub fn index_of(&self, label: &str) -> Option<usize> {
+        self.specs.iter().position(|s| &*s.label == label)
+    }
+}
+
+/// What a bucket holds. Each event type has its own cell type so a key only pays for the
+/// fields its events fill (see `aggregate`).
+pub trait Cell: Copy + Default {
+    fn merge(&mut self, other: &Self);
+}
+
+impl Cell for u32 {
+    fn merge(&mut self, other: &u32) {
+        *self = self.saturating_add(*other);
+    }
+}
+
+impl Cell for u64 {
+    fn merge(&mut self, other: &u64) {
+        *self = self.saturating_add(*other);
+    }
+}
+
+/// Marks a ring that was never written.
+const EMPTY: i64 = i64::MIN / 2;
+
+/// One ring of `n` buckets per window, for one key and one kind of cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series<C: Cell> {
+    /// Per window: index of the newest bucket written (`⌊t / w⌋`).
+    heads: Box<[i64]>,
+    /// Per window, `n` cells; bucket `b` lives at `b mod n`.
+    cells: Box<[C]>,
+}
+
+impl<C: Cell> Series<C> {
+    pub fn new(windows: &Windows) -> Self {
+        Series {
+            heads: vec![EMPTY; windows.len()].into_boxed_slice(),
+            cells: vec![C::default(); windows.len() * windows.buckets].into_boxed_slice(),
+        }
+    }
+
+    /// Adds `value` at time `ts_ms` to every window that still covers it at `now_ms`.
+    /// Callers clamp `ts_ms` to `now_ms` (future events count as arriving now).
+    pub fn add(&mut self, windows: &Windows, ts_ms: i64, now_ms: i64, value: &C) {
+        let n = windows.buckets as i64;
+        for (w, spec) in windows.specs.iter().enumerate() {
+            let bucket = ts_ms.div_euclid(spec.width_ms);
+            if bucket <= now_ms.div_euclid(spec.width_ms) - n {
+                continue; // already out of this window
+            }
+            let ring = &mut self.cells[w * windows.buckets..(w + 1) * windows.buckets];
+            let head = &mut self.heads[w];
+            if bucket > *head {
+                // Recycle the buckets between the old head and the new one.
+                if bucket - *head >= n {
+                    ring.fill(C::default());
+                } else {
+                    for b in *head + 1..=bucket {
+                        ring[b.rem_euclid(n) as usize] = C::default();
+                    }
+                }
+                *head = bucket;
+            } else if bucket <= *head - n {
+                continue; // its slot was recycled for newer data (the clock went back)
+            }
+            ring[bucket.rem_euclid(n) as usize].merge(value);
+        }
+    }
+
+    /// Applies `f` to every bucket of window `w` that is inside the window at `now_ms`.
+    pub fn for_each_in_window(&self, windows: &Windows, w: usize, now_ms: i64, mut f: impl FnMut(&C)) {
+        let n = windows.buckets as i64;
+        let head = self.heads[w];
+        let now_bucket = now_ms.div_euclid(windows.specs[w].width_ms);
+        let lo = (now_bucket - n + 1).max(head - n + 1);
+        let hi = now_bucket.min(head);
+        let ring = &self.cells[w * windows.buckets..(w + 1) * windows.buckets];
+        for b in lo..=hi {
+            f(&ring[b.rem_euclid(n) as usize]);
+        }
+    }
+
+    /// The sum of window `w` at `now_ms`.
+    pub fn sum(&self, windows: &Windows, w: usize, now_ms: i64) -> C {
+        let mut total = C::default();
+        self.for_each_in_window(windows, w, now_ms, |c| total.merge(c));
+        total
+    }
+
+    /// True when no window holds anything at `now_ms`: the series can be dropped.
+    pub fn is_idle(&self, windows: &Windows, now_ms: i64) -> bool {
+        windows.specs.iter().zip(self.heads.iter()).all(|(spec, head)| {
+            *head <= now_ms.div_euclid(spec.width_ms) - windows.buckets as i64
+        })
+    }
+
+    /// Heap bytes held, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.heads) + std::mem::size_of_val(&*self.cells)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const S: i64 = 1000;
+    const M: i64 = 60 * S;
+    const H: i64 = 60 * M;
+    /// An arbitrary, bucket-aligned "now" far from zero.
+    const T0: i64 = 1_763_798_400_000;
+
+    fn windows() -> Windows {
+        Windows::from_labels(&["5m", "1h", "24h"], 60)
+    }
+
+    fn sums(s: &Series<u64>, w: &Windows, now: i64) -> Vec<u64> {
+        (0..w.len()).map(|i| s.sum(w, i, now)).collect()
+    }
+
+    #[test]
+    fn geometry_of_the_default_windows() {
+        let w = windows();
+        let widths: Vec<i64> = w.specs().iter().map(|s| s.width_ms).collect();
+        assert_eq!(widths, [5 * S, M, 24 * M]);
+        assert_eq!(w.longest_ms(), 24 * H);
+        assert_eq!(w.index_of("1h"), Some(1));
+        assert_eq!(w.index_of("2h"), None);
+        // A length that does not divide evenly rounds the width up.
+        let odd = Windows::from_labels(&["7s"], 60);
+        assert_eq!(odd.specs()[0].width_ms, 117);
+    }
+
+    #[test]
+    fn an_event_lands_in_every_window_that_covers_it() {
+        let w = windows();
+        let mut s = Series::<u64>::new(&w);
+        s.add(&w, T0, T0, &1);
+        s.add(&w, T0 - 2 * M, T0, &10);
+        s.add(&w, T0 - 30 * M, T0, &100);
+        s.add(&w, T0 - 5 * H, T0, &1000);
+        assert_eq!(sums(&s, &w, T0), [11, 111, 1111]);
+    }
+
+    #[test]
+    fn values_decay_as_time_passes_without_traffic() {
+        let w = windows();
+        let mut s = Series::<u64>::new(&w);
+        s.add(&w, T0, T0, &7);
+        assert_eq!(sums(&s, &w, T0 + 4 * M), [7, 7, 7]);
+        assert_eq!(sums(&s, &w, T0 + 5 * M), [0, 7, 7]);
+        assert_eq!(sums(&s, &w, T0 + H), [0, 0, 7]);
+        assert_eq!(sums(&s, &w, T0 + 24 * H), [0, 0, 0]);
+        assert!(s.is_idle(&w, T0 + 24 * H));
+        assert!(!s.is_idle(&w, T0 + 23 * H));
+    }
+
+    #[test]
+    fn the_trailing_edge_is_exact_to_one_bucket() {
+        let w = Windows::from_labels(&["5m"], 60);
+        let mut s = Series::<u64>::new(&w);
+        s.add(&w, T0, T0, &1);
+        // Still counted at the end of the bucket that is 4m55s later ...
+        assert_eq!(s.sum(&w, 0, T0 + 5 * M - 1), 1);
+        // ... and gone at exactly 5m, never later.
+        assert_eq!(s.sum(&w, 0, T0 + 5 * M), 0);
+        // An event in the last millisecond of a bucket leaves when that bucket does:
+        // after between L - w and L.
+        let mut late = Series::<u64>::new(&w);
+        late.add(&w, T0 + 5 * S - 1, T0 + 5 * S - 1, &1);
+        assert_eq!(late.sum(&w, 0, T0 + 5 * M - 1), 1);
+        assert_eq!(late.sum(&w, 0, T0 + 5 * M), 0);
+    }
+
+    #[test]
+    fn late_and_out_of_order_events_land_in_their_bucket() {
+        let w = windows();
+        let mut s = Series::<u64>::new(&w);
+        // Newest first, then older ones: each must be placed by its own time.
+        s.add(&w, T0, T0, &1);
+        s.add(&w, T0 - 50 * M, T0, &2);
+        s.add(&w, T0 - 4 * M, T0, &4);
+        s.add(&w, T0 - 6 * M, T0, &8);
+        assert_eq!(sums(&s, &w, T0), [5, 15, 15]);
+        // Ten minutes on, the 50-minute-old event has left the hour (its bucket is the 61st).
+        assert_eq!(sums(&s, &w, T0 + 10 * M), [0, 13, 15]);
+        assert_eq!(sums(&s, &w, T0 + 55 * M), [0, 5, 15]);
+    }
+
+    #[test]
+    fn events_older_than_a_window_do_not_disturb_it() {
+        let w = windows();
+        let mut s = Series::<u64>::new(&w);
+        s.add(&w, T0, T0, &1);
+        // Two hours old: only the 24h window takes it; the short rings are untouched.
+        s.add(&w, T0 - 2 * H, T0, &5);
+        assert_eq!(sums(&s, &w, T0), [1, 1, 6]);
+    }
+
+    #[test]
+    fn a_long_gap_recycles_the_whole_ring() {
+        let w = windows();
+        let mut s = Series::<u64>::new(&w);
+        s.add(&w, T0, T0, &3);
+        let later = T0 + 3 * 24 * H;
+        s.add(&w, later, later, &4);
+        assert_eq!(sums(&s, &w, later), [4, 4, 4]);
+    }
+
+    #[test]
+    fn a_clock_that_goes_back_keeps_newer_data() {
+        let w = Windows::from_labels(&["5m"], 60);
+        let mut s = Series::<u64>::new(&w);
+        s.add(&w, T0, T0, &1);
+        // Read and written as if the clock were 10 minutes behind.
+        assert_eq!(s.sum(&w, 0, T0 - 10 * M), 0);
+        s.add(&w, T0 - 10 * M, T0 - 10 * M, &2);
+        assert_eq!(s.sum(&w, 0, T0), 1);
+    }
+
+    #[test]
+    fn saturating_cells_never_wrap() {
+        let mut c = u32::MAX - 1;
+        c.merge(&5);
+        assert_eq!(c, u32::MAX);
+    }
+
+    proptest! {
+        /// Whatever the order of events and reads, a window's sum equals the naive sum of the
+        /// events whose bucket is among the window's `n` newest at read time.
+        #[test]
+        fn matches_a_naive_reference(
+            events in proptest::collection::vec((0i64..3 * H, 1u64..1000), 0..200),
+            reads in proptest::collection::vec(0i64..4 * H, 1..20),
+        ) {
+            let w = Windows::from_labels(&["5m", "1h", "90m"], 60);
+            let mut s = Series::<u64>::new(&w);
+            let mut reads = reads;
+            reads.sort();
+            let mut applied: Vec<(i64, i64, u64)> = Vec::new(); // (ts, arrival, value)
+            let mut events = events.into_iter().peekable();
+            // Interleave: events arrive at increasing "now" with arbitrary (past) timestamps.
+            let mut now = 0;
+            for read in reads {
+                while let Some(&(age, value)) = events.peek() {
+                    if now >= read { break; }
+                    now += 7 * S;
+                    let ts = (now - age).max(0);
+                    s.add(&w, T0 + ts, T0 + now, &value);
+                    applied.push((ts, now, value));
+                    events.next();
+                }
+                let at = now.max(read);
+                for (i, spec) in w.specs().iter().enumerate() {
+                    let n = w.buckets() as i64;
+                    let now_bucket = (T0 + at).div_euclid(spec.width_ms);
+                    let expected: u64 = applied.iter()
+                        .filter(|(ts, arrival, _)| {
+                            let b = (T0 + ts).div_euclid(spec.width_ms);
+                            // Counted if it was still inside the window when it arrived ...
+                            b > (T0 + arrival).div_euclid(spec.width_ms) - n
+                            // ... and still is.
+                                && b > now_bucket - n && b <= now_bucket
+                        })
+                        .map(|(_, _, v)| v)
+                        .sum();
+                    prop_assert_eq!(s.sum(&w, i, T0 + at), expected, "window {}", spec.label);
+                }
+                now = at;
+            }
+        }
+    }
+}
