@@ -282,6 +282,11 @@ impl Source {
     }
 
     fn handle(&self, message: &BorrowedMessage<'_>, handles: &mut Handles) {
+        // A message is proof of a live connection, sooner than the next statistics report.
+        let context = self.consumer.context();
+        if !context.health.connected() {
+            context.set_connected(true);
+        }
         let now = crate::now_ms();
         let (topic, partition) = (message.topic(), message.partition());
         let origin = Origin {

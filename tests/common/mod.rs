@@ -1,0 +1,342 @@
+//! Shared harness for end-to-end tests: a real Tansu broker with SQLite storage, the
+//! `ecom-pulse` binary, a producer, a scraper and promtool. Every process started here is
+//! killed when its guard drops, so a failing test leaves nothing behind.
+//!
+//! Missing tools are failures, not skips: `scripts/test` installs them.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+pub const TOPICS: [&str; 3] = ["visits", "orders", "ad-spend"];
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Finds a tool on PATH or in ~/.cargo/bin; panics with the install hint if it is missing.
+pub fn tool(name: &str, hint: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`{name}` is not installed; {hint} (scripts/test does this)"))
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` saying `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills the child when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Tansu broker on its own port, storing into SQLite in its own directory.
+pub struct Tansu {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        Self::start_on(free_port(), tempfile::tempdir().unwrap())
+    }
+
+    /// Starts (or restarts) a broker on `port` with the SQLite file in `dir`.
+    pub fn start_on(port: u16, dir: tempfile::TempDir) -> Tansu {
+        let mut t = Tansu { port, dir, proc: None };
+        t.restart();
+        t
+    }
+
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(tool("tansu", "cargo install --locked tansu --version 0.6.0 --features dynostore,libsql"))
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        self.proc = Some(Proc { child, name: "tansu".into() });
+        let port = self.port;
+        wait_for("tansu to listen", Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topics(&self, names: &[&str], partitions: u32) {
+        for name in names {
+            let status = Command::new(tool("tansu", "see above"))
+                .args(["topic", "create", name, "--partitions", &partitions.to_string()])
+                .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+                .stdout(Stdio::null())
+                .status()
+                .expect("run tansu topic create");
+            assert!(status.success(), "creating topic {name} failed");
+        }
+    }
+}
+
+/// A message to produce: topic, key, value (`None`: a record without a value).
+pub struct Msg {
+    pub topic: &'static str,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Msg {
+    pub fn json(topic: &'static str, key: &str, value: String) -> Msg {
+        Msg { topic, key: key.to_string(), value: Some(value.into_bytes()) }
+    }
+}
+
+/// Produces all messages and waits until the broker acknowledged every one.
+pub fn produce(brokers: &str, messages: &[Msg]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for m in messages {
+        let mut record = BaseRecord::to(m.topic).key(&m.key);
+        if let Some(v) = &m.value {
+            record = record.payload(v);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("every message acknowledged");
+    assert_eq!(producer.in_flight_count(), 0);
+}
+
+/// The `ecom-pulse` binary under test, with its config file and HTTP port.
+pub struct Service {
+    pub http_port: u16,
+    pub dir: tempfile::TempDir,
+    pub proc: Proc,
+}
+
+/// Minimal config for a test service; `extra` is appended (more TOML sections).
+pub fn service_config(brokers: &str, group: &str, http_port: u16, extra: &str) -> String {
+    format!(
+        r#"[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+topics = ["visits", "orders", "ad-spend"]
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"topic.metadata.refresh.interval.ms" = "1000"
+[http]
+listen = "127.0.0.1:{http_port}"
+[log]
+level = "info,librdkafka=warn"
+{extra}
+"#
+    )
+}
+
+impl Service {
+    pub fn start(config_toml: &str, http_port: u16) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecom-pulse.toml");
+        std::fs::write(&path, config_toml).unwrap();
+        let log = std::fs::File::create(dir.path().join("service.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ecom-pulse"))
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ecom-pulse");
+        let s = Service {
+            http_port,
+            dir,
+            proc: Proc { child, name: "ecom-pulse".into() },
+        };
+        wait_for("ecom-pulse to serve /healthz", Duration::from_secs(30), || {
+            s.get("/healthz").ok().filter(|(status, _)| *status == 200)
+        });
+        s
+    }
+
+    /// GET `path`: (status, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.http_port, path)
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics").expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.proc.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        wait_for("ecom-pulse to exit", timeout, || self.proc.child.try_wait().unwrap())
+    }
+}
+
+/// A plain HTTP/1.1 GET, enough for our own endpoints.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    Ok((status, body.to_string()))
+}
+
+/// A scrape, as series text → value.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub text: String,
+    pub series: BTreeMap<String, f64>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut series = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let (name, value) = line.rsplit_once(' ').expect("name value");
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            };
+            series.insert(name.to_string(), value);
+        }
+        Metrics { text: text.to_string(), series }
+    }
+
+    pub fn get(&self, series: &str) -> Option<f64> {
+        self.series.get(series).copied()
+    }
+
+    /// Sum over every series of `name` (any labels).
+    pub fn sum(&self, name: &str) -> f64 {
+        self.series
+            .iter()
+            .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    pub fn names_with_prefix(&self, prefix: &str) -> Vec<&str> {
+        self.series.keys().filter(|k| k.starts_with(prefix)).map(String::as_str).collect()
+    }
+}
+
+/// Label value escaping of the Prometheus text format.
+pub fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// `name{campaign=..,channel=..,window=..}` as the exposition writes it.
+pub fn windowed(name: &str, campaign: &str, channel: &str, window: &str) -> String {
+    format!(
+        r#"{name}{{campaign="{}",channel="{}",window="{window}"}}"#,
+        escape_label(campaign),
+        escape_label(channel)
+    )
+}
+
+pub fn total(name: &str, campaign: &str, channel: &str) -> String {
+    format!(r#"{name}{{campaign="{}",channel="{}"}}"#, escape_label(campaign), escape_label(channel))
+}
+
+/// Runs `promtool check metrics` on an exposition and requires no findings.
+pub fn promtool_check(text: &str) {
+    let mut child = Command::new(tool("promtool", "apt-get install prometheus"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && findings.trim().is_empty(), "promtool check metrics: {findings}");
+}
+
+pub fn now_ms() -> i64 {
+    ecom_pulse::now_ms()
+}
+
+/// RFC 3339 text of an epoch-millisecond time.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
