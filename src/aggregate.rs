@@ -132,7 +132,9 @@ impl KeyState {
             });
         }
         if let Some(s) = &self.ad_spend {
-            s.for_each_in_window(windows, w, now_ms, |c| sums.ad_spend_micros += u128::from(*c));
+            s.for_each_in_window(windows, w, now_ms, |c| {
+                sums.ad_spend_micros += u128::from(*c)
+            });
         }
         sums
     }
@@ -174,7 +176,8 @@ impl PartitionState {
     fn key_mut(&mut self, campaign: &str, channel: &str) -> &mut KeyState {
         // Two probes on a miss, none allocating on a hit: new keys are rare.
         if !self.keys.contains_key(&KeyRef(campaign, channel)) {
-            self.keys.insert(Key::new(campaign, channel), KeyState::default());
+            self.keys
+                .insert(Key::new(campaign, channel), KeyState::default());
         }
         self.keys
             .get_mut(&KeyRef(campaign, channel))
@@ -428,15 +431,21 @@ mod tests {
     }
 
     fn visit(id: &str, ts: i64, campaign: &str) -> String {
-        format!(r#"{{"type":"visit","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email"}}"#)
+        format!(
+            r#"{{"type":"visit","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email"}}"#
+        )
     }
 
     fn order(id: &str, ts: i64, campaign: &str, amount: &str, new: bool) -> String {
-        format!(r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email","amount":{amount},"new_customer":{new}}}"#)
+        format!(
+            r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email","amount":{amount},"new_customer":{new}}}"#
+        )
     }
 
     fn spend(id: &str, ts: i64, campaign: &str, amount: &str) -> String {
-        format!(r#"{{"type":"ad_spend","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email","amount":{amount}}}"#)
+        format!(
+            r#"{{"type":"ad_spend","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email","amount":{amount}}}"#
+        )
     }
 
     #[test]
@@ -452,14 +461,29 @@ mod tests {
             visit("v3", T0, "b"),
         ];
         for m in &msgs {
-            assert!(matches!(p.process(&mut st, m.as_bytes(), T0, T0), Outcome::Accepted { .. }), "{m}");
+            assert!(
+                matches!(
+                    p.process(&mut st, m.as_bytes(), T0, T0),
+                    Outcome::Accepted { .. }
+                ),
+                "{m}"
+            );
         }
         let store = Store::default();
         let tp = TopicPartition::new("t", 0);
         *store.get_or_insert(&tp, || p.new_partition()).lock() = st;
         let snap = store.snapshot(&p.windows, T0);
         let a = &snap.rows[&Key::new("a", "email")];
-        assert_eq!(a.windows[0], Sums { visits: 1, orders: 1, new_customers: 1, gmv_micros: 40_000_000, ad_spend_micros: 20_000_000 });
+        assert_eq!(
+            a.windows[0],
+            Sums {
+                visits: 1,
+                orders: 1,
+                new_customers: 1,
+                gmv_micros: 40_000_000,
+                ad_spend_micros: 20_000_000
+            }
+        );
         assert_eq!(a.windows[1].visits, 2);
         assert_eq!(a.windows[1].orders, 1);
         assert_eq!(a.windows[2].orders, 2);
@@ -473,8 +497,14 @@ mod tests {
         let p = pipeline();
         let mut st = p.new_partition();
         let m = order("o1", T0, "a", "40", true);
-        assert!(matches!(p.process(&mut st, m.as_bytes(), T0, T0), Outcome::Accepted { .. }));
-        assert_eq!(p.process(&mut st, m.as_bytes(), T0, T0 + MIN), Outcome::Duplicate);
+        assert!(matches!(
+            p.process(&mut st, m.as_bytes(), T0, T0),
+            Outcome::Accepted { .. }
+        ));
+        assert_eq!(
+            p.process(&mut st, m.as_bytes(), T0, T0 + MIN),
+            Outcome::Duplicate
+        );
         assert_eq!(st.keys().next().unwrap().1.totals().orders, 1);
     }
 
@@ -489,11 +519,20 @@ mod tests {
             Outcome::Rejected(r) => Some(r.reason),
             _ => None,
         };
-        assert_eq!(reason(p.process(&mut st, old.as_bytes(), T0, T0)), Some(Reason::TooLate));
-        assert_eq!(reason(p.process(&mut st, future.as_bytes(), T0, T0)), Some(Reason::TooEarly));
+        assert_eq!(
+            reason(p.process(&mut st, old.as_bytes(), T0, T0)),
+            Some(Reason::TooLate)
+        );
+        assert_eq!(
+            reason(p.process(&mut st, future.as_bytes(), T0, T0)),
+            Some(Reason::TooEarly)
+        );
         assert_eq!(st.keys().count(), 0);
         // Within the skew: accepted and counted now, in the 5m window at once.
-        assert!(matches!(p.process(&mut st, skewed.as_bytes(), T0, T0), Outcome::Accepted { .. }));
+        assert!(matches!(
+            p.process(&mut st, skewed.as_bytes(), T0, T0),
+            Outcome::Accepted { .. }
+        ));
         let (_, ks) = st.keys().next().unwrap();
         assert_eq!(ks.window_sums(&p.windows, 0, T0).visits, 1);
     }
@@ -503,16 +542,26 @@ mod tests {
         let p = pipeline();
         let mut st = p.new_partition();
         let bad = r#"{"type":"order","event_id":"o1","amount":-1}"#;
-        assert!(matches!(p.process(&mut st, bad.as_bytes(), T0, T0), Outcome::Rejected(_)));
+        assert!(matches!(
+            p.process(&mut st, bad.as_bytes(), T0, T0),
+            Outcome::Rejected(_)
+        ));
         let good = order("o1", T0, "a", "1", false);
-        assert!(matches!(p.process(&mut st, good.as_bytes(), T0, T0), Outcome::Accepted { .. }));
+        assert!(matches!(
+            p.process(&mut st, good.as_bytes(), T0, T0),
+            Outcome::Accepted { .. }
+        ));
     }
 
     #[test]
     fn grouping_sums_then_divides() {
         let mut snap = Snapshot::default();
         let row = |orders, gmv| Row {
-            windows: vec![Sums { orders, gmv_micros: gmv, ..Sums::default() }],
+            windows: vec![Sums {
+                orders,
+                gmv_micros: gmv,
+                ..Sums::default()
+            }],
             totals: Sums::default(),
         };
         snap.rows.insert(Key::new("a", "x"), row(1, 100_000_000));
@@ -543,6 +592,9 @@ mod tests {
         store.remove(&[TopicPartition::new("visits", 0)]);
         assert!(store.generation() > g);
         let snap = store.snapshot(&p.windows, T0);
-        assert_eq!(snap.rows.keys().map(|k| &*k.campaign).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            snap.rows.keys().map(|k| &*k.campaign).collect::<Vec<_>>(),
+            ["b"]
+        );
     }
 }

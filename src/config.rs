@@ -159,10 +159,7 @@ impl Config {
         if let Some(vars) = env {
             environment = environment.source(Some(vars.into_iter().collect()));
         }
-        let config: Config = builder
-            .add_source(environment)
-            .build()?
-            .try_deserialize()?;
+        let config: Config = builder.add_source(environment).build()?.try_deserialize()?;
         config.validate()?;
         Ok(config)
     }
@@ -207,7 +204,10 @@ impl Config {
             ("kpi.lifetime_years", self.kpi.lifetime_years),
         ] {
             if !(value.is_finite() && value > 0.0) {
-                return Err(invalid(key, format!("must be a positive number, got {value}")));
+                return Err(invalid(
+                    key,
+                    format!("must be a positive number, got {value}"),
+                ));
             }
         }
         for (code, rate) in &self.kpi.currency_rates {
@@ -216,11 +216,14 @@ impl Config {
                 return Err(invalid(key, "is not an ISO 4217 code (three letters)"));
             }
             if !(rate.is_finite() && *rate > 0.0) {
-                return Err(invalid(key, format!("must be a positive number, got {rate}")));
+                return Err(invalid(
+                    key,
+                    format!("must be a positive number, got {rate}"),
+                ));
             }
         }
-        if self.dedup.horizon.is_zero() {
-            return Err(invalid("dedup.horizon", "must be longer than 0s"));
+        if self.dedup.horizon < Duration::from_secs(1) {
+            return Err(invalid("dedup.horizon", "must be at least 1s"));
         }
         if self.dedup.max_ids_per_partition < 1000 {
             return Err(invalid(
@@ -248,7 +251,10 @@ impl Config {
             let length = humantime::parse_duration(label.trim())
                 .map_err(|e| invalid(&key, format!("{label:?} is not a duration ({e})")))?;
             if length < Duration::from_secs(1) || length > Duration::from_secs(31 * 86_400) {
-                return Err(invalid(&key, format!("{label:?} must be between 1s and 31d")));
+                return Err(invalid(
+                    &key,
+                    format!("{label:?} must be between 1s and 31d"),
+                ));
             }
             if let Some(twin) = out.iter().find(|w| w.length == length) {
                 return Err(invalid(
@@ -294,7 +300,11 @@ fn flatten_properties<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Erro
 where
     D: serde::Deserializer<'de>,
 {
-    fn walk(prefix: &str, table: BTreeMap<String, PropertyValue>, out: &mut BTreeMap<String, String>) {
+    fn walk(
+        prefix: &str,
+        table: BTreeMap<String, PropertyValue>,
+        out: &mut BTreeMap<String, String>,
+    ) {
         for (key, value) in table {
             // librdkafka names never contain `_`, environment variable names cannot contain `.`.
             let key = key.replace('_', ".");
@@ -331,7 +341,9 @@ mod humantime_serde {
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(de)?;
         humantime::parse_duration(text.trim()).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not a duration like \"90s\" or \"15m\" ({e})"))
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration like \"90s\" or \"15m\" ({e})"
+            ))
         })
     }
 }
@@ -414,18 +426,42 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            ("[kpi]\npurchases_per_year = \"many\"\n", "kpi.purchases_per_year"),
-            ("[kpi]\npurchases_per_year = -1.0\n", "kpi.purchases_per_year"),
+            (
+                "[kpi]\npurchases_per_year = \"many\"\n",
+                "kpi.purchases_per_year",
+            ),
+            (
+                "[kpi]\npurchases_per_year = -1.0\n",
+                "kpi.purchases_per_year",
+            ),
             ("[kpi]\nlifetime_years = 0.0\n", "kpi.lifetime_years"),
-            ("[kpi]\nreporting_currency = \"dollars\"\n", "kpi.reporting_currency"),
-            ("[kpi.currency_rates]\nGBP = -2.0\n", "kpi.currency_rates.GBP"),
-            ("[windows]\nlengths = [\"5m\", \"5x\"]\n", "windows.lengths[1]"),
-            ("[windows]\nlengths = [\"5m\", \"300s\"]\n", "windows.lengths[1]"),
+            (
+                "[kpi]\nreporting_currency = \"dollars\"\n",
+                "kpi.reporting_currency",
+            ),
+            (
+                "[kpi.currency_rates]\nGBP = -2.0\n",
+                "kpi.currency_rates.GBP",
+            ),
+            (
+                "[windows]\nlengths = [\"5m\", \"5x\"]\n",
+                "windows.lengths[1]",
+            ),
+            (
+                "[windows]\nlengths = [\"5m\", \"300s\"]\n",
+                "windows.lengths[1]",
+            ),
             ("[windows]\nlengths = []\n", "windows.lengths"),
             ("[windows]\nbuckets = 0\n", "windows.buckets"),
-            ("[windows]\nmax_future_skew = \"soon\"\n", "windows.max_future_skew"),
+            (
+                "[windows]\nmax_future_skew = \"soon\"\n",
+                "windows.max_future_skew",
+            ),
             ("[dedup]\nhorizon = \"0s\"\n", "dedup.horizon"),
-            ("[dedup]\nmax_ids_per_partition = 10\n", "dedup.max_ids_per_partition"),
+            (
+                "[dedup]\nmax_ids_per_partition = 10\n",
+                "dedup.max_ids_per_partition",
+            ),
             ("[http]\nlisten = \"not an address\"\n", "http.listen"),
             ("[kafka]\nbrokers = \"\"\n", "kafka.brokers"),
             ("[kafka]\ntopics = [\"a\", \" \"]\n", "kafka.topics[1]"),
@@ -433,7 +469,10 @@ mod tests {
         ];
         for (toml, key) in cases {
             let message = error_of(toml);
-            assert!(message.contains(key), "{toml:?}: {message:?} does not name {key}");
+            assert!(
+                message.contains(key),
+                "{toml:?}: {message:?} does not name {key}"
+            );
         }
     }
 
@@ -448,6 +487,10 @@ mod tests {
     #[test]
     fn missing_file_is_an_error() {
         let err = Config::load_with_env(Some(Path::new("/nonexistent/ecom.toml")), env(&[]));
-        assert!(err.unwrap_err().to_string().contains("/nonexistent/ecom.toml"));
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("/nonexistent/ecom.toml")
+        );
     }
 }

@@ -8,8 +8,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 /// Label value for an absent or empty campaign or channel.
 pub const NONE_LABEL: &str = "(none)";
@@ -113,8 +113,8 @@ fn reject(reason: Reason, detail: &'static str) -> Rejection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event<'a> {
     pub kind: EventType,
-    /// 128-bit hash of (type, event_id): what de-duplication remembers.
-    pub id_hash: u128,
+    /// 64-bit hash of (type, event_id): what de-duplication remembers.
+    pub id_hash: u64,
     /// Event time, epoch milliseconds.
     pub timestamp_ms: i64,
     pub campaign: Cow<'a, str>,
@@ -150,7 +150,11 @@ impl Decoder {
 
     /// Decodes and validates one message value. `fallback_ts_ms` (the Kafka record timestamp)
     /// is used when the event carries none.
-    pub fn decode<'a>(&self, payload: &'a [u8], fallback_ts_ms: i64) -> Result<Event<'a>, Rejection> {
+    pub fn decode<'a>(
+        &self,
+        payload: &'a [u8],
+        fallback_ts_ms: i64,
+    ) -> Result<Event<'a>, Rejection> {
         let raw: RawEvent<'a> = serde_json::from_slice(payload)
             .map_err(|_| reject(Reason::MalformedJson, "not a JSON object"))?;
         if let Some(field) = raw.duplicate {
@@ -173,8 +177,9 @@ impl Decoder {
         };
         let timestamp_ms = match raw.timestamp {
             None | Some(Scalar::Null) => fallback_ts_ms,
-            Some(Scalar::Str(s)) => parse_rfc3339_ms(&s)
-                .ok_or(reject(Reason::InvalidValue, "timestamp"))?,
+            Some(Scalar::Str(s)) => {
+                parse_rfc3339_ms(&s).ok_or(reject(Reason::InvalidValue, "timestamp"))?
+            }
             Some(Scalar::U64(ms)) => {
                 i64::try_from(ms).map_err(|_| reject(Reason::InvalidValue, "timestamp"))?
             }
@@ -215,7 +220,7 @@ impl Decoder {
         };
         Ok(Event {
             kind,
-            id_hash: xxhash_rust::xxh3::xxh3_128_with_seed(event_id.as_bytes(), kind as u64),
+            id_hash: xxhash_rust::xxh3::xxh3_64_with_seed(event_id.as_bytes(), kind as u64),
             timestamp_ms,
             campaign,
             channel: channel.unwrap_or(Cow::Borrowed(NONE_LABEL)),
@@ -244,7 +249,10 @@ impl Decoder {
 }
 
 /// `campaign` / `channel`: absent, null or empty is `None` (the `(none)` label).
-fn label<'a>(value: Option<Scalar<'a>>, field: &'static str) -> Result<Option<Cow<'a, str>>, Rejection> {
+fn label<'a>(
+    value: Option<Scalar<'a>>,
+    field: &'static str,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
     match value {
         None | Some(Scalar::Null) => Ok(None),
         Some(Scalar::Str(s)) if s.is_empty() => Ok(None),
@@ -465,7 +473,10 @@ mod tests {
     const RECORD_TS: i64 = 1_700_000_000_000;
 
     fn decoder() -> Decoder {
-        Decoder::new("USD", [("EUR".to_string(), 1.08), ("JPY".to_string(), 0.0067)])
+        Decoder::new(
+            "USD",
+            [("EUR".to_string(), 1.08), ("JPY".to_string(), 0.0067)],
+        )
     }
 
     fn ok(json: &str) -> Event<'_> {
@@ -483,20 +494,26 @@ mod tests {
 
     #[test]
     fn spec_examples_decode() {
-        let v = ok(r#"{"type":"visit","event_id":"v-1","timestamp":"2026-11-22T08:00:00Z","visitor_id":"u-7","campaign":"spring_sale","channel":"paid_social","device":"mobile"}"#);
+        let v = ok(
+            r#"{"type":"visit","event_id":"v-1","timestamp":"2026-11-22T08:00:00Z","visitor_id":"u-7","campaign":"spring_sale","channel":"paid_social","device":"mobile"}"#,
+        );
         assert_eq!(v.kind, EventType::Visit);
         assert_eq!(v.timestamp_ms, 1_795_334_400_000);
         assert_eq!(v.campaign, "spring_sale");
         assert_eq!(v.channel, "paid_social");
         assert_eq!(v.amount_micros, 0);
 
-        let o = ok(r#"{"type":"order","event_id":"o-1","timestamp":1763798400000,"order_id":"o-1","customer_id":"c-3","amount":49.9,"currency":"USD","new_customer":true,"campaign":"spring_sale","channel":"paid_social"}"#);
+        let o = ok(
+            r#"{"type":"order","event_id":"o-1","timestamp":1763798400000,"order_id":"o-1","customer_id":"c-3","amount":49.9,"currency":"USD","new_customer":true,"campaign":"spring_sale","channel":"paid_social"}"#,
+        );
         assert_eq!(o.kind, EventType::Order);
         assert_eq!(o.timestamp_ms, 1_763_798_400_000);
         assert_eq!(o.amount_micros, 49_900_000);
         assert!(o.new_customer);
 
-        let s = ok(r#"{"type":"ad_spend","event_id":"s-1","timestamp":"2026-11-22T08:00:05Z","campaign":"spring_sale","channel":"paid_social","amount":12.5,"currency":"USD"}"#);
+        let s = ok(
+            r#"{"type":"ad_spend","event_id":"s-1","timestamp":"2026-11-22T08:00:05Z","campaign":"spring_sale","channel":"paid_social","amount":12.5,"currency":"USD"}"#,
+        );
         assert_eq!(s.kind, EventType::AdSpend);
         assert_eq!(s.timestamp_ms, 1_795_334_405_000);
         assert_eq!(s.amount_micros, 12_500_000);
@@ -504,7 +521,8 @@ mod tests {
 
     #[test]
     fn both_timestamp_forms_and_the_record_fallback() {
-        let rfc = ok(r#"{"type":"visit","event_id":"a","timestamp":"2026-11-22T09:30:00.250+01:30"}"#);
+        let rfc =
+            ok(r#"{"type":"visit","event_id":"a","timestamp":"2026-11-22T09:30:00.250+01:30"}"#);
         assert_eq!(rfc.timestamp_ms, 1_795_334_400_250);
         let millis = ok(r#"{"type":"visit","event_id":"a","timestamp":1795334400250}"#);
         assert_eq!(millis.timestamp_ms, 1_795_334_400_250);
@@ -520,8 +538,14 @@ mod tests {
         let s = ok(r#"{"type":"order","event_id":"a","amount":"49.90"}"#);
         assert_eq!(n.amount_micros, 49_900_000);
         assert_eq!(s.amount_micros, 49_900_000);
-        assert_eq!(ok(r#"{"type":"order","event_id":"a","amount":40}"#).amount_micros, 40_000_000);
-        assert_eq!(ok(r#"{"type":"order","event_id":"a","amount":"0"}"#).amount_micros, 0);
+        assert_eq!(
+            ok(r#"{"type":"order","event_id":"a","amount":40}"#).amount_micros,
+            40_000_000
+        );
+        assert_eq!(
+            ok(r#"{"type":"order","event_id":"a","amount":"0"}"#).amount_micros,
+            0
+        );
         assert_eq!(
             ok(r#"{"type":"order","event_id":"a","amount":0.1}"#).amount_micros
                 + ok(r#"{"type":"order","event_id":"a","amount":0.2}"#).amount_micros,
@@ -533,7 +557,9 @@ mod tests {
     fn currencies_convert_with_configured_rates() {
         let eur = ok(r#"{"type":"order","event_id":"a","amount":"10","currency":"EUR"}"#);
         assert_eq!(eur.amount_micros, 10_800_000);
-        let lower = ok(r#"{"type":"ad_spend","event_id":"a","campaign":"c","amount":100,"currency":"eur"}"#);
+        let lower = ok(
+            r#"{"type":"ad_spend","event_id":"a","campaign":"c","amount":100,"currency":"eur"}"#,
+        );
         assert_eq!(lower.amount_micros, 108_000_000);
         let jpy = ok(r#"{"type":"order","event_id":"a","amount":1000,"currency":"JPY"}"#);
         assert_eq!(jpy.amount_micros, 6_700_000);
@@ -577,43 +603,159 @@ mod tests {
             (r#"{"type":"visit","event_id":"a""#, MalformedJson, ""),
             (r#"[{"type":"visit"}]"#, MalformedJson, ""),
             (r#""visit""#, MalformedJson, ""),
-            (r#"{"type":"visit","event_id":"a"} trailing"#, MalformedJson, ""),
+            (
+                r#"{"type":"visit","event_id":"a"} trailing"#,
+                MalformedJson,
+                "",
+            ),
             (r#"{"event_id":"a"}"#, MissingField, "type"),
             (r#"{"type":null,"event_id":"a"}"#, MissingField, "type"),
             (r#"{"type":"click","event_id":"a"}"#, UnknownType, "type"),
             (r#"{"type":"Visit","event_id":"a"}"#, UnknownType, "type"),
             (r#"{"type":7,"event_id":"a"}"#, UnknownType, "type"),
             (r#"{"type":"visit"}"#, MissingField, "event_id"),
-            (r#"{"type":"visit","event_id":""}"#, InvalidValue, "event_id"),
-            (r#"{"type":"visit","event_id":12}"#, InvalidValue, "event_id"),
+            (
+                r#"{"type":"visit","event_id":""}"#,
+                InvalidValue,
+                "event_id",
+            ),
+            (
+                r#"{"type":"visit","event_id":12}"#,
+                InvalidValue,
+                "event_id",
+            ),
             (&long_id, InvalidValue, "event_id"),
-            (r#"{"type":"visit","event_id":"a","timestamp":"yesterday"}"#, InvalidValue, "timestamp"),
-            (r#"{"type":"visit","event_id":"a","timestamp":"2026-11-22 08:00:00"}"#, InvalidValue, "timestamp"),
-            (r#"{"type":"visit","event_id":"a","timestamp":-5}"#, InvalidValue, "timestamp"),
-            (r#"{"type":"visit","event_id":"a","timestamp":1.5}"#, InvalidValue, "timestamp"),
-            (r#"{"type":"visit","event_id":"a","timestamp":true}"#, InvalidValue, "timestamp"),
-            (r#"{"type":"visit","event_id":"a","campaign":5}"#, InvalidValue, "campaign"),
-            (r#"{"type":"visit","event_id":"a","channel":["x"]}"#, InvalidValue, "channel"),
-            (r#"{"type":"visit","event_id":"a","visitor_id":7}"#, InvalidValue, "visitor_id"),
-            (r#"{"type":"visit","event_id":"a","type":"order"}"#, InvalidValue, "type"),
+            (
+                r#"{"type":"visit","event_id":"a","timestamp":"yesterday"}"#,
+                InvalidValue,
+                "timestamp",
+            ),
+            (
+                r#"{"type":"visit","event_id":"a","timestamp":"2026-11-22 08:00:00"}"#,
+                InvalidValue,
+                "timestamp",
+            ),
+            (
+                r#"{"type":"visit","event_id":"a","timestamp":-5}"#,
+                InvalidValue,
+                "timestamp",
+            ),
+            (
+                r#"{"type":"visit","event_id":"a","timestamp":1.5}"#,
+                InvalidValue,
+                "timestamp",
+            ),
+            (
+                r#"{"type":"visit","event_id":"a","timestamp":true}"#,
+                InvalidValue,
+                "timestamp",
+            ),
+            (
+                r#"{"type":"visit","event_id":"a","campaign":5}"#,
+                InvalidValue,
+                "campaign",
+            ),
+            (
+                r#"{"type":"visit","event_id":"a","channel":["x"]}"#,
+                InvalidValue,
+                "channel",
+            ),
+            (
+                r#"{"type":"visit","event_id":"a","visitor_id":7}"#,
+                InvalidValue,
+                "visitor_id",
+            ),
+            (
+                r#"{"type":"visit","event_id":"a","type":"order"}"#,
+                InvalidValue,
+                "type",
+            ),
             (r#"{"type":"order","event_id":"a"}"#, MissingField, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":null}"#, MissingField, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":-1}"#, InvalidValue, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":-0.5}"#, InvalidValue, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":"-1"}"#, InvalidValue, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":"1e3"}"#, InvalidValue, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":"NaN"}"#, InvalidValue, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":"12."}"#, InvalidValue, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":" 12"}"#, InvalidValue, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":1e300}"#, InvalidValue, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":true}"#, InvalidValue, "amount"),
-            (r#"{"type":"order","event_id":"a","amount":1,"new_customer":"yes"}"#, InvalidValue, "new_customer"),
-            (r#"{"type":"order","event_id":"a","amount":1,"currency":"GBP"}"#, UnknownCurrency, "currency"),
-            (r#"{"type":"order","event_id":"a","amount":1,"currency":"dollars"}"#, UnknownCurrency, "currency"),
-            (r#"{"type":"order","event_id":"a","amount":1,"currency":840}"#, InvalidValue, "currency"),
-            (r#"{"type":"ad_spend","event_id":"a","amount":1}"#, MissingField, "campaign"),
-            (r#"{"type":"ad_spend","event_id":"a","campaign":"","amount":1}"#, MissingField, "campaign"),
-            (r#"{"type":"ad_spend","event_id":"a","campaign":"c"}"#, MissingField, "amount"),
+            (
+                r#"{"type":"order","event_id":"a","amount":null}"#,
+                MissingField,
+                "amount",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":-1}"#,
+                InvalidValue,
+                "amount",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":-0.5}"#,
+                InvalidValue,
+                "amount",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":"-1"}"#,
+                InvalidValue,
+                "amount",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":"1e3"}"#,
+                InvalidValue,
+                "amount",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":"NaN"}"#,
+                InvalidValue,
+                "amount",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":"12."}"#,
+                InvalidValue,
+                "amount",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":" 12"}"#,
+                InvalidValue,
+                "amount",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":1e300}"#,
+                InvalidValue,
+                "amount",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":true}"#,
+                InvalidValue,
+                "amount",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":1,"new_customer":"yes"}"#,
+                InvalidValue,
+                "new_customer",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":1,"currency":"GBP"}"#,
+                UnknownCurrency,
+                "currency",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":1,"currency":"dollars"}"#,
+                UnknownCurrency,
+                "currency",
+            ),
+            (
+                r#"{"type":"order","event_id":"a","amount":1,"currency":840}"#,
+                InvalidValue,
+                "currency",
+            ),
+            (
+                r#"{"type":"ad_spend","event_id":"a","amount":1}"#,
+                MissingField,
+                "campaign",
+            ),
+            (
+                r#"{"type":"ad_spend","event_id":"a","campaign":"","amount":1}"#,
+                MissingField,
+                "campaign",
+            ),
+            (
+                r#"{"type":"ad_spend","event_id":"a","campaign":"c"}"#,
+                MissingField,
+                "amount",
+            ),
         ];
         for (json, reason, detail) in cases {
             let r = rejected(json);
@@ -623,7 +765,10 @@ mod tests {
             }
         }
         assert_eq!(
-            decoder().decode(&[0xff, 0xfe, b'{'], RECORD_TS).unwrap_err().reason,
+            decoder()
+                .decode(&[0xff, 0xfe, b'{'], RECORD_TS)
+                .unwrap_err()
+                .reason,
             MalformedJson
         );
     }
@@ -631,7 +776,14 @@ mod tests {
     #[test]
     fn reason_labels_are_the_spec_names() {
         let names: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-        for spec in ["malformed_json", "unknown_type", "missing_field", "invalid_value", "unknown_currency", "too_late"] {
+        for spec in [
+            "malformed_json",
+            "unknown_type",
+            "missing_field",
+            "invalid_value",
+            "unknown_currency",
+            "too_late",
+        ] {
             assert!(names.contains(&spec), "{spec}");
         }
         for (i, r) in Reason::ALL.iter().enumerate() {

@@ -1,9 +1,9 @@
 //! Remembers event ids for a horizon of event time, in bounded memory.
 //!
 //! At-least-once delivery and producer retries both re-send events; an id seen again within the
-//! horizon is a duplicate and must not be counted twice. Ids are kept as 128-bit hashes (a
-//! collision needs ~2^64 ids) tagged with a coarse generation of their event time
-//! (`horizon / 4`). When the newest generation advances, ids more than a horizon older are
+//! horizon is a duplicate and must not be counted twice. Ids are kept as 64-bit hashes (with a
+//! million ids held, a new event is mistaken for a duplicate with probability 5·10⁻¹⁴), tagged
+//! with a coarse generation of their event time (`horizon / 4`): 16 bytes per entry. When the newest generation advances, ids more than a horizon older are
 //! swept in one pass, so lookups stay a single hash probe. Working in event time, not arrival
 //! time, makes the outcome depend only on the events, not on when they were read.
 //!
@@ -13,18 +13,20 @@
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Generations per horizon: the sweep granularity.
-const GENERATIONS: i64 = 4;
+const GENERATIONS: u32 = 4;
+/// Generations are at least a second long, so their numbers fit in `u32` until 2106.
+const MIN_GENERATION_MS: i64 = 1000;
 
 #[derive(Debug, Clone)]
 pub struct Dedup {
     /// id hash → generation of its event time.
-    seen: hashbrown::HashMap<u128, i64, BuildHasherDefault<IdHasher>>,
+    seen: hashbrown::HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
     generation_ms: i64,
     max_ids: usize,
     /// Newest generation seen.
-    newest: i64,
+    newest: u32,
     /// Entries older than this generation are expired (swept, or about to be).
-    oldest_kept: i64,
+    oldest_kept: u32,
     evicted: u64,
 }
 
@@ -32,17 +34,21 @@ impl Dedup {
     pub fn new(horizon_ms: i64, max_ids: usize) -> Self {
         Dedup {
             seen: Default::default(),
-            generation_ms: (horizon_ms / GENERATIONS).max(1),
+            generation_ms: (horizon_ms / GENERATIONS as i64).max(MIN_GENERATION_MS),
             max_ids: max_ids.max(1),
-            newest: i64::MIN,
-            oldest_kept: i64::MIN,
+            newest: 0,
+            oldest_kept: 0,
             evicted: 0,
         }
     }
 
+    fn generation(&self, ts_ms: i64) -> u32 {
+        u32::try_from(ts_ms.max(0) / self.generation_ms).unwrap_or(u32::MAX)
+    }
+
     /// Records `id` at event time `ts_ms`. Returns false if it was already seen (a duplicate).
-    pub fn insert(&mut self, id: u128, ts_ms: i64) -> bool {
-        let generation = ts_ms.div_euclid(self.generation_ms);
+    pub fn insert(&mut self, id: u64, ts_ms: i64) -> bool {
+        let generation = self.generation(ts_ms);
         if generation > self.newest {
             self.newest = generation;
             let cutoff = generation.saturating_sub(GENERATIONS);
@@ -113,8 +119,8 @@ impl Hasher for IdHasher {
             self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
         }
     }
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -158,7 +164,7 @@ mod tests {
     #[test]
     fn memory_is_bounded_and_evictions_counted() {
         let mut d = Dedup::new(15 * MIN, 1000);
-        for i in 0..5000u128 {
+        for i in 0..5000u64 {
             // 50 ids per second of event time: 5000 ids span 100 s.
             d.insert(i, T0 + (i as i64) * 20);
             assert!(d.len() <= 1000);
@@ -171,7 +177,7 @@ mod tests {
     #[test]
     fn the_newest_generation_alone_over_the_cap_is_cleared_not_grown() {
         let mut d = Dedup::new(15 * MIN, 1000);
-        for i in 0..3000u128 {
+        for i in 0..3000u64 {
             d.insert(i, T0);
         }
         assert!(d.len() <= 1000);

@@ -25,10 +25,15 @@ pub enum DemoError {
 }
 
 /// Runs the demo until `shutdown`.
-pub async fn run(mut config: Config, visits_per_sec: f64, shutdown: CancellationToken) -> Result<(), DemoError> {
+pub async fn run(
+    mut config: Config,
+    visits_per_sec: f64,
+    shutdown: CancellationToken,
+) -> Result<(), DemoError> {
     let mock = MockCluster::new(3).map_err(DemoError::Mock)?;
     for topic in &config.kafka.topics {
-        mock.create_topic(topic, PARTITIONS, 1).map_err(DemoError::Mock)?;
+        mock.create_topic(topic, PARTITIONS, 1)
+            .map_err(DemoError::Mock)?;
     }
     config.kafka.brokers = mock.bootstrap_servers();
     // The mock cluster's group coordinator is quick to re-balance with short sessions.
@@ -45,7 +50,14 @@ pub async fn run(mut config: Config, visits_per_sec: f64, shutdown: Cancellation
     let topics = config.kafka.topics.clone();
     let generator_stop = shutdown.clone();
     let generator = std::thread::spawn(move || {
-        generate::run(&brokers, &topics, visits_per_sec, 0.002, &[], generator_stop)
+        generate::run(
+            &brokers,
+            &topics,
+            visits_per_sec,
+            0.002,
+            &[],
+            generator_stop,
+        )
     });
 
     println!(

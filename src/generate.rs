@@ -39,7 +39,15 @@ pub struct Profile {
 pub const DRIFT_OVER: Duration = Duration::from_secs(600);
 
 pub fn default_profiles() -> Vec<Profile> {
-    let p = |campaign, channel, weight, cvr, aov, new_customer_share, cost_per_visit, currency, drift_to| Profile {
+    let p = |campaign,
+             channel,
+             weight,
+             cvr,
+             aov,
+             new_customer_share,
+             cost_per_visit,
+             currency,
+             drift_to| Profile {
         campaign,
         channel,
         weight,
@@ -52,13 +60,83 @@ pub fn default_profiles() -> Vec<Profile> {
     };
     vec![
         // ROAS = cvr x aov / cost per visit.
-        p("spring_sale", "paid_social", 0.22, 0.030, 60.0, 0.60, 0.45, "USD", 1.0), // 4.0
-        p("spring_sale", "paid_search", 0.13, 0.050, 55.0, 0.50, 0.90, "USD", 1.0), // 3.1
-        p("brand_search", "paid_search", 0.15, 0.060, 70.0, 0.30, 0.70, "USD", 1.0), // 6.0
-        p("retargeting", "display", 0.10, 0.040, 45.0, 0.10, 0.60, "USD", 1.0),    // 3.0
-        p("newsletter", "email", 0.15, 0.045, 50.0, 0.05, 0.0, "USD", 1.0),        // no spend
-        p("influencer_q4", "paid_social", 0.12, 0.025, 80.0, 0.70, 0.62, "USD", 2.3), // 3.2 -> 1.4
-        p("affiliate_eu", "affiliate", 0.13, 0.035, 40.0, 0.40, 0.35, "EUR", 1.0), // 4.0
+        p(
+            "spring_sale",
+            "paid_social",
+            0.22,
+            0.030,
+            60.0,
+            0.60,
+            0.45,
+            "USD",
+            1.0,
+        ), // 4.0
+        p(
+            "spring_sale",
+            "paid_search",
+            0.13,
+            0.050,
+            55.0,
+            0.50,
+            0.90,
+            "USD",
+            1.0,
+        ), // 3.1
+        p(
+            "brand_search",
+            "paid_search",
+            0.15,
+            0.060,
+            70.0,
+            0.30,
+            0.70,
+            "USD",
+            1.0,
+        ), // 6.0
+        p(
+            "retargeting",
+            "display",
+            0.10,
+            0.040,
+            45.0,
+            0.10,
+            0.60,
+            "USD",
+            1.0,
+        ), // 3.0
+        p(
+            "newsletter",
+            "email",
+            0.15,
+            0.045,
+            50.0,
+            0.05,
+            0.0,
+            "USD",
+            1.0,
+        ), // no spend
+        p(
+            "influencer_q4",
+            "paid_social",
+            0.12,
+            0.025,
+            80.0,
+            0.70,
+            0.62,
+            "USD",
+            2.3,
+        ), // 3.2 -> 1.4
+        p(
+            "affiliate_eu",
+            "affiliate",
+            0.13,
+            0.035,
+            40.0,
+            0.40,
+            0.35,
+            "EUR",
+            1.0,
+        ), // 4.0
     ]
 }
 
@@ -137,7 +215,8 @@ impl Generator {
 
     /// Cost multiplier of a profile at `now_ms`.
     fn drift(&self, profile: &Profile, now_ms: i64) -> f64 {
-        let progress = ((now_ms - self.start_ms) as f64 / DRIFT_OVER.as_millis() as f64).clamp(0.0, 1.0);
+        let progress =
+            ((now_ms - self.start_ms) as f64 / DRIFT_OVER.as_millis() as f64).clamp(0.0, 1.0);
         1.0 + (profile.drift_to - 1.0) * progress
     }
 
@@ -146,7 +225,8 @@ impl Generator {
         let mut out = Vec::new();
         for i in 0..self.profiles.len() {
             let profile = self.profiles[i].clone();
-            let expected = visits_per_sec * profile.weight * dt_ms as f64 / 1000.0 + self.visit_carry[i];
+            let expected =
+                visits_per_sec * profile.weight * dt_ms as f64 / 1000.0 + self.visit_carry[i];
             let visits = expected.floor() as u64;
             self.visit_carry[i] = expected - visits as f64;
             for _ in 0..visits {
@@ -156,7 +236,8 @@ impl Generator {
                 }
             }
             if profile.cost_per_visit > 0.0 {
-                self.spend_carry[i] += visits as f64 * profile.cost_per_visit * self.drift(&profile, now_ms);
+                self.spend_carry[i] +=
+                    visits as f64 * profile.cost_per_visit * self.drift(&profile, now_ms);
                 // Ad platforms report spend in lumps; send it once it reaches a few units.
                 if self.spend_carry[i] >= 5.0 {
                     let amount = (self.spend_carry[i] * 100.0).round() / 100.0;
@@ -170,7 +251,10 @@ impl Generator {
         }
         if self.bad_ratio > 0.0 {
             let bad = (out.len() as f64 * self.bad_ratio).round() as usize
-                + usize::from(self.rng.random_bool((out.len() as f64 * self.bad_ratio).fract().clamp(0.0, 1.0)));
+                + usize::from(
+                    self.rng
+                        .random_bool((out.len() as f64 * self.bad_ratio).fract().clamp(0.0, 1.0)),
+                );
             for _ in 0..bad {
                 out.push(self.bad(now_ms));
             }
@@ -234,8 +318,12 @@ impl Generator {
         let payload = match self.rng.random_range(0..5) {
             0 => format!(r#"{{"type":"visit","event_id":"{id}","campaign":"#),
             1 => format!(r#"{{"type":"click","event_id":"{id}","timestamp":{ts}}}"#),
-            2 => format!(r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"campaign":"spring_sale"}}"#),
-            3 => format!(r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"amount":10,"currency":"XYZ","campaign":"spring_sale"}}"#),
+            2 => format!(
+                r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"campaign":"spring_sale"}}"#
+            ),
+            3 => format!(
+                r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"amount":10,"currency":"XYZ","campaign":"spring_sale"}}"#
+            ),
             _ => match &self.last_payload {
                 // A producer retry: the same event again.
                 Some(last) => return last.clone(),
@@ -297,7 +385,9 @@ pub fn run(
         let now_ms = crate::now_ms();
         for message in generator.tick(now_ms, now_ms - last_ms, visits_per_sec) {
             let topic = topic_for(message.stream).expect("checked above");
-            let mut record = BaseRecord::to(topic).key(&message.key).payload(&message.payload);
+            let mut record = BaseRecord::to(topic)
+                .key(&message.key)
+                .payload(&message.payload);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -361,16 +451,28 @@ mod tests {
         }
         assert!(kinds.iter().all(|&k| k > 0), "{kinds:?}");
         let snap = store.snapshot(&pipeline.windows, now);
-        let clv = ClvAssumptions { purchases_per_year: 4.0, lifetime_years: 3.0 };
-        let campaigns: std::collections::BTreeSet<_> = snap.rows.keys().map(|k| k.campaign.clone()).collect();
+        let clv = ClvAssumptions {
+            purchases_per_year: 4.0,
+            lifetime_years: 3.0,
+        };
+        let campaigns: std::collections::BTreeSet<_> =
+            snap.rows.keys().map(|k| k.campaign.clone()).collect();
         assert!(campaigns.len() >= 5);
         let roas = |campaign: &str| {
-            let row = snap.rows.iter().find(|(k, _)| &*k.campaign == campaign).unwrap().1;
+            let row = snap
+                .rows
+                .iter()
+                .find(|(k, _)| &*k.campaign == campaign)
+                .unwrap()
+                .1;
             row.windows[0].kpis(&clv).roas.unwrap()
         };
         assert!(roas("influencer_q4") < 2.0, "{}", roas("influencer_q4"));
         assert!(roas("brand_search") > 4.0, "{}", roas("brand_search"));
-        assert_eq!(kinds[EventType::Visit.index()] > kinds[EventType::Order.index()], true);
+        assert_eq!(
+            kinds[EventType::Visit.index()] > kinds[EventType::Order.index()],
+            true
+        );
     }
 
     #[test]

@@ -107,39 +107,62 @@ mod tests {
 
     #[test]
     fn cvr_worked_example() {
-        let s = Sums { visits: 10_000, orders: 500, ..Sums::default() };
+        let s = Sums {
+            visits: 10_000,
+            orders: 500,
+            ..Sums::default()
+        };
         assert_eq!(s.kpis(&GUIDE).cvr, Some(0.05));
     }
 
     #[test]
     fn cac_worked_example() {
-        let s = Sums { new_customers: 100, ad_spend_micros: money(5_000), ..Sums::default() };
+        let s = Sums {
+            new_customers: 100,
+            ad_spend_micros: money(5_000),
+            ..Sums::default()
+        };
         assert_eq!(s.kpis(&GUIDE).cac, Some(50.0));
     }
 
     #[test]
     fn aov_worked_example() {
-        let s = Sums { orders: 500, gmv_micros: money(20_000), ..Sums::default() };
+        let s = Sums {
+            orders: 500,
+            gmv_micros: money(20_000),
+            ..Sums::default()
+        };
         assert_eq!(s.kpis(&GUIDE).aov, Some(40.0));
     }
 
     #[test]
     fn clv_worked_example() {
         // 50 AOV x 4 purchases a year x 3 years.
-        let s = Sums { orders: 10, gmv_micros: money(500), ..Sums::default() };
+        let s = Sums {
+            orders: 10,
+            gmv_micros: money(500),
+            ..Sums::default()
+        };
         assert_eq!(s.kpis(&GUIDE).aov, Some(50.0));
         assert_eq!(s.kpis(&GUIDE).clv, Some(600.0));
     }
 
     #[test]
     fn roas_worked_example() {
-        let s = Sums { gmv_micros: money(10_000), ad_spend_micros: money(2_500), ..Sums::default() };
+        let s = Sums {
+            gmv_micros: money(10_000),
+            ad_spend_micros: money(2_500),
+            ..Sums::default()
+        };
         assert_eq!(s.kpis(&GUIDE).roas, Some(4.0));
     }
 
     #[test]
     fn gmv_is_the_sum_of_amounts() {
-        let s = Sums { gmv_micros: 49_900_000 + 12_500_000, ..Sums::default() };
+        let s = Sums {
+            gmv_micros: 49_900_000 + 12_500_000,
+            ..Sums::default()
+        };
         assert_eq!(s.gmv(), 62.4);
     }
 
@@ -162,14 +185,24 @@ mod tests {
     fn zero_denominators_give_no_value() {
         assert_eq!(Sums::default().kpis(&GUIDE), Kpis::default());
         // Spend but no new customers: CAC and CLV:CAC are undefined, ROAS is 0.
-        let s = Sums { orders: 1, gmv_micros: 0, ad_spend_micros: money(10), ..Sums::default() };
+        let s = Sums {
+            orders: 1,
+            gmv_micros: 0,
+            ad_spend_micros: money(10),
+            ..Sums::default()
+        };
         let k = s.kpis(&GUIDE);
         assert_eq!(k.cac, None);
         assert_eq!(k.clv_cac, None);
         assert_eq!(k.roas, Some(0.0));
         assert_eq!(k.cvr, None);
         // New customers acquired for free: CAC 0, so CLV:CAC is undefined, not infinite.
-        let free = Sums { orders: 1, new_customers: 1, gmv_micros: money(10), ..Sums::default() };
+        let free = Sums {
+            orders: 1,
+            new_customers: 1,
+            gmv_micros: money(10),
+            ..Sums::default()
+        };
         assert_eq!(free.kpis(&GUIDE).cac, Some(0.0));
         assert_eq!(free.kpis(&GUIDE).clv_cac, None);
         assert_eq!(free.kpis(&GUIDE).roas, None);

@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(version, about = "Live marketing KPIs from Kafka events, served to Prometheus")]
+#[command(
+    version,
+    about = "Live marketing KPIs from Kafka events, served to Prometheus"
+)]
 struct Cli {
     /// Configuration file layered over the built-in defaults (config/default.toml).
     #[arg(long, short, global = true, env = "ECOM_PULSE_CONFIG")]
@@ -45,8 +48,11 @@ enum Command {
 }
 
 fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -59,8 +65,9 @@ fn stop_on_signal(token: CancellationToken) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},
@@ -101,7 +108,8 @@ async fn main() -> anyhow::Result<()> {
             bad_ratio,
         } => {
             let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
-            let properties: Vec<(String, String)> = config.kafka.properties.clone().into_iter().collect();
+            let properties: Vec<(String, String)> =
+                config.kafka.properties.clone().into_iter().collect();
             let topics = config.kafka.topics.clone();
             let sent = tokio::task::spawn_blocking(move || {
                 ecom_pulse::generate::run(&brokers, &topics, rate, bad_ratio, &properties, shutdown)

@@ -42,7 +42,10 @@ impl Service {
     /// Binds `http.listen` and creates the consumer: everything that can fail because of the
     /// configuration fails here, before anything runs.
     pub async fn start(config: &Config) -> Result<Service, ServiceError> {
-        for (key, topic) in [("kafka.alerts_topic", &config.kafka.alerts_topic), ("kafka.kpis_topic", &config.kafka.kpis_topic)] {
+        for (key, topic) in [
+            ("kafka.alerts_topic", &config.kafka.alerts_topic),
+            ("kafka.kpis_topic", &config.kafka.kpis_topic),
+        ] {
             if !topic.is_empty() {
                 tracing::warn!(key, topic = %topic, "not implemented yet; ignored");
             }
@@ -56,7 +59,11 @@ impl Service {
         let telemetry = Arc::new(Telemetry::new(pipeline.decoder.reporting_currency()));
         telemetry
             .registry
-            .register(Box::new(KpiCollector::new(store.clone(), pipeline.windows.clone(), clv)))
+            .register(Box::new(KpiCollector::new(
+                store.clone(),
+                pipeline.windows.clone(),
+                clv,
+            )))
             .expect("KPI metric names are unique");
         let health = Arc::new(Health::default());
 
@@ -78,7 +85,11 @@ impl Service {
             telemetry,
             health,
         };
-        Ok(Service { listener, state, source })
+        Ok(Service {
+            listener,
+            state,
+            source,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

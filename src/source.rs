@@ -9,16 +9,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
-use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Outcome, Pipeline, SharedPartition, Store, TopicPartition};
@@ -69,14 +69,15 @@ pub struct SourceContext {
     telemetry: Arc<Telemetry>,
     health: Arc<Health>,
     error_log: RateLimit,
-    /// Last connection state logged, so transitions are logged once.
-    was_connected: AtomicBool,
+    /// Last connection state logged (0 none yet, 1 down, 2 up), so each change is logged once.
+    logged_state: AtomicU8,
 }
 
 impl SourceContext {
     fn set_connected(&self, up: bool) {
         self.health.set_connected(up);
-        if self.was_connected.swap(up, Ordering::AcqRel) != up {
+        let state = if up { 2 } else { 1 };
+        if self.logged_state.swap(state, Ordering::AcqRel) != state {
             if up {
                 tracing::info!("connected to Kafka");
             } else {
@@ -106,12 +107,18 @@ impl ClientContext for SourceContext {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", facility = fac, "{message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{message}"),
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{message}")
+            }
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
                 tracing::info!(target: "librdkafka", facility = fac, "{message}")
             }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{message}"),
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{message}")
+            }
         }
     }
 
@@ -174,7 +181,8 @@ impl ConsumerContext for SourceContext {
                 let tps = partitions_of(tpl);
                 tracing::info!(partitions = %describe(&tps), "partitions assigned");
                 for tp in &tps {
-                    self.store.get_or_insert(tp, || self.pipeline.new_partition());
+                    self.store
+                        .get_or_insert(tp, || self.pipeline.new_partition());
                 }
                 self.health.assign(&tps);
             }
@@ -242,7 +250,7 @@ impl Source {
             telemetry: telemetry.clone(),
             health,
             error_log: RateLimit::new(Duration::from_secs(10)),
-            was_connected: AtomicBool::new(false),
+            logged_state: AtomicU8::new(0),
         };
         let consumer: StreamConsumer<SourceContext> = client_config(cfg)
             .create_with_context(context)
@@ -298,7 +306,8 @@ impl Source {
             Some(payload) => {
                 let state = handles.get(&self.store, &self.pipeline, topic, partition);
                 let record_ts = message.timestamp().to_millis().unwrap_or(now);
-                self.pipeline.process(&mut state.lock(), payload, record_ts, now)
+                self.pipeline
+                    .process(&mut state.lock(), payload, record_ts, now)
             }
             None => Outcome::Rejected(Rejection {
                 reason: Reason::MalformedJson,
@@ -319,7 +328,8 @@ impl Source {
         if let KafkaError::PartitionEOF(_) = e {
             return;
         }
-        self.telemetry.kafka_error(&code_label(e.rdkafka_error_code()));
+        self.telemetry
+            .kafka_error(&code_label(e.rdkafka_error_code()));
         if let Some(suppressed) = self.store_error_log.check() {
             tracing::warn!(error = %e, suppressed, "Kafka consume error; retrying");
         }
@@ -336,7 +346,10 @@ impl Source {
         // Leaving the group can wait on an unreachable broker; do not let it hold up exit.
         let consumer = self.consumer;
         let leave = tokio::task::spawn_blocking(move || drop(consumer));
-        if tokio::time::timeout(Duration::from_secs(5), leave).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), leave)
+            .await
+            .is_err()
+        {
             tracing::warn!("leaving the consumer group timed out");
         }
     }
@@ -351,7 +364,13 @@ struct Handles {
 }
 
 impl Handles {
-    fn get(&mut self, store: &Store, pipeline: &Pipeline, topic: &str, partition: i32) -> SharedPartition {
+    fn get(
+        &mut self,
+        store: &Store,
+        pipeline: &Pipeline,
+        topic: &str,
+        partition: i32,
+    ) -> SharedPartition {
         if store.generation() != self.generation {
             self.topics.clear();
             self.generation = store.generation();
@@ -366,7 +385,9 @@ impl Handles {
         if let Some(state) = self.topics[i].1.get(&partition) {
             return state.clone();
         }
-        let state = store.get_or_insert(&TopicPartition::new(topic, partition), || pipeline.new_partition());
+        let state = store.get_or_insert(&TopicPartition::new(topic, partition), || {
+            pipeline.new_partition()
+        });
         if store.generation() != self.generation {
             // This lookup created the partition: start over with a fresh generation.
             self.topics.clear();

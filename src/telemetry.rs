@@ -100,7 +100,10 @@ impl Telemetry {
         register(Box::new(consumer_lag.clone()));
 
         let kafka_errors = IntCounterVec::new(
-            opts("kafka_errors_total", "Errors reported by the Kafka client, by error code."),
+            opts(
+                "kafka_errors_total",
+                "Errors reported by the Kafka client, by error code.",
+            ),
             &["code"],
         )
         .unwrap();
@@ -117,7 +120,10 @@ impl Telemetry {
         register(Box::new(build_info));
 
         let info = IntGaugeVec::new(
-            opts("info", "Settings that give the KPIs their meaning; always 1."),
+            opts(
+                "info",
+                "Settings that give the KPIs their meaning; always 1.",
+            ),
             &["reporting_currency"],
         )
         .unwrap();
@@ -125,7 +131,9 @@ impl Telemetry {
         register(Box::new(info));
 
         #[cfg(target_os = "linux")]
-        register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
 
         Telemetry {
             registry,
@@ -327,15 +335,25 @@ mod tests {
         assert!(h.readiness().unwrap_err().contains("not connected"));
         h.set_connected(true);
         assert!(h.readiness().unwrap_err().contains("assignment"));
-        let tps = [TopicPartition::new("visits", 0), TopicPartition::new("orders", 0)];
+        let tps = [
+            TopicPartition::new("visits", 0),
+            TopicPartition::new("orders", 0),
+        ];
         h.assign(&tps);
         let why = h.readiness().unwrap_err();
-        assert!(why.contains("visits/0") && why.contains("orders/0"), "{why}");
+        assert!(
+            why.contains("visits/0") && why.contains("orders/0"),
+            "{why}"
+        );
         h.caught_up(&tps[0]);
         h.caught_up(&tps[1]);
         assert_eq!(h.readiness(), Ok(()));
         h.revoke(&tps);
-        assert_eq!(h.readiness(), Ok(()), "an empty assignment is a valid, idle member");
+        assert_eq!(
+            h.readiness(),
+            Ok(()),
+            "an empty assignment is a valid, idle member"
+        );
         h.set_connected(false);
         assert!(h.readiness().is_err());
     }
@@ -344,18 +362,27 @@ mod tests {
     fn outcomes_are_counted_under_their_labels() {
         let t = Telemetry::new("USD");
         t.record(
-            &Outcome::Accepted { kind: EventType::Order, timestamp_ms: 5_000 },
+            &Outcome::Accepted {
+                kind: EventType::Order,
+                timestamp_ms: 5_000,
+            },
             &"here",
         );
         t.record(&Outcome::Duplicate, &"here");
         t.record(
-            &Outcome::Rejected(crate::decode::Rejection { reason: Reason::TooLate, detail: "x" }),
+            &Outcome::Rejected(crate::decode::Rejection {
+                reason: Reason::TooLate,
+                detail: "x",
+            }),
             &"here",
         );
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&t.registry.gather())
             .unwrap();
-        assert!(text.contains("ecom_pulse_events_total{event_type=\"order\"} 1"), "{text}");
+        assert!(
+            text.contains("ecom_pulse_events_total{event_type=\"order\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("ecom_pulse_events_total{event_type=\"visit\"} 0"));
         assert!(text.contains("ecom_pulse_events_duplicate_total 1"));
         assert!(text.contains("ecom_pulse_events_rejected_total{reason=\"too_late\"} 1"));

@@ -165,7 +165,13 @@ impl<C: Cell> Series<C> {
     }
 
     /// Applies `f` to every bucket of window `w` that is inside the window at `now_ms`.
-    pub fn for_each_in_window(&self, windows: &Windows, w: usize, now_ms: i64, mut f: impl FnMut(&C)) {
+    pub fn for_each_in_window(
+        &self,
+        windows: &Windows,
+        w: usize,
+        now_ms: i64,
+        mut f: impl FnMut(&C),
+    ) {
         let n = windows.buckets as i64;
         let head = self.heads[w];
         let now_bucket = now_ms.div_euclid(windows.specs[w].width_ms);
@@ -186,9 +192,11 @@ impl<C: Cell> Series<C> {
 
     /// True when no window holds anything at `now_ms`: the series can be dropped.
     pub fn is_idle(&self, windows: &Windows, now_ms: i64) -> bool {
-        windows.specs.iter().zip(self.heads.iter()).all(|(spec, head)| {
-            *head <= now_ms.div_euclid(spec.width_ms) - windows.buckets as i64
-        })
+        windows
+            .specs
+            .iter()
+            .zip(self.heads.iter())
+            .all(|(spec, head)| *head <= now_ms.div_euclid(spec.width_ms) - windows.buckets as i64)
     }
 
     /// Heap bytes held, for memory accounting.

@@ -16,11 +16,18 @@ fn group(name: &str) -> String {
 
 fn visit(id: &str, ts: i64, campaign: &str, channel: &str) -> Msg {
     // Alternate the two timestamp forms.
-    let ts = if id.len() % 2 == 0 { ts.to_string() } else { format!("\"{}\"", rfc3339(ts)) };
+    let ts = if id.len() % 2 == 0 {
+        ts.to_string()
+    } else {
+        format!("\"{}\"", rfc3339(ts))
+    };
     Msg::json(
         "visits",
         campaign,
-        format!(r#"{{"type":"visit","event_id":"{id}","timestamp":{ts},"visitor_id":"u-{id}","campaign":{},"channel":"{channel}","device":"mobile"}}"#, json_str(campaign)),
+        format!(
+            r#"{{"type":"visit","event_id":"{id}","timestamp":{ts},"visitor_id":"u-{id}","campaign":{},"channel":"{channel}","device":"mobile"}}"#,
+            json_str(campaign)
+        ),
     )
 }
 
@@ -28,7 +35,10 @@ fn order(id: &str, ts: i64, campaign: &str, channel: &str, amount: &str, new: bo
     Msg::json(
         "orders",
         campaign,
-        format!(r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"order_id":"{id}","customer_id":"c-{id}","amount":{amount},"currency":"USD","new_customer":{new},"campaign":{},"channel":"{channel}"}}"#, json_str(campaign)),
+        format!(
+            r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"order_id":"{id}","customer_id":"c-{id}","amount":{amount},"currency":"USD","new_customer":{new},"campaign":{},"channel":"{channel}"}}"#,
+            json_str(campaign)
+        ),
     )
 }
 
@@ -36,7 +46,11 @@ fn spend(id: &str, ts: i64, campaign: &str, channel: &str, amount: &str) -> Msg 
     Msg::json(
         "ad-spend",
         campaign,
-        format!(r#"{{"type":"ad_spend","event_id":"{id}","timestamp":"{}","campaign":{},"channel":"{channel}","amount":{amount}}}"#, rfc3339(ts), json_str(campaign)),
+        format!(
+            r#"{{"type":"ad_spend","event_id":"{id}","timestamp":"{}","campaign":{},"channel":"{channel}","amount":{amount}}}"#,
+            rfc3339(ts),
+            json_str(campaign)
+        ),
     )
 }
 
@@ -52,19 +66,50 @@ fn worked_examples(ts: i64) -> Vec<Msg> {
         m.push(visit(&format!("cv-{i}"), ts, "cvr_aov", "paid_search"));
     }
     for i in 0..500 {
-        let amount = if i % 2 == 0 { "40".to_string() } else { "\"40.00\"".to_string() };
-        m.push(order(&format!("co-{i}"), ts, "cvr_aov", "paid_search", &amount, false));
+        let amount = if i % 2 == 0 {
+            "40".to_string()
+        } else {
+            "\"40.00\"".to_string()
+        };
+        m.push(order(
+            &format!("co-{i}"),
+            ts,
+            "cvr_aov",
+            "paid_search",
+            &amount,
+            false,
+        ));
     }
     // CAC: 5,000 spent, 100 new customers -> 50. CLV: AOV 50 x 4 x 3 -> 600.
     for i in 0..100 {
-        m.push(order(&format!("ko-{i}"), ts, "cac_clv", "paid_social", "50", true));
+        m.push(order(
+            &format!("ko-{i}"),
+            ts,
+            "cac_clv",
+            "paid_social",
+            "50",
+            true,
+        ));
     }
     for i in 0..50 {
-        m.push(spend(&format!("ks-{i}"), ts, "cac_clv", "paid_social", "100"));
+        m.push(spend(
+            &format!("ks-{i}"),
+            ts,
+            "cac_clv",
+            "paid_social",
+            "100",
+        ));
     }
     // ROAS: 10,000 revenue on 2,500 spend -> 4.0.
     for i in 0..200 {
-        m.push(order(&format!("ro-{i}"), ts, "roas", "display", "\"50.00\"", false));
+        m.push(order(
+            &format!("ro-{i}"),
+            ts,
+            "roas",
+            "display",
+            "\"50.00\"",
+            false,
+        ));
     }
     for i in 0..25 {
         m.push(spend(&format!("rs-{i}"), ts, "roas", "display", "100.0"));
@@ -85,51 +130,70 @@ fn worked_examples_come_out_exact_in_every_window() {
     produce(&tansu.brokers(), &messages);
 
     let port = free_port();
-    let svc = Service::start(&service_config(&tansu.brokers(), &group("examples"), port, ""), port);
+    let svc = Service::start(
+        &service_config(&tansu.brokers(), &group("examples"), port, ""),
+        port,
+    );
     let expected = messages.len() as f64;
-    let m = wait_for("every event to be consumed", Duration::from_secs(120), || {
-        let m = svc.metrics();
-        (accepted(&m) >= expected).then_some(m)
-    });
+    let m = wait_for(
+        "every event to be consumed",
+        Duration::from_secs(120),
+        || {
+            let m = svc.metrics();
+            (accepted(&m) >= expected).then_some(m)
+        },
+    );
     assert_eq!(accepted(&m), expected, "{}", svc.log());
 
     let cases: &[(&str, &str, &[(&str, Option<f64>)])] = &[
-        ("cvr_aov", "paid_search", &[
-            ("ecom_visits", Some(10_000.0)),
-            ("ecom_orders", Some(500.0)),
-            ("ecom_new_customers", Some(0.0)),
-            ("ecom_gmv", Some(20_000.0)),
-            ("ecom_ad_spend", Some(0.0)),
-            ("ecom_cvr_ratio", Some(0.05)),
-            ("ecom_aov", Some(40.0)),
-            ("ecom_clv", Some(480.0)),
-            ("ecom_cac", None),
-            ("ecom_roas_ratio", None),
-            ("ecom_clv_cac_ratio", None),
-        ]),
-        ("cac_clv", "paid_social", &[
-            ("ecom_visits", Some(0.0)),
-            ("ecom_orders", Some(100.0)),
-            ("ecom_new_customers", Some(100.0)),
-            ("ecom_gmv", Some(5_000.0)),
-            ("ecom_ad_spend", Some(5_000.0)),
-            ("ecom_cac", Some(50.0)),
-            ("ecom_aov", Some(50.0)),
-            ("ecom_clv", Some(600.0)),
-            ("ecom_clv_cac_ratio", Some(12.0)),
-            ("ecom_roas_ratio", Some(1.0)),
-            ("ecom_cvr_ratio", None),
-        ]),
-        ("roas", "display", &[
-            ("ecom_orders", Some(200.0)),
-            ("ecom_gmv", Some(10_000.0)),
-            ("ecom_ad_spend", Some(2_500.0)),
-            ("ecom_roas_ratio", Some(4.0)),
-            ("ecom_aov", Some(50.0)),
-            ("ecom_clv", Some(600.0)),
-            ("ecom_cac", None),
-            ("ecom_clv_cac_ratio", None),
-        ]),
+        (
+            "cvr_aov",
+            "paid_search",
+            &[
+                ("ecom_visits", Some(10_000.0)),
+                ("ecom_orders", Some(500.0)),
+                ("ecom_new_customers", Some(0.0)),
+                ("ecom_gmv", Some(20_000.0)),
+                ("ecom_ad_spend", Some(0.0)),
+                ("ecom_cvr_ratio", Some(0.05)),
+                ("ecom_aov", Some(40.0)),
+                ("ecom_clv", Some(480.0)),
+                ("ecom_cac", None),
+                ("ecom_roas_ratio", None),
+                ("ecom_clv_cac_ratio", None),
+            ],
+        ),
+        (
+            "cac_clv",
+            "paid_social",
+            &[
+                ("ecom_visits", Some(0.0)),
+                ("ecom_orders", Some(100.0)),
+                ("ecom_new_customers", Some(100.0)),
+                ("ecom_gmv", Some(5_000.0)),
+                ("ecom_ad_spend", Some(5_000.0)),
+                ("ecom_cac", Some(50.0)),
+                ("ecom_aov", Some(50.0)),
+                ("ecom_clv", Some(600.0)),
+                ("ecom_clv_cac_ratio", Some(12.0)),
+                ("ecom_roas_ratio", Some(1.0)),
+                ("ecom_cvr_ratio", None),
+            ],
+        ),
+        (
+            "roas",
+            "display",
+            &[
+                ("ecom_orders", Some(200.0)),
+                ("ecom_gmv", Some(10_000.0)),
+                ("ecom_ad_spend", Some(2_500.0)),
+                ("ecom_roas_ratio", Some(4.0)),
+                ("ecom_aov", Some(50.0)),
+                ("ecom_clv", Some(600.0)),
+                ("ecom_cac", None),
+                ("ecom_clv_cac_ratio", None),
+            ],
+        ),
     ];
     for (campaign, channel, metrics) in cases {
         for window in WINDOWS {
@@ -140,29 +204,73 @@ fn worked_examples_come_out_exact_in_every_window() {
         }
     }
     for (campaign, channel, visits, orders, new, gmv, spend) in [
-        ("cvr_aov", "paid_search", 10_000.0, 500.0, 0.0, 20_000.0, 0.0),
-        ("cac_clv", "paid_social", 0.0, 100.0, 100.0, 5_000.0, 5_000.0),
+        (
+            "cvr_aov",
+            "paid_search",
+            10_000.0,
+            500.0,
+            0.0,
+            20_000.0,
+            0.0,
+        ),
+        (
+            "cac_clv",
+            "paid_social",
+            0.0,
+            100.0,
+            100.0,
+            5_000.0,
+            5_000.0,
+        ),
         ("roas", "display", 0.0, 200.0, 0.0, 10_000.0, 2_500.0),
     ] {
-        assert_eq!(m.get(&total("ecom_visits_total", campaign, channel)), Some(visits));
-        assert_eq!(m.get(&total("ecom_orders_total", campaign, channel)), Some(orders));
-        assert_eq!(m.get(&total("ecom_new_customers_total", campaign, channel)), Some(new));
-        assert_eq!(m.get(&total("ecom_gmv_total", campaign, channel)), Some(gmv));
-        assert_eq!(m.get(&total("ecom_ad_spend_total", campaign, channel)), Some(spend));
+        assert_eq!(
+            m.get(&total("ecom_visits_total", campaign, channel)),
+            Some(visits)
+        );
+        assert_eq!(
+            m.get(&total("ecom_orders_total", campaign, channel)),
+            Some(orders)
+        );
+        assert_eq!(
+            m.get(&total("ecom_new_customers_total", campaign, channel)),
+            Some(new)
+        );
+        assert_eq!(
+            m.get(&total("ecom_gmv_total", campaign, channel)),
+            Some(gmv)
+        );
+        assert_eq!(
+            m.get(&total("ecom_ad_spend_total", campaign, channel)),
+            Some(spend)
+        );
     }
     assert_eq!(m.get("ecom_pulse_tracked_keys"), Some(3.0));
-    assert_eq!(m.get(r#"ecom_pulse_events_total{event_type="visit"}"#), Some(10_000.0));
-    assert_eq!(m.get(r#"ecom_pulse_events_total{event_type="order"}"#), Some(800.0));
-    assert_eq!(m.get(r#"ecom_pulse_events_total{event_type="ad_spend"}"#), Some(75.0));
+    assert_eq!(
+        m.get(r#"ecom_pulse_events_total{event_type="visit"}"#),
+        Some(10_000.0)
+    );
+    assert_eq!(
+        m.get(r#"ecom_pulse_events_total{event_type="order"}"#),
+        Some(800.0)
+    );
+    assert_eq!(
+        m.get(r#"ecom_pulse_events_total{event_type="ad_spend"}"#),
+        Some(75.0)
+    );
     assert_eq!(m.sum("ecom_pulse_events_rejected_total"), 0.0);
     assert_eq!(m.get("ecom_pulse_kafka_connected"), Some(1.0));
     promtool_check(&m.text);
     // Three topics x three partitions, each with a lag series that reaches 0 once caught up.
-    let m = wait_for("zero lag on all nine partitions", Duration::from_secs(30), || {
-        let m = svc.metrics();
-        let lags = m.names_with_prefix("ecom_pulse_consumer_lag{");
-        (lags.len() == 9 && m.sum("ecom_pulse_consumer_lag") == 0.0).then_some(m)
-    });
+    let m = wait_for(
+        "zero lag on all nine partitions",
+        Duration::from_secs(30),
+        || {
+            let m = svc.metrics();
+            let lags = m.names_with_prefix("ecom_pulse_consumer_lag{");
+            (lags.len() == 9 && m.sum("ecom_pulse_consumer_lag") == 0.0).then_some(m)
+        },
+    );
     promtool_check(&m.text);
 
     // The JSON API agrees with the exposition, including fleet-level roll-ups from sums.
@@ -195,8 +303,22 @@ fn bad_input_is_counted_by_reason_and_good_traffic_stays_exact() {
         good.push(visit(&format!("hv-{i}"), ts, hostile, "paid_social"));
     }
     for i in 0..30 {
-        good.push(order(&format!("go-{i}"), ts, "good", "email", "\"19.99\"", i % 3 == 0));
-        good.push(order(&format!("ho-{i}"), ts, hostile, "paid_social", "10", true));
+        good.push(order(
+            &format!("go-{i}"),
+            ts,
+            "good",
+            "email",
+            "\"19.99\"",
+            i % 3 == 0,
+        ));
+        good.push(order(
+            &format!("ho-{i}"),
+            ts,
+            hostile,
+            "paid_social",
+            "10",
+            true,
+        ));
     }
     for i in 0..6 {
         good.push(spend(&format!("gs-{i}"), ts, "good", "email", "33.33"));
@@ -208,33 +330,138 @@ fn bad_input_is_counted_by_reason_and_good_traffic_stays_exact() {
     let tomorrow = now + 86_400_000;
     let mut bad_messages: Vec<(Msg, &str)> = vec![
         (bad("visits", "not json at all"), "malformed_json"),
-        (bad("visits", r#"{"type":"visit","event_id":"t1""#), "malformed_json"),
+        (
+            bad("visits", r#"{"type":"visit","event_id":"t1""#),
+            "malformed_json",
+        ),
         (bad("orders", r#"["an","array"]"#), "malformed_json"),
-        (Msg { topic: "orders", key: "good".into(), value: Some(vec![0xff, 0xfe, b'{', b'}']) }, "malformed_json"),
-        (Msg { topic: "visits", key: "good".into(), value: None }, "malformed_json"),
-        (bad("visits", r#"{"type":"click","event_id":"u1"}"#), "unknown_type"),
-        (bad("visits", r#"{"type":42,"event_id":"u2"}"#), "unknown_type"),
-        (bad("visits", r#"{"event_id":"m1","campaign":"good"}"#), "missing_field"),
-        (bad("visits", r#"{"type":"visit","campaign":"good"}"#), "missing_field"),
-        (bad("orders", r#"{"type":"order","event_id":"m3","campaign":"good"}"#), "missing_field"),
-        (bad("ad-spend", r#"{"type":"ad_spend","event_id":"m4","amount":5}"#), "missing_field"),
-        (bad("orders", r#"{"type":"order","event_id":"i1","amount":-5,"campaign":"good"}"#), "invalid_value"),
-        (bad("orders", r#"{"type":"order","event_id":"i2","amount":"12,50","campaign":"good"}"#), "invalid_value"),
-        (bad("visits", r#"{"type":"visit","event_id":"i3","timestamp":"last tuesday"}"#), "invalid_value"),
-        (bad("orders", r#"{"type":"order","event_id":"i4","amount":1,"new_customer":"yes"}"#), "invalid_value"),
-        (bad("visits", r#"{"type":"visit","event_id":""}"#), "invalid_value"),
-        (bad("orders", r#"{"type":"order","event_id":"c1","amount":1,"currency":"GBP"}"#), "unknown_currency"),
-        (bad("ad-spend", r#"{"type":"ad_spend","event_id":"c2","amount":1,"currency":"BTC","campaign":"good"}"#), "unknown_currency"),
-        (bad("visits", &format!(r#"{{"type":"visit","event_id":"l1","timestamp":{two_days_ago}}}"#)), "too_late"),
-        (bad("orders", &format!(r#"{{"type":"order","event_id":"l2","amount":3,"timestamp":"{}"}}"#, rfc3339(two_days_ago))), "too_late"),
-        (bad("visits", &format!(r#"{{"type":"visit","event_id":"e1","timestamp":{tomorrow}}}"#)), "too_early"),
+        (
+            Msg {
+                topic: "orders",
+                key: "good".into(),
+                value: Some(vec![0xff, 0xfe, b'{', b'}']),
+            },
+            "malformed_json",
+        ),
+        (
+            Msg {
+                topic: "visits",
+                key: "good".into(),
+                value: None,
+            },
+            "malformed_json",
+        ),
+        (
+            bad("visits", r#"{"type":"click","event_id":"u1"}"#),
+            "unknown_type",
+        ),
+        (
+            bad("visits", r#"{"type":42,"event_id":"u2"}"#),
+            "unknown_type",
+        ),
+        (
+            bad("visits", r#"{"event_id":"m1","campaign":"good"}"#),
+            "missing_field",
+        ),
+        (
+            bad("visits", r#"{"type":"visit","campaign":"good"}"#),
+            "missing_field",
+        ),
+        (
+            bad(
+                "orders",
+                r#"{"type":"order","event_id":"m3","campaign":"good"}"#,
+            ),
+            "missing_field",
+        ),
+        (
+            bad(
+                "ad-spend",
+                r#"{"type":"ad_spend","event_id":"m4","amount":5}"#,
+            ),
+            "missing_field",
+        ),
+        (
+            bad(
+                "orders",
+                r#"{"type":"order","event_id":"i1","amount":-5,"campaign":"good"}"#,
+            ),
+            "invalid_value",
+        ),
+        (
+            bad(
+                "orders",
+                r#"{"type":"order","event_id":"i2","amount":"12,50","campaign":"good"}"#,
+            ),
+            "invalid_value",
+        ),
+        (
+            bad(
+                "visits",
+                r#"{"type":"visit","event_id":"i3","timestamp":"last tuesday"}"#,
+            ),
+            "invalid_value",
+        ),
+        (
+            bad(
+                "orders",
+                r#"{"type":"order","event_id":"i4","amount":1,"new_customer":"yes"}"#,
+            ),
+            "invalid_value",
+        ),
+        (
+            bad("visits", r#"{"type":"visit","event_id":""}"#),
+            "invalid_value",
+        ),
+        (
+            bad(
+                "orders",
+                r#"{"type":"order","event_id":"c1","amount":1,"currency":"GBP"}"#,
+            ),
+            "unknown_currency",
+        ),
+        (
+            bad(
+                "ad-spend",
+                r#"{"type":"ad_spend","event_id":"c2","amount":1,"currency":"BTC","campaign":"good"}"#,
+            ),
+            "unknown_currency",
+        ),
+        (
+            bad(
+                "visits",
+                &format!(r#"{{"type":"visit","event_id":"l1","timestamp":{two_days_ago}}}"#),
+            ),
+            "too_late",
+        ),
+        (
+            bad(
+                "orders",
+                &format!(
+                    r#"{{"type":"order","event_id":"l2","amount":3,"timestamp":"{}"}}"#,
+                    rfc3339(two_days_ago)
+                ),
+            ),
+            "too_late",
+        ),
+        (
+            bad(
+                "visits",
+                &format!(r#"{{"type":"visit","event_id":"e1","timestamp":{tomorrow}}}"#),
+            ),
+            "too_early",
+        ),
     ];
     // Interleave: good traffic, then the bad messages, then 40 re-sent good ones.
     let mut messages = Vec::new();
     let split = good.len() / 2;
     let mut good_iter = good.iter();
     for m in good_iter.by_ref().take(split) {
-        messages.push(Msg { topic: m.topic, key: m.key.clone(), value: m.value.clone() });
+        messages.push(Msg {
+            topic: m.topic,
+            key: m.key.clone(),
+            value: m.value.clone(),
+        });
     }
     let mut expected_rejections = std::collections::BTreeMap::<&str, f64>::new();
     for (m, reason) in bad_messages.drain(..) {
@@ -242,28 +469,57 @@ fn bad_input_is_counted_by_reason_and_good_traffic_stays_exact() {
         messages.push(m);
     }
     for m in good_iter {
-        messages.push(Msg { topic: m.topic, key: m.key.clone(), value: m.value.clone() });
+        messages.push(Msg {
+            topic: m.topic,
+            key: m.key.clone(),
+            value: m.value.clone(),
+        });
     }
     let resent: Vec<&Msg> = good.iter().step_by(good.len() / 40).take(40).collect();
     assert_eq!(resent.len(), 40);
     for m in &resent {
-        messages.push(Msg { topic: m.topic, key: m.key.clone(), value: m.value.clone() });
+        messages.push(Msg {
+            topic: m.topic,
+            key: m.key.clone(),
+            value: m.value.clone(),
+        });
     }
     produce(&tansu.brokers(), &messages);
 
     let port = free_port();
-    let svc = Service::start(&service_config(&tansu.brokers(), &group("bad-input"), port, ""), port);
+    let svc = Service::start(
+        &service_config(&tansu.brokers(), &group("bad-input"), port, ""),
+        port,
+    );
     let total_messages = messages.len() as f64;
-    let m = wait_for("every message to be accounted for", Duration::from_secs(120), || {
-        let m = svc.metrics();
-        let seen = accepted(&m) + m.sum("ecom_pulse_events_rejected_total") + m.sum("ecom_pulse_events_duplicate_total");
-        (seen >= total_messages).then_some(m)
-    });
+    let m = wait_for(
+        "every message to be accounted for",
+        Duration::from_secs(120),
+        || {
+            let m = svc.metrics();
+            let seen = accepted(&m)
+                + m.sum("ecom_pulse_events_rejected_total")
+                + m.sum("ecom_pulse_events_duplicate_total");
+            (seen >= total_messages).then_some(m)
+        },
+    );
     assert_eq!(accepted(&m), good.len() as f64, "{}", m.text);
     assert_eq!(m.get("ecom_pulse_events_duplicate_total"), Some(40.0));
-    for reason in ["malformed_json", "unknown_type", "missing_field", "invalid_value", "unknown_currency", "too_late", "too_early"] {
+    for reason in [
+        "malformed_json",
+        "unknown_type",
+        "missing_field",
+        "invalid_value",
+        "unknown_currency",
+        "too_late",
+        "too_early",
+    ] {
         let series = format!(r#"ecom_pulse_events_rejected_total{{reason="{reason}"}}"#);
-        assert_eq!(m.get(&series), Some(expected_rejections[reason]), "{series}");
+        assert_eq!(
+            m.get(&series),
+            Some(expected_rejections[reason]),
+            "{series}"
+        );
     }
     for window in WINDOWS {
         let w = |name| m.get(&windowed(name, "good", "email", window));
@@ -283,7 +539,9 @@ fn bad_input_is_counted_by_reason_and_good_traffic_stays_exact() {
     promtool_check(&m.text);
     // Still serving, and the partitions were not stalled by the bad messages.
     assert_eq!(svc.get("/healthz").unwrap().0, 200);
-    wait_for("readiness", Duration::from_secs(30), || svc.get("/readyz").ok().filter(|(s, _)| *s == 200));
+    wait_for("readiness", Duration::from_secs(30), || {
+        svc.get("/readyz").ok().filter(|(s, _)| *s == 200)
+    });
     // Rejections were logged, with their reason.
     let log = svc.log();
     assert!(log.contains("event rejected"), "{log}");
@@ -299,10 +557,14 @@ fn unreachable_broker_is_reported_then_recovered_and_shutdown_commits() {
     let group = group("outage");
     let mut svc = Service::start(&service_config(&brokers, &group, port, ""), port);
 
-    let m = wait_for("a scrape while Kafka is down", Duration::from_secs(20), || {
-        let m = svc.metrics();
-        m.get("ecom_pulse_kafka_connected").map(|_| m)
-    });
+    let m = wait_for(
+        "a scrape while Kafka is down",
+        Duration::from_secs(20),
+        || {
+            let m = svc.metrics();
+            m.get("ecom_pulse_kafka_connected").map(|_| m)
+        },
+    );
     assert_eq!(m.get("ecom_pulse_kafka_connected"), Some(0.0));
     assert_eq!(m.get("ecom_pulse_ready"), Some(0.0));
     let (status, body) = svc.get("/readyz").unwrap();
@@ -315,14 +577,20 @@ fn unreachable_broker_is_reported_then_recovered_and_shutdown_commits() {
     let tansu = Tansu::start_on(broker_port, tempfile::tempdir().unwrap());
     tansu.create_topics(&TOPICS, 3);
     let ts = now_ms();
-    let messages: Vec<Msg> = (0..50).map(|i| visit(&format!("rv-{i}"), ts, "recovered", "email")).collect();
+    let messages: Vec<Msg> = (0..50)
+        .map(|i| visit(&format!("rv-{i}"), ts, "recovered", "email"))
+        .collect();
     produce(&tansu.brokers(), &messages);
     wait_for("events after reconnecting", Duration::from_secs(90), || {
-        svc.metrics().get(&windowed("ecom_visits", "recovered", "email", "5m")).filter(|v| *v == 50.0)
+        svc.metrics()
+            .get(&windowed("ecom_visits", "recovered", "email", "5m"))
+            .filter(|v| *v == 50.0)
     });
     let m = svc.metrics();
     assert_eq!(m.get("ecom_pulse_kafka_connected"), Some(1.0));
-    wait_for("readiness", Duration::from_secs(30), || svc.get("/readyz").ok().filter(|(s, _)| *s == 200));
+    wait_for("readiness", Duration::from_secs(30), || {
+        svc.get("/readyz").ok().filter(|(s, _)| *s == 200)
+    });
 
     // The broker goes away: reported, still serving; it comes back on the same storage and
     // consumption resumes by itself.
@@ -334,15 +602,30 @@ fn unreachable_broker_is_reported_then_recovered_and_shutdown_commits() {
     });
     assert_eq!(m.get("ecom_pulse_ready"), Some(0.0));
     assert_eq!(svc.get("/readyz").unwrap().0, 503);
-    assert_eq!(m.get(&windowed("ecom_visits", "recovered", "email", "5m")), Some(50.0));
+    assert_eq!(
+        m.get(&windowed("ecom_visits", "recovered", "email", "5m")),
+        Some(50.0)
+    );
     tansu.restart();
-    let more: Vec<Msg> = (50..80).map(|i| visit(&format!("rv-{i}"), ts, "recovered", "email")).collect();
+    let more: Vec<Msg> = (50..80)
+        .map(|i| visit(&format!("rv-{i}"), ts, "recovered", "email"))
+        .collect();
     produce(&tansu.brokers(), &more);
-    wait_for("events after the broker came back", Duration::from_secs(90), || {
-        svc.metrics().get(&windowed("ecom_visits", "recovered", "email", "5m")).filter(|v| *v == 80.0)
-    });
+    wait_for(
+        "events after the broker came back",
+        Duration::from_secs(90),
+        || {
+            svc.metrics()
+                .get(&windowed("ecom_visits", "recovered", "email", "5m"))
+                .filter(|v| *v == 80.0)
+        },
+    );
     assert_eq!(svc.metrics().get("ecom_pulse_kafka_connected"), Some(1.0));
-    wait_for("readiness after the outage", Duration::from_secs(30), || svc.get("/readyz").ok().filter(|(s, _)| *s == 200));
+    wait_for(
+        "readiness after the outage",
+        Duration::from_secs(30),
+        || svc.get("/readyz").ok().filter(|(s, _)| *s == 200),
+    );
 
     // SIGTERM: exit 0 promptly, with every processed offset committed.
     let started = std::time::Instant::now();
@@ -361,7 +644,9 @@ fn unreachable_broker_is_reported_then_recovered_and_shutdown_commits() {
     for p in 0..3 {
         tpl.add_partition("visits", p);
     }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
     let mut committed_total = 0;
     for e in committed.elements() {
         let (_, high) = consumer
@@ -371,7 +656,13 @@ fn unreachable_broker_is_reported_then_recovered_and_shutdown_commits() {
             rdkafka::Offset::Offset(n) => n,
             _ => 0,
         };
-        assert_eq!(offset, high, "visits/{} committed {:?}, end {high}", e.partition(), e.offset());
+        assert_eq!(
+            offset,
+            high,
+            "visits/{} committed {:?}, end {high}",
+            e.partition(),
+            e.offset()
+        );
         committed_total += offset;
     }
     assert_eq!(committed_total, 80);

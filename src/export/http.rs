@@ -46,7 +46,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     .await;
     match rendered {
         Ok(Ok(body)) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             body,
         )
             .into_response(),
@@ -58,7 +61,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.health.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()).into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -91,7 +98,11 @@ fn parse_group_by(text: Option<&str>) -> Result<GroupBy, String> {
     let Some(text) = text else {
         return Ok(GroupBy::CampaignChannel);
     };
-    let mut parts: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let mut parts: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     parts.sort_unstable();
     parts.dedup();
     match parts.as_slice() {
@@ -118,7 +129,10 @@ async fn kpis(State(state): State<AppState>, Query(q): Query<KpiQuery>) -> Respo
                 let known: Vec<&str> = state.windows.specs().iter().map(|s| &*s.label).collect();
                 return (
                     StatusCode::BAD_REQUEST,
-                    format!("window={label:?} is not configured; configured: {}", known.join(", ")),
+                    format!(
+                        "window={label:?} is not configured; configured: {}",
+                        known.join(", ")
+                    ),
                 )
                     .into_response();
             }
@@ -144,7 +158,13 @@ async fn kpis(State(state): State<AppState>, Query(q): Query<KpiQuery>) -> Respo
     Json(rows).into_response()
 }
 
-fn kpi_row(campaign: Option<&str>, channel: Option<&str>, window: &str, s: &Sums, clv: &ClvAssumptions) -> KpiRow {
+fn kpi_row(
+    campaign: Option<&str>,
+    channel: Option<&str>,
+    window: &str,
+    s: &Sums,
+    clv: &ClvAssumptions,
+) -> KpiRow {
     let k = s.kpis(clv);
     KpiRow {
         campaign: campaign.map(str::to_owned),
@@ -181,7 +201,10 @@ mod tests {
 
     fn app() -> (Router, Arc<Health>) {
         let windows = Windows::from_labels(&["5m", "1h"], 60);
-        let clv = ClvAssumptions { purchases_per_year: 4.0, lifetime_years: 3.0 };
+        let clv = ClvAssumptions {
+            purchases_per_year: 4.0,
+            lifetime_years: 3.0,
+        };
         let pipeline = Pipeline {
             decoder: Decoder::new("USD", []),
             windows: windows.clone(),
@@ -201,17 +224,29 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let json = format!(r#"{{"type":"{kind}","event_id":"{i}","campaign":"{campaign}","channel":"{channel}","amount":{amount}}}"#);
+            let json = format!(
+                r#"{{"type":"{kind}","event_id":"{i}","campaign":"{campaign}","channel":"{channel}","amount":{amount}}}"#
+            );
             pipeline.process(&mut part.lock(), json.as_bytes(), now, now);
         }
         let telemetry = Arc::new(Telemetry::new("USD"));
         telemetry
             .registry
-            .register(Box::new(KpiCollector::new(store.clone(), windows.clone(), clv)))
+            .register(Box::new(KpiCollector::new(
+                store.clone(),
+                windows.clone(),
+                clv,
+            )))
             .unwrap();
         let health = Arc::new(Health::default());
         (
-            router(AppState { store, windows, clv, telemetry, health: health.clone() }),
+            router(AppState {
+                store,
+                windows,
+                clv,
+                telemetry,
+                health: health.clone(),
+            }),
             health,
         )
     }
@@ -256,8 +291,14 @@ mod tests {
         let rows: Vec<KpiRow> = serde_json::from_str(&body).unwrap();
         assert_eq!(rows.iter().filter(|r| r.window == "5m").count(), 2);
 
-        assert_eq!(get(&app, "/api/v1/kpis?window=2h").await.0, StatusCode::BAD_REQUEST);
-        assert_eq!(get(&app, "/api/v1/kpis?group_by=device").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            get(&app, "/api/v1/kpis?window=2h").await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            get(&app, "/api/v1/kpis?group_by=device").await.0,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[tokio::test]
@@ -273,7 +314,10 @@ mod tests {
 
         let (status, text) = get(&app, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(text.contains(r#"ecom_aov{campaign="a",channel="y",window="5m"} 25"#), "{text}");
+        assert!(
+            text.contains(r#"ecom_aov{campaign="a",channel="y",window="5m"} 25"#),
+            "{text}"
+        );
         assert!(text.contains("ecom_pulse_ready 1"));
         assert!(text.contains("ecom_pulse_kafka_connected 1"));
         assert!(text.contains("process_resident_memory_bytes"));

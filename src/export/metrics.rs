@@ -22,17 +22,61 @@ struct WindowedMetric {
 }
 
 const WINDOWED: &[WindowedMetric] = &[
-    WindowedMetric { name: "ecom_visits", help: "Visit events in the window.", value: |s, _| Some(s.visits as f64) },
-    WindowedMetric { name: "ecom_orders", help: "Orders in the window.", value: |s, _| Some(s.orders as f64) },
-    WindowedMetric { name: "ecom_new_customers", help: "Orders with new_customer=true in the window.", value: |s, _| Some(s.new_customers as f64) },
-    WindowedMetric { name: "ecom_gmv", help: "Sum of order amounts in the window, in the reporting currency (ecom_pulse_info).", value: |s, _| Some(s.gmv()) },
-    WindowedMetric { name: "ecom_ad_spend", help: "Sum of ad spend in the window, in the reporting currency.", value: |s, _| Some(s.ad_spend()) },
-    WindowedMetric { name: "ecom_cvr_ratio", help: "Conversion rate: orders / visits (0..1).", value: |_, k| k.cvr },
-    WindowedMetric { name: "ecom_aov", help: "Average order value: GMV / orders, in the reporting currency.", value: |_, k| k.aov },
-    WindowedMetric { name: "ecom_cac", help: "Customer acquisition cost: ad spend / new customers, in the reporting currency.", value: |_, k| k.cac },
-    WindowedMetric { name: "ecom_clv", help: "Customer lifetime value: AOV x purchases per year x lifetime years, in the reporting currency.", value: |_, k| k.clv },
-    WindowedMetric { name: "ecom_roas_ratio", help: "Return on ad spend: GMV / ad spend.", value: |_, k| k.roas },
-    WindowedMetric { name: "ecom_clv_cac_ratio", help: "CLV / CAC.", value: |_, k| k.clv_cac },
+    WindowedMetric {
+        name: "ecom_visits",
+        help: "Visit events in the window.",
+        value: |s, _| Some(s.visits as f64),
+    },
+    WindowedMetric {
+        name: "ecom_orders",
+        help: "Orders in the window.",
+        value: |s, _| Some(s.orders as f64),
+    },
+    WindowedMetric {
+        name: "ecom_new_customers",
+        help: "Orders with new_customer=true in the window.",
+        value: |s, _| Some(s.new_customers as f64),
+    },
+    WindowedMetric {
+        name: "ecom_gmv",
+        help: "Sum of order amounts in the window, in the reporting currency (ecom_pulse_info).",
+        value: |s, _| Some(s.gmv()),
+    },
+    WindowedMetric {
+        name: "ecom_ad_spend",
+        help: "Sum of ad spend in the window, in the reporting currency.",
+        value: |s, _| Some(s.ad_spend()),
+    },
+    WindowedMetric {
+        name: "ecom_cvr_ratio",
+        help: "Conversion rate: orders / visits (0..1).",
+        value: |_, k| k.cvr,
+    },
+    WindowedMetric {
+        name: "ecom_aov",
+        help: "Average order value: GMV / orders, in the reporting currency.",
+        value: |_, k| k.aov,
+    },
+    WindowedMetric {
+        name: "ecom_cac",
+        help: "Customer acquisition cost: ad spend / new customers, in the reporting currency.",
+        value: |_, k| k.cac,
+    },
+    WindowedMetric {
+        name: "ecom_clv",
+        help: "Customer lifetime value: AOV x purchases per year x lifetime years, in the reporting currency.",
+        value: |_, k| k.clv,
+    },
+    WindowedMetric {
+        name: "ecom_roas_ratio",
+        help: "Return on ad spend: GMV / ad spend.",
+        value: |_, k| k.roas,
+    },
+    WindowedMetric {
+        name: "ecom_clv_cac_ratio",
+        help: "CLV / CAC.",
+        value: |_, k| k.clv_cac,
+    },
 ];
 
 /// A monotonic counter per key.
@@ -43,11 +87,31 @@ struct TotalMetric {
 }
 
 const TOTALS: &[TotalMetric] = &[
-    TotalMetric { name: "ecom_visits_total", help: "Visit events counted since this instance took the partitions.", value: |s| s.visits as f64 },
-    TotalMetric { name: "ecom_orders_total", help: "Orders counted since this instance took the partitions.", value: |s| s.orders as f64 },
-    TotalMetric { name: "ecom_new_customers_total", help: "Orders with new_customer=true counted since this instance took the partitions.", value: |s| s.new_customers as f64 },
-    TotalMetric { name: "ecom_gmv_total", help: "Order amounts summed since this instance took the partitions, in the reporting currency.", value: Sums::gmv },
-    TotalMetric { name: "ecom_ad_spend_total", help: "Ad spend summed since this instance took the partitions, in the reporting currency.", value: Sums::ad_spend },
+    TotalMetric {
+        name: "ecom_visits_total",
+        help: "Visit events counted since this instance took the partitions.",
+        value: |s| s.visits as f64,
+    },
+    TotalMetric {
+        name: "ecom_orders_total",
+        help: "Orders counted since this instance took the partitions.",
+        value: |s| s.orders as f64,
+    },
+    TotalMetric {
+        name: "ecom_new_customers_total",
+        help: "Orders with new_customer=true counted since this instance took the partitions.",
+        value: |s| s.new_customers as f64,
+    },
+    TotalMetric {
+        name: "ecom_gmv_total",
+        help: "Order amounts summed since this instance took the partitions, in the reporting currency.",
+        value: Sums::gmv,
+    },
+    TotalMetric {
+        name: "ecom_ad_spend_total",
+        help: "Ad spend summed since this instance took the partitions, in the reporting currency.",
+        value: Sums::ad_spend,
+    },
 ];
 
 const TRACKED_KEYS: &str = "ecom_pulse_tracked_keys";
@@ -75,8 +139,16 @@ impl KpiCollector {
             .iter()
             .map(|m| desc(m.name, m.help, &["campaign", "channel", "window"]))
             .collect();
-        descs.extend(TOTALS.iter().map(|m| desc(m.name, m.help, &["campaign", "channel"])));
-        descs.push(desc(TRACKED_KEYS, "Distinct (campaign, channel) keys held.", &[]));
+        descs.extend(
+            TOTALS
+                .iter()
+                .map(|m| desc(m.name, m.help, &["campaign", "channel"])),
+        );
+        descs.push(desc(
+            TRACKED_KEYS,
+            "Distinct (campaign, channel) keys held.",
+            &[],
+        ));
         KpiCollector {
             store,
             windows,
@@ -108,10 +180,15 @@ impl KpiCollector {
                 }
             }
             for (metric, fam) in TOTALS.iter().zip(totals.iter_mut()) {
-                fam.mut_metric().push(counter(key, (metric.value)(&row.totals)));
+                fam.mut_metric()
+                    .push(counter(key, (metric.value)(&row.totals)));
             }
         }
-        let mut keys = family(TRACKED_KEYS, "Distinct (campaign, channel) keys held.", MetricType::GAUGE);
+        let mut keys = family(
+            TRACKED_KEYS,
+            "Distinct (campaign, channel) keys held.",
+            MetricType::GAUGE,
+        );
         let mut m = Metric::default();
         m.set_gauge(gauge_value(snapshot.rows.len() as f64));
         keys.mut_metric().push(m);
@@ -149,7 +226,10 @@ fn labels(key: &Key, window: Option<&str>) -> Vec<LabelPair> {
         p.set_value(value.to_string());
         p
     };
-    let mut out = vec![pair("campaign", &key.campaign), pair("channel", &key.channel)];
+    let mut out = vec![
+        pair("campaign", &key.campaign),
+        pair("channel", &key.channel),
+    ];
     if let Some(w) = window {
         out.push(pair("window", w));
     }
@@ -185,7 +265,10 @@ mod tests {
         KpiCollector::new(
             Arc::new(Store::default()),
             Windows::from_labels(&["5m", "1h"], 60),
-            ClvAssumptions { purchases_per_year: 4.0, lifetime_years: 3.0 },
+            ClvAssumptions {
+                purchases_per_year: 4.0,
+                lifetime_years: 3.0,
+            },
         )
     }
 
@@ -202,15 +285,28 @@ mod tests {
             Key::new("spring", "email"),
             Row {
                 windows: vec![
-                    Sums { visits: 10_000, orders: 500, gmv_micros: 20_000_000_000, ..Sums::default() },
+                    Sums {
+                        visits: 10_000,
+                        orders: 500,
+                        gmv_micros: 20_000_000_000,
+                        ..Sums::default()
+                    },
                     Sums::default(),
                 ],
-                totals: Sums { visits: 10_000, orders: 500, gmv_micros: 20_000_000_000, ..Sums::default() },
+                totals: Sums {
+                    visits: 10_000,
+                    orders: 500,
+                    gmv_micros: 20_000_000_000,
+                    ..Sums::default()
+                },
             },
         );
         let text = render(&snap);
         let l = r#"{campaign="spring",channel="email",window="5m"}"#;
-        assert!(text.contains(&format!("ecom_cvr_ratio{l} 0.05\n")), "{text}");
+        assert!(
+            text.contains(&format!("ecom_cvr_ratio{l} 0.05\n")),
+            "{text}"
+        );
         assert!(text.contains(&format!("ecom_aov{l} 40\n")));
         assert!(text.contains(&format!("ecom_clv{l} 480\n")));
         assert!(text.contains(&format!("ecom_gmv{l} 20000\n")));
@@ -231,9 +327,21 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.rows.insert(
             Key::new("a \"quoted\" \\ back\nslash", "x"),
-            Row { windows: vec![Sums { visits: 1, ..Sums::default() }; 2], totals: Sums::default() },
+            Row {
+                windows: vec![
+                    Sums {
+                        visits: 1,
+                        ..Sums::default()
+                    };
+                    2
+                ],
+                totals: Sums::default(),
+            },
         );
         let text = render(&snap);
-        assert!(text.contains(r#"campaign="a \"quoted\" \\ back\nslash""#), "{text}");
+        assert!(
+            text.contains(r#"campaign="a \"quoted\" \\ back\nslash""#),
+            "{text}"
+        );
     }
 }

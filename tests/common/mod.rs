@@ -48,7 +48,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -80,23 +83,39 @@ impl Tansu {
 
     /// Starts (or restarts) a broker on `port` with the SQLite file in `dir`.
     pub fn start_on(port: u16, dir: tempfile::TempDir) -> Tansu {
-        let mut t = Tansu { port, dir, proc: None };
+        let mut t = Tansu {
+            port,
+            dir,
+            proc: None,
+        };
         t.restart();
         t
     }
 
     pub fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tool("tansu", "cargo install --locked tansu --version 0.6.0 --features dynostore,libsql"))
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        self.proc = Some(Proc { child, name: "tansu".into() });
+        let child = Command::new(tool(
+            "tansu",
+            "cargo install --locked tansu --version 0.6.0 --features dynostore,libsql",
+        ))
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(self.dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+        self.proc = Some(Proc {
+            child,
+            name: "tansu".into(),
+        });
         let port = self.port;
         wait_for("tansu to listen", Duration::from_secs(30), || {
             TcpStream::connect(("127.0.0.1", port)).ok()
@@ -114,7 +133,13 @@ impl Tansu {
     pub fn create_topics(&self, names: &[&str], partitions: u32) {
         for name in names {
             let status = Command::new(tool("tansu", "see above"))
-                .args(["topic", "create", name, "--partitions", &partitions.to_string()])
+                .args([
+                    "topic",
+                    "create",
+                    name,
+                    "--partitions",
+                    &partitions.to_string(),
+                ])
                 .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
                 .stdout(Stdio::null())
                 .status()
@@ -133,7 +158,11 @@ pub struct Msg {
 
 impl Msg {
     pub fn json(topic: &'static str, key: &str, value: String) -> Msg {
-        Msg { topic, key: key.to_string(), value: Some(value.into_bytes()) }
+        Msg {
+            topic,
+            key: key.to_string(),
+            value: Some(value.into_bytes()),
+        }
     }
 }
 
@@ -160,7 +189,9 @@ pub fn produce(brokers: &str, messages: &[Msg]) {
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).expect("every message acknowledged");
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("every message acknowledged");
     assert_eq!(producer.in_flight_count(), 0);
 }
 
@@ -207,11 +238,16 @@ impl Service {
         let s = Service {
             http_port,
             dir,
-            proc: Proc { child, name: "ecom-pulse".into() },
+            proc: Proc {
+                child,
+                name: "ecom-pulse".into(),
+            },
         };
-        wait_for("ecom-pulse to serve /healthz", Duration::from_secs(30), || {
-            s.get("/healthz").ok().filter(|(status, _)| *status == 200)
-        });
+        wait_for(
+            "ecom-pulse to serve /healthz",
+            Duration::from_secs(30),
+            || s.get("/healthz").ok().filter(|(status, _)| *status == 200),
+        );
         s
     }
 
@@ -234,7 +270,9 @@ impl Service {
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let pid = self.proc.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        wait_for("ecom-pulse to exit", timeout, || self.proc.child.try_wait().unwrap())
+        wait_for("ecom-pulse to exit", timeout, || {
+            self.proc.child.try_wait().unwrap()
+        })
     }
 }
 
@@ -242,13 +280,25 @@ impl Service {
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8(raw).expect("utf-8 response");
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
     Ok((status, body.to_string()))
 }
 
@@ -262,16 +312,24 @@ pub struct Metrics {
 impl Metrics {
     pub fn parse(text: &str) -> Metrics {
         let mut series = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let (name, value) = line.rsplit_once(' ').expect("name value");
             let value = match value {
                 "+Inf" => f64::INFINITY,
                 "-Inf" => f64::NEG_INFINITY,
-                v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+                v => v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
             };
             series.insert(name.to_string(), value);
         }
-        Metrics { text: text.to_string(), series }
+        Metrics {
+            text: text.to_string(),
+            series,
+        }
     }
 
     pub fn get(&self, series: &str) -> Option<f64> {
@@ -288,13 +346,19 @@ impl Metrics {
     }
 
     pub fn names_with_prefix(&self, prefix: &str) -> Vec<&str> {
-        self.series.keys().filter(|k| k.starts_with(prefix)).map(String::as_str).collect()
+        self.series
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .map(String::as_str)
+            .collect()
     }
 }
 
 /// Label value escaping of the Prometheus text format.
 pub fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// `name{campaign=..,channel=..,window=..}` as the exposition writes it.
@@ -307,7 +371,11 @@ pub fn windowed(name: &str, campaign: &str, channel: &str, window: &str) -> Stri
 }
 
 pub fn total(name: &str, campaign: &str, channel: &str) -> String {
-    format!(r#"{name}{{campaign="{}",channel="{}"}}"#, escape_label(campaign), escape_label(channel))
+    format!(
+        r#"{name}{{campaign="{}",channel="{}"}}"#,
+        escape_label(campaign),
+        escape_label(channel)
+    )
 }
 
 /// Runs `promtool check metrics` on an exposition and requires no findings.
@@ -319,14 +387,22 @@ pub fn promtool_check(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run promtool");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let findings = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && findings.trim().is_empty(), "promtool check metrics: {findings}");
+    assert!(
+        out.status.success() && findings.trim().is_empty(),
+        "promtool check metrics: {findings}"
+    );
 }
 
 pub fn now_ms() -> i64 {

@@ -1,0 +1,91 @@
+//! Resident memory of the aggregate state with N active keys and the default windows.
+//!
+//! `cargo run --release --example memory -- 10000`
+//!
+//! Every key receives visits, orders and ad spend spread over the last 24 hours, so every
+//! ring of every window exists, on 3 topics x 6 partitions as the default deployment would
+//! hold them (a key's three event types arrive on three partitions). De-duplication memory
+//! is included: ids of the last 15 minutes of event time, as in production.
+
+use ecom_pulse::aggregate::{Pipeline, Store, TopicPartition};
+use ecom_pulse::config::Config;
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+fn main() {
+    let keys: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("a key count"))
+        .unwrap_or(10_000);
+    let config = Config::load(None).expect("default config");
+    let pipeline = Pipeline::from_config(&config).expect("valid");
+    let store = Store::default();
+    let topics = ["visits", "orders", "ad-spend"];
+    let partitions = 6;
+    let before = rss_bytes();
+
+    let now = ecom_pulse::now_ms();
+    let day = 86_400_000i64;
+    // One event of each type per key every 24 minutes of event time (one per 24h bucket),
+    // plus a dense last hour, so all 3 windows' rings are allocated and populated.
+    let mut events = 0u64;
+    let mut seq = 0u64;
+    let steps: Vec<i64> = (0..60)
+        .map(|i| day - i * (day / 60) - 1)
+        .chain((0..60).map(|i| i * 60_000))
+        .collect();
+    for age in steps {
+        let ts = now - age;
+        for k in 0..keys {
+            let campaign = format!("campaign_{:05}", k / 10);
+            let channel = format!("channel_{}", k % 10);
+            let partition = (k % partitions) as i32;
+            for (t, topic) in topics.iter().enumerate() {
+                seq += 1;
+                let json = match t {
+                    0 => format!(
+                        r#"{{"type":"visit","event_id":"e{seq}","timestamp":{ts},"campaign":"{campaign}","channel":"{channel}"}}"#
+                    ),
+                    1 => format!(
+                        r#"{{"type":"order","event_id":"e{seq}","timestamp":{ts},"campaign":"{campaign}","channel":"{channel}","amount":10,"new_customer":true}}"#
+                    ),
+                    _ => format!(
+                        r#"{{"type":"ad_spend","event_id":"e{seq}","timestamp":{ts},"campaign":"{campaign}","channel":"{channel}","amount":3}}"#
+                    ),
+                };
+                let state = store.get_or_insert(&TopicPartition::new(topic, partition), || {
+                    pipeline.new_partition()
+                });
+                pipeline.process(&mut state.lock(), json.as_bytes(), ts, now);
+                events += 1;
+            }
+        }
+    }
+    let after = rss_bytes();
+    let snapshot = store.snapshot(&pipeline.windows, now);
+    let (ring_bytes, dedup_ids): (usize, usize) = store
+        .partitions()
+        .iter()
+        .map(|(_, p)| {
+            let p = p.lock();
+            (p.ring_bytes(), p.dedup().len())
+        })
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    println!(
+        "keys={} events={events} windows={:?} rss_before={:.1}MiB rss_after={:.1}MiB state_rss={:.1}MiB ring_bytes={:.1}MiB dedup_ids={dedup_ids}",
+        snapshot.rows.len(),
+        config.windows.lengths,
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        (after - before) as f64 / 1048576.0,
+        ring_bytes as f64 / 1048576.0,
+    );
+}
