@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
 use crate::decode::{Decoder, Event, EventType, Reason, Rejection};
@@ -22,7 +23,7 @@ use crate::kpi::Sums;
 use crate::window::{Cell, Series, Windows};
 
 /// A (campaign, channel) pair: the identity of every exported series.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Key {
     pub campaign: Arc<str>,
     pub channel: Arc<str>,
@@ -61,7 +62,7 @@ impl hashbrown::Equivalent<Key> for KeyRef<'_> {
 }
 
 /// Bucket contents for orders.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCell {
     pub orders: u32,
     pub new_customers: u32,
@@ -77,7 +78,7 @@ impl Cell for OrderCell {
 }
 
 /// One key's state within one partition.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
     visits: Option<Series<u32>>,
     orders: Option<Series<OrderCell>>,
@@ -143,6 +144,13 @@ impl KeyState {
         &self.totals
     }
 
+    /// Forgets the window rings, keeping the counters (rings saved under another geometry).
+    fn drop_rings(&mut self) {
+        self.visits = None;
+        self.orders = None;
+        self.ad_spend = None;
+    }
+
     fn heap_bytes(&self) -> usize {
         self.visits.as_ref().map_or(0, Series::heap_bytes)
             + self.orders.as_ref().map_or(0, Series::heap_bytes)
@@ -150,11 +158,16 @@ impl KeyState {
     }
 }
 
-/// Everything one input partition contributes.
-#[derive(Debug, Clone)]
+/// Everything one input partition contributes, and how far into the partition it reaches.
+/// This is the unit that is checkpointed and restored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionState {
     keys: hashbrown::HashMap<Key, KeyState>,
     dedup: Dedup,
+    /// Offset of the next message to apply: every message before it is in this state.
+    next_offset: i64,
+    /// Newest event time accepted (the partition's watermark); `i64::MIN` before any.
+    watermark_ms: i64,
 }
 
 impl PartitionState {
@@ -162,6 +175,8 @@ impl PartitionState {
         PartitionState {
             keys: Default::default(),
             dedup,
+            next_offset: 0,
+            watermark_ms: i64::MIN,
         }
     }
 
@@ -171,6 +186,40 @@ impl PartitionState {
 
     pub fn dedup(&self) -> &Dedup {
         &self.dedup
+    }
+
+    /// Offset of the next message this state has not seen.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Records that the message at `offset` has been applied. Called under the same lock as
+    /// `Pipeline::process`, so state and offset always agree.
+    pub fn applied(&mut self, offset: i64) {
+        self.next_offset = self.next_offset.max(offset + 1);
+    }
+
+    /// Sets where consumption starts for a state that has no history (no checkpoint).
+    pub fn start_at(&mut self, offset: i64) {
+        self.next_offset = offset;
+    }
+
+    pub fn watermark_ms(&self) -> Option<i64> {
+        (self.watermark_ms != i64::MIN).then_some(self.watermark_ms)
+    }
+
+    /// Adapts a restored state to the running configuration: rings saved under another
+    /// window geometry cannot be read with this one and are dropped (counters stay).
+    pub fn reconfigure(&mut self, pipeline: &Pipeline, saved_geometry: &[(i64, i64)]) -> bool {
+        self.dedup
+            .reconfigure(pipeline.dedup_horizon_ms, pipeline.dedup_max_ids);
+        if saved_geometry == pipeline.windows.geometry() {
+            return true;
+        }
+        for ks in self.keys.values_mut() {
+            ks.drop_rings();
+        }
+        false
     }
 
     fn key_mut(&mut self, campaign: &str, channel: &str) -> &mut KeyState {
@@ -188,12 +237,22 @@ impl PartitionState {
     pub fn ring_bytes(&self) -> usize {
         self.keys.values().map(KeyState::heap_bytes).sum()
     }
+
+    /// True when both hold the same aggregates (offsets and watermark aside).
+    pub fn same_aggregates(&self, other: &PartitionState) -> bool {
+        self.keys == other.keys
+    }
 }
 
 /// What happened to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    Accepted { kind: EventType, timestamp_ms: i64 },
+    /// `late` has bit `w` set when the event was too old for window `w`.
+    Accepted {
+        kind: EventType,
+        timestamp_ms: i64,
+        late: u32,
+    },
     Duplicate,
     Rejected(Rejection),
 }
@@ -252,9 +311,11 @@ impl Pipeline {
         state
             .key_mut(&event.campaign, &event.channel)
             .add(&self.windows, event, at, now_ms);
+        state.watermark_ms = state.watermark_ms.max(ts);
         Outcome::Accepted {
             kind: event.kind,
             timestamp_ms: ts,
+            late: self.windows.late_mask(at, now_ms),
         }
     }
 }
@@ -323,6 +384,18 @@ impl Store {
             })
             .clone();
         p
+    }
+
+    /// Installs the state of a partition just taken over (restored or fresh), replacing any.
+    pub fn install(&self, tp: TopicPartition, state: PartitionState) -> SharedPartition {
+        let shared = Arc::new(Mutex::new(state));
+        self.partitions.write().insert(tp, shared.clone());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        shared
+    }
+
+    pub fn get(&self, tp: &TopicPartition) -> Option<SharedPartition> {
+        self.partitions.read().get(tp).cloned()
     }
 
     /// Drops partitions this instance no longer owns: their series leave at once.

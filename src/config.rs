@@ -40,6 +40,7 @@ pub struct Config {
     pub windows: WindowsConfig,
     pub kpi: KpiConfig,
     pub dedup: DedupConfig,
+    pub checkpoint: CheckpointConfig,
     pub log: LogConfig,
 }
 
@@ -102,6 +103,30 @@ pub struct DedupConfig {
     pub horizon: Duration,
     /// Memory bound on remembered ids, per partition.
     pub max_ids_per_partition: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Compacted topic holding per-partition checkpoints; empty means `<group_id>-checkpoints`.
+    pub topic: String,
+    /// How often each partition's state is saved; bounds the replay after a crash.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Partitions when ecom-pulse creates the topic. Never change it afterwards.
+    pub partitions: i32,
+    /// Replication factor when ecom-pulse creates the topic; -1 is the broker's default.
+    pub replication_factor: i32,
+}
+
+impl CheckpointConfig {
+    pub fn topic_name(&self, group_id: &str) -> String {
+        if self.topic.is_empty() {
+            format!("{group_id}-checkpoints")
+        } else {
+            self.topic.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -232,6 +257,31 @@ impl Config {
                     "must be at least 1000, got {}",
                     self.dedup.max_ids_per_partition
                 ),
+            ));
+        }
+        if self.checkpoint.interval < Duration::from_millis(100) {
+            return Err(invalid("checkpoint.interval", "must be at least 100ms"));
+        }
+        if !(1..=10_000).contains(&self.checkpoint.partitions) {
+            return Err(invalid(
+                "checkpoint.partitions",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.checkpoint.replication_factor == 0 || self.checkpoint.replication_factor < -1 {
+            return Err(invalid(
+                "checkpoint.replication_factor",
+                "must be -1 (broker default) or positive",
+            ));
+        }
+        if self
+            .kafka
+            .topics
+            .contains(&self.checkpoint.topic_name(&self.kafka.group_id))
+        {
+            return Err(invalid(
+                "checkpoint.topic",
+                "must not be one of kafka.topics",
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -458,6 +508,9 @@ mod tests {
                 "windows.max_future_skew",
             ),
             ("[dedup]\nhorizon = \"0s\"\n", "dedup.horizon"),
+            ("[checkpoint]\ninterval = \"1ms\"\n", "checkpoint.interval"),
+            ("[checkpoint]\npartitions = 0\n", "checkpoint.partitions"),
+            ("[checkpoint]\ntopic = \"visits\"\n", "checkpoint.topic"),
             (
                 "[dedup]\nmax_ids_per_partition = 10\n",
                 "dedup.max_ids_per_partition",

@@ -17,7 +17,7 @@ const GENERATIONS: u32 = 4;
 /// Generations are at least a second long, so their numbers fit in `u32` until 2106.
 const MIN_GENERATION_MS: i64 = 1000;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Dedup {
     /// id hash → generation of its event time.
     seen: hashbrown::HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
@@ -101,6 +101,17 @@ impl Dedup {
     /// Ids forgotten early because of `max_ids`, since creation.
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// Applies a (possibly changed) configuration to restored memory.
+    pub fn reconfigure(&mut self, horizon_ms: i64, max_ids: usize) {
+        let fresh = Dedup::new(horizon_ms, max_ids);
+        if fresh.generation_ms != self.generation_ms {
+            // Generations are not comparable across widths: start the memory over.
+            *self = fresh;
+        } else {
+            self.max_ids = fresh.max_ids;
+        }
     }
 }
 

@@ -35,6 +35,10 @@ pub async fn run(
         mock.create_topic(topic, PARTITIONS, 1)
             .map_err(DemoError::Mock)?;
     }
+    // The mock cannot create topics through the admin API; make the checkpoint topic here.
+    let checkpoints = config.checkpoint.topic_name(&config.kafka.group_id);
+    mock.create_topic(&checkpoints, config.checkpoint.partitions, 1)
+        .map_err(DemoError::Mock)?;
     config.kafka.brokers = mock.bootstrap_servers();
     // The mock cluster's group coordinator is quick to re-balance with short sessions.
     config

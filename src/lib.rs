@@ -26,6 +26,7 @@
 //! `export` and `service`.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod dedup;

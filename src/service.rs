@@ -8,9 +8,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Pipeline, Store};
+use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{Config, ConfigError};
 use crate::export::http::{AppState, router};
-use crate::export::metrics::KpiCollector;
+use crate::export::metrics::{KpiCollector, PartitionCollector};
 use crate::kpi::ClvAssumptions;
 use crate::source::{Source, SourceError};
 use crate::telemetry::{Health, Telemetry};
@@ -27,6 +28,8 @@ pub enum ServiceError {
     },
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("checkpoints: {0}")]
+    Checkpoint(#[source] crate::checkpoint::CheckpointError),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -36,6 +39,8 @@ pub struct Service {
     listener: TcpListener,
     state: AppState,
     source: Source,
+    /// Cancelled when `run`'s token is: stops restore retries inside the Kafka client.
+    shutdown: CancellationToken,
 }
 
 impl Service {
@@ -56,7 +61,12 @@ impl Service {
             lifetime_years: config.kpi.lifetime_years,
         };
         let store = Arc::new(Store::default());
-        let telemetry = Arc::new(Telemetry::new(pipeline.decoder.reporting_currency()));
+        let labels: Vec<&str> = pipeline.windows.specs().iter().map(|s| &*s.label).collect();
+        let telemetry = Arc::new(Telemetry::new(
+            pipeline.decoder.reporting_currency(),
+            &labels,
+        ));
+        let health = Arc::new(Health::default());
         telemetry
             .registry
             .register(Box::new(KpiCollector::new(
@@ -65,18 +75,33 @@ impl Service {
                 clv,
             )))
             .expect("KPI metric names are unique");
-        let health = Arc::new(Health::default());
+        telemetry
+            .registry
+            .register(Box::new(PartitionCollector::new(
+                store.clone(),
+                health.clone(),
+            )))
+            .expect("partition metric names are unique");
+        let checkpoints = Arc::new(
+            CheckpointStore::new(&config.kafka, &config.checkpoint, pipeline.windows.clone())
+                .map_err(ServiceError::Checkpoint)?,
+        );
 
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServiceError::Listen { addr, source })?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(checkpoints.clone().ensure_topic(shutdown.clone()));
         let source = Source::new(
             &config.kafka,
             pipeline.clone(),
             store.clone(),
             telemetry.clone(),
             health.clone(),
+            checkpoints,
+            config.checkpoint.interval,
+            shutdown.clone(),
         )?;
         let state = AppState {
             store,
@@ -89,6 +114,7 @@ impl Service {
             listener,
             state,
             source,
+            shutdown,
         })
     }
 
@@ -99,6 +125,12 @@ impl Service {
     /// Runs until `shutdown` is cancelled: then stops consuming, commits offsets, lets
     /// in-flight HTTP requests finish and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
+        let inner = self.shutdown.clone();
+        let outer = shutdown.clone();
+        tokio::spawn(async move {
+            outer.cancelled().await;
+            inner.cancel();
+        });
         tracing::info!(url = %format!("http://{}/metrics", self.local_addr()), "serving");
         let app = router(self.state);
         let http_shutdown = shutdown.clone();

@@ -1,10 +1,12 @@
-//! The Kafka side: one consumer in the group, at-least-once.
+//! The Kafka side: one member of the consumer group, exact across restarts and rebalances.
 //!
-//! Offsets are stored for commit only after their message has been applied to the window
-//! state (`enable.auto.offset.store = false`, the pattern of rust-rdkafka's `at_least_once`
-//! example); librdkafka's auto-commit then commits what was stored, and shutdown commits the
-//! rest synchronously. Rebalance callbacks hand partitions (and their state) in and out, and
-//! librdkafka's statistics feed connection state, consumer lag and catch-up progress.
+//! Each input partition's state is checkpointed together with the offset it reaches
+//! ([`crate::checkpoint`]). When the group assigns a partition, its newest checkpoint is
+//! restored *before* the partition is handed to librdkafka, and consumption starts at the
+//! checkpoint's offset, so every event after it is applied exactly once to exactly the state
+//! that preceded it. When a partition is revoked, a final checkpoint is written and its
+//! series leave this instance at once. Offsets are committed to the group only once a
+//! checkpoint covers them, so tools watching the group see honest progress.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -12,19 +14,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Outcome, Pipeline, SharedPartition, Store, TopicPartition};
+use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::KafkaConfig;
 use crate::decode::{Reason, Rejection};
-use crate::telemetry::{Health, RateLimit, Telemetry};
+use crate::telemetry::{Health, Progress, RateLimit, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -39,19 +45,21 @@ pub enum SourceError {
     },
 }
 
+/// How long a shutdown waits for the final checkpoints and for leaving the group.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
 /// The consumer settings ecom-pulse relies on; `kafka.properties` is applied after them.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group_id)
         .set("client.id", "ecom-pulse")
-        // At-least-once: only offsets of applied events are committed.
+        // Offsets are committed by the checkpointer, once a checkpoint covers them.
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "5000")
-        // A new group reads what the topics still hold, so windows fill from history.
+        // Without a checkpoint, a partition is read from the start so its windows fill.
         .set("auto.offset.reset", "earliest")
-        // Connection state, lag and catch-up progress come from the statistics callback.
+        // Connection state and lag come from the statistics callback.
         .set("statistics.interval.ms", "1000")
         // Topics created after start-up are picked up within seconds, not librdkafka's 5 min.
         .set("topic.metadata.refresh.interval.ms", "10000")
@@ -68,6 +76,8 @@ pub struct SourceContext {
     pipeline: Arc<Pipeline>,
     telemetry: Arc<Telemetry>,
     health: Arc<Health>,
+    checkpoints: Arc<CheckpointStore>,
+    shutdown: CancellationToken,
     error_log: RateLimit,
     /// Last connection state logged (0 none yet, 1 down, 2 up), so each change is logged once.
     logged_state: AtomicU8,
@@ -83,6 +93,135 @@ impl SourceContext {
             } else {
                 tracing::warn!("no Kafka broker reachable; retrying (metrics keep being served)");
             }
+        }
+    }
+
+    fn warn_limited(&self, what: &str, error: &dyn fmt::Display) {
+        if let Some(suppressed) = self.error_log.check() {
+            tracing::warn!(error = %error, suppressed, "{what}");
+        }
+    }
+
+    /// Restores (or starts fresh) the state of newly assigned partitions and says where each
+    /// one's consumption starts. `None` if shutting down before the checkpoints could be read.
+    fn take_over(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tps: &[TopicPartition],
+    ) -> Option<Vec<(TopicPartition, Offset)>> {
+        let mut loaded = loop {
+            match self.checkpoints.load(tps, Duration::from_secs(60)) {
+                Ok(loaded) => break loaded,
+                // Starting without the checkpoint would count events twice or lose them, so
+                // keep trying; the group waits (readiness says so).
+                Err(e) => {
+                    self.telemetry.kafka_error("checkpoint_read");
+                    self.warn_limited("cannot read checkpoints yet; retrying", &e);
+                    if self.shutdown.is_cancelled() {
+                        return None;
+                    }
+                    // Back-off between attempts against an unavailable broker.
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        };
+        let mut starts = Vec::with_capacity(tps.len());
+        let mut progress = Vec::with_capacity(tps.len());
+        for tp in tps {
+            let watermarks = consumer
+                .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))
+                .ok();
+            let (state, start, how) = match loaded.remove(tp) {
+                Some(l) => {
+                    let mut state = l.state;
+                    let how = if state.reconfigure(&self.pipeline, &l.geometry) {
+                        "restored"
+                    } else {
+                        "rings_dropped"
+                    };
+                    if let Some((low, _)) =
+                        watermarks.filter(|(low, _)| *low > l.manifest.next_offset)
+                    {
+                        tracing::warn!(
+                            partition = %describe(std::slice::from_ref(tp)),
+                            checkpoint = l.manifest.next_offset,
+                            retained_from = low,
+                            "the topic no longer holds everything after the checkpoint; those events are lost"
+                        );
+                    }
+                    (state, Offset::Offset(l.manifest.next_offset), how)
+                }
+                None => {
+                    let mut state = self.pipeline.new_partition();
+                    state.start_at(watermarks.map_or(0, |(low, _)| low));
+                    (state, Offset::Beginning, "fresh")
+                }
+            };
+            self.telemetry.restored(how);
+            let target = watermarks.map(|(_, high)| high);
+            let caught_up = target.is_some_and(|t| state.next_offset() >= t);
+            tracing::info!(
+                partition = %describe(std::slice::from_ref(tp)),
+                state = how,
+                from = state.next_offset(),
+                to = ?target,
+                "taking over partition"
+            );
+            self.store.install(tp.clone(), state);
+            progress.push((tp.clone(), Progress { target, caught_up }));
+            starts.push((tp.clone(), start));
+        }
+        self.health.assign(&progress);
+        Some(starts)
+    }
+
+    /// Forgets partitions this instance no longer owns.
+    fn give_up(&self, tps: &[TopicPartition]) {
+        if !tps.is_empty() {
+            tracing::info!(partitions = %describe(tps), "partitions revoked; their series leave this instance");
+        }
+        self.store.remove(tps);
+        self.health.revoke(tps);
+        self.checkpoints.forget(tps);
+        self.telemetry.forget_partitions(tps);
+    }
+}
+
+/// Checkpoints `tps` and commits the offsets the checkpoints reach. Blocking.
+fn save_and_commit<C: Consumer<SourceContext>>(
+    consumer: &C,
+    tps: &[TopicPartition],
+    mode: CommitMode,
+) {
+    let ctx = consumer.context();
+    let mut offsets = TopicPartitionList::new();
+    for tp in tps {
+        let Some(state) = ctx.store.get(tp) else {
+            continue;
+        };
+        match ctx.checkpoints.save(tp, &state) {
+            Ok(Some(saved)) => {
+                ctx.telemetry.checkpoint(Some(saved.bytes));
+                let _ = offsets.add_partition_offset(
+                    &tp.topic,
+                    tp.partition,
+                    Offset::Offset(saved.next_offset),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                ctx.telemetry.checkpoint(None);
+                ctx.warn_limited("checkpoint failed; will retry at the next interval", &e);
+            }
+        }
+    }
+    if offsets.count() > 0 {
+        if let Err(e) = consumer.commit(&offsets, mode) {
+            ctx.telemetry.kafka_error("commit");
+            ctx.warn_limited(
+                "offset commit failed; the next checkpoint commits again",
+                &e,
+            );
         }
     }
 }
@@ -124,9 +263,8 @@ impl ClientContext for SourceContext {
 
     fn stats(&self, stats: Statistics) {
         self.set_connected(stats.brokers.values().any(|b| b.state == "UP"));
-        let assigned = self.health.assigned();
         let mut lags = BTreeMap::new();
-        for tp in assigned {
+        for tp in self.health.assigned() {
             let Some(p) = stats
                 .topics
                 .get(&*tp.topic)
@@ -134,19 +272,24 @@ impl ClientContext for SourceContext {
             else {
                 continue;
             };
-            // Everything up to the high watermark has been fetched and handed to us (the
-            // callback runs between messages on the consuming task, so it has been applied).
-            if p.hi_offset >= 0 && p.next_offset >= p.hi_offset && p.fetchq_cnt == 0 {
-                self.health.caught_up(&tp);
-            }
-            let lag = if p.consumer_lag_stored >= 0 {
-                p.consumer_lag_stored
-            } else if p.hi_offset >= 0 && p.next_offset >= 0 {
-                (p.hi_offset - p.next_offset).max(0) + p.fetchq_cnt.max(0)
-            } else {
+            let Some(state) = self.store.get(&tp) else {
                 continue;
             };
-            lags.insert(tp, lag);
+            let next = state.lock().next_offset();
+            if p.hi_offset >= 0 {
+                lags.insert(tp.clone(), (p.hi_offset - next).max(0));
+            }
+            // A partition whose target was unknown at assignment is caught up once everything
+            // up to the high watermark has been fetched and applied.
+            if self
+                .health
+                .progress(&tp)
+                .is_some_and(|pr| pr.target.is_none() && !pr.caught_up)
+                && p.hi_offset >= 0
+                && next >= p.hi_offset
+            {
+                self.health.caught_up(&tp);
+            }
         }
         self.telemetry.set_consumer_lag(&lags);
     }
@@ -157,40 +300,67 @@ impl ClientContext for SourceContext {
             self.set_connected(false);
         }
         self.telemetry.kafka_error(&code_label(code));
-        if let Some(suppressed) = self.error_log.check() {
-            tracing::warn!(error = %error, suppressed, "Kafka client error: {reason}");
-        }
+        self.warn_limited(&format!("Kafka client error: {reason}"), &error);
     }
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let tps = partitions_of(tpl);
-            if !tps.is_empty() {
-                tracing::info!(partitions = %describe(&tps), "partitions revoked; dropping their state");
-            }
-            self.store.remove(&tps);
-            self.health.revoke(&tps);
-        }
-    }
-
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
+    /// Replaces rdkafka's default so that state is restored before partitions are handed to
+    /// librdkafka (with the checkpoint offsets) and saved before they are taken away.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.health.assignment_received();
                 let tps = partitions_of(tpl);
-                tracing::info!(partitions = %describe(&tps), "partitions assigned");
-                for tp in &tps {
-                    self.store
-                        .get_or_insert(tp, || self.pipeline.new_partition());
+                match self.take_over(consumer, &tps) {
+                    Some(starts) => {
+                        for (tp, start) in starts {
+                            let _ = tpl.set_partition_offset(&tp.topic, tp.partition, start);
+                        }
+                        if cooperative {
+                            consumer.incremental_assign(tpl)
+                        } else {
+                            consumer.assign(tpl)
+                        }
+                    }
+                    None if cooperative => Ok(()),
+                    None => consumer.assign(&TopicPartitionList::new()),
                 }
-                self.health.assign(&tps);
             }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let tps = partitions_of(tpl);
+                if consumer.assignment_lost() {
+                    tracing::warn!(partitions = %describe(&tps), "assignment lost; the new owner replays from the last checkpoint");
+                } else {
+                    save_and_commit(consumer, &tps, CommitMode::Sync);
+                }
+                self.give_up(&tps);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
                 self.telemetry.kafka_error("rebalance");
-                tracing::warn!(error = %e, "rebalance failed");
+                tracing::warn!(error = ?other, "rebalance failed");
+                let tps = partitions_of(tpl);
+                self.give_up(&tps);
+                consumer.unassign()
             }
+        };
+        if let Err(e) = result {
+            self.telemetry.kafka_error("assign");
+            tracing::warn!(error = %e, "applying the new assignment failed");
         }
     }
 
@@ -199,9 +369,10 @@ impl ConsumerContext for SourceContext {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
                 self.telemetry.kafka_error("commit");
-                if let Some(suppressed) = self.error_log.check() {
-                    tracing::warn!(error = %e, suppressed, "offset commit failed; will retry with the next commit");
-                }
+                self.warn_limited(
+                    "offset commit failed; the next checkpoint commits again",
+                    &e,
+                );
             }
         }
     }
@@ -224,35 +395,40 @@ impl fmt::Display for Origin<'_> {
     }
 }
 
-/// The consuming task.
+type Kafka = StreamConsumer<SourceContext>;
+
+/// The consuming task and, beside it, the checkpointing task.
 pub struct Source {
-    consumer: StreamConsumer<SourceContext>,
+    consumer: Arc<Kafka>,
     topics: Vec<String>,
-    store: Arc<Store>,
-    pipeline: Arc<Pipeline>,
-    telemetry: Arc<Telemetry>,
-    store_error_log: RateLimit,
+    checkpoint_interval: Duration,
 }
 
 impl Source {
     /// Creates the consumer and subscribes. Fails fast on bad librdkafka properties; an
     /// unreachable broker is not an error here (librdkafka keeps retrying).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &KafkaConfig,
         pipeline: Arc<Pipeline>,
         store: Arc<Store>,
         telemetry: Arc<Telemetry>,
         health: Arc<Health>,
+        checkpoints: Arc<CheckpointStore>,
+        checkpoint_interval: Duration,
+        shutdown: CancellationToken,
     ) -> Result<Source, SourceError> {
         let context = SourceContext {
-            store: store.clone(),
-            pipeline: pipeline.clone(),
-            telemetry: telemetry.clone(),
+            store,
+            pipeline,
+            telemetry,
             health,
+            checkpoints,
+            shutdown,
             error_log: RateLimit::new(Duration::from_secs(10)),
             logged_state: AtomicU8::new(0),
         };
-        let consumer: StreamConsumer<SourceContext> = client_config(cfg)
+        let consumer: Kafka = client_config(cfg)
             .create_with_context(context)
             .map_err(SourceError::Create)?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
@@ -263,18 +439,20 @@ impl Source {
                 source,
             })?;
         Ok(Source {
-            consumer,
+            consumer: Arc::new(consumer),
             topics: cfg.topics.clone(),
-            store,
-            pipeline,
-            telemetry,
-            store_error_log: RateLimit::new(Duration::from_secs(10)),
+            checkpoint_interval,
         })
     }
 
-    /// Consumes until `shutdown`, then commits the stored offsets and leaves the group.
+    /// Consumes until `shutdown`; then checkpoints, commits and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(topics = ?self.topics, "consuming");
+        let checkpointer = tokio::spawn(checkpoint_loop(
+            self.consumer.clone(),
+            self.checkpoint_interval,
+            shutdown.clone(),
+        ));
         let mut handles = Handles::default();
         loop {
             tokio::select! {
@@ -286,72 +464,109 @@ impl Source {
                 },
             }
         }
+        drop(handles);
+        let _ = checkpointer.await;
         self.close().await;
     }
 
     fn handle(&self, message: &BorrowedMessage<'_>, handles: &mut Handles) {
+        let ctx = self.consumer.context();
         // A message is proof of a live connection, sooner than the next statistics report.
-        let context = self.consumer.context();
-        if !context.health.connected() {
-            context.set_connected(true);
+        if !ctx.health.connected() {
+            ctx.set_connected(true);
         }
         let now = crate::now_ms();
-        let (topic, partition) = (message.topic(), message.partition());
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let origin = Origin {
             topic,
             partition,
-            offset: message.offset(),
+            offset,
         };
-        let outcome = match message.payload() {
-            Some(payload) => {
-                let state = handles.get(&self.store, &self.pipeline, topic, partition);
-                let record_ts = message.timestamp().to_millis().unwrap_or(now);
-                self.pipeline
-                    .process(&mut state.lock(), payload, record_ts, now)
-            }
-            None => Outcome::Rejected(Rejection {
-                reason: Reason::MalformedJson,
-                detail: "message has no value",
-            }),
+        let entry = handles.get(ctx, topic, partition);
+        let outcome = {
+            let mut state = entry.state.lock();
+            let outcome = match message.payload() {
+                Some(payload) => {
+                    let record_ts = message.timestamp().to_millis().unwrap_or(now);
+                    ctx.pipeline.process(&mut state, payload, record_ts, now)
+                }
+                None => Outcome::Rejected(Rejection {
+                    reason: Reason::MalformedJson,
+                    detail: "message has no value",
+                }),
+            };
+            // The offset moves with the state, under the same lock: a checkpoint never holds
+            // one without the other.
+            state.applied(offset);
+            outcome
         };
-        self.telemetry.record(&outcome, &origin);
-        // Only now may the offset be committed: the event is in the windows.
-        if let Err(e) = self.consumer.store_offset_from_message(message) {
-            // The partition was revoked while we held the message; its new owner reads it.
-            if let Some(suppressed) = self.store_error_log.check() {
-                tracing::debug!(error = %e, at = %origin, suppressed, "offset not stored");
+        if let Some(target) = entry.catching_up_to {
+            ctx.telemetry.replayed();
+            if offset + 1 >= target {
+                entry.catching_up_to = None;
+                let tp = TopicPartition::new(topic, partition);
+                ctx.health.caught_up(&tp);
+                tracing::info!(partition = %describe(&[tp]), "caught up");
             }
         }
+        ctx.telemetry.record(&outcome, &origin);
     }
 
     fn consume_error(&self, e: KafkaError) {
         if let KafkaError::PartitionEOF(_) = e {
             return;
         }
-        self.telemetry
+        let ctx = self.consumer.context();
+        ctx.telemetry
             .kafka_error(&code_label(e.rdkafka_error_code()));
-        if let Some(suppressed) = self.store_error_log.check() {
-            tracing::warn!(error = %e, suppressed, "Kafka consume error; retrying");
-        }
+        ctx.warn_limited("Kafka consume error; retrying", &e);
     }
 
     async fn close(self) {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => tracing::info!("committed offsets"),
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
-                tracing::info!("no new offsets to commit")
-            }
-            Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
+        let consumer = self.consumer;
+        let saving = consumer.clone();
+        let save = tokio::task::spawn_blocking(move || {
+            let tps = saving.context().health.assigned();
+            save_and_commit(&*saving, &tps, CommitMode::Sync);
+            tps.len()
+        });
+        match tokio::time::timeout(SHUTDOWN_STEP, save).await {
+            Ok(Ok(n)) => tracing::info!(partitions = n, "checkpointed and committed offsets"),
+            _ => tracing::warn!(
+                "final checkpoints did not complete in time; the next owner replays a little more"
+            ),
         }
         // Leaving the group can wait on an unreachable broker; do not let it hold up exit.
-        let consumer = self.consumer;
         let leave = tokio::task::spawn_blocking(move || drop(consumer));
-        if tokio::time::timeout(Duration::from_secs(5), leave)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(SHUTDOWN_STEP, leave).await.is_err() {
             tracing::warn!("leaving the consumer group timed out");
         }
+    }
+}
+
+/// Saves every changed partition every `every`, off the async workers.
+async fn checkpoint_loop(consumer: Arc<Kafka>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
+    let mut round: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                if round.as_ref().is_none_or(|r| r.is_finished()) {
+                    let consumer = consumer.clone();
+                    round = Some(tokio::task::spawn_blocking(move || {
+                        let tps = consumer.context().health.assigned();
+                        save_and_commit(&*consumer, &tps, CommitMode::Async);
+                    }));
+                }
+            }
+        }
+    }
+    if let Some(r) = round {
+        let _ = tokio::time::timeout(SHUTDOWN_STEP, r).await;
     }
 }
 
@@ -360,43 +575,45 @@ impl Source {
 #[derive(Default)]
 struct Handles {
     generation: u64,
-    topics: Vec<(Box<str>, HashMap<i32, SharedPartition>)>,
+    topics: Vec<(Box<str>, HashMap<i32, Entry>)>,
+}
+
+struct Entry {
+    state: SharedPartition,
+    /// Offset to reach before the partition counts as caught up.
+    catching_up_to: Option<i64>,
 }
 
 impl Handles {
-    fn get(
-        &mut self,
-        store: &Store,
-        pipeline: &Pipeline,
-        topic: &str,
-        partition: i32,
-    ) -> SharedPartition {
-        if store.generation() != self.generation {
+    fn get(&mut self, ctx: &SourceContext, topic: &str, partition: i32) -> &mut Entry {
+        if ctx.store.generation() != self.generation {
             self.topics.clear();
-            self.generation = store.generation();
+            self.generation = ctx.store.generation();
         }
-        let i = match self.topics.iter().position(|(t, _)| **t == *topic) {
-            Some(i) => i,
+        let t = match self.topics.iter().position(|(t, _)| **t == *topic) {
+            Some(t) => t,
             None => {
                 self.topics.push((topic.into(), HashMap::new()));
                 self.topics.len() - 1
             }
         };
-        if let Some(state) = self.topics[i].1.get(&partition) {
-            return state.clone();
-        }
-        let state = store.get_or_insert(&TopicPartition::new(topic, partition), || {
-            pipeline.new_partition()
-        });
-        if store.generation() != self.generation {
-            // This lookup created the partition: start over with a fresh generation.
-            self.topics.clear();
-            self.generation = store.generation();
-            self.topics.push((topic.into(), HashMap::new()));
-            self.topics[0].1.insert(partition, state.clone());
-        } else {
-            self.topics[i].1.insert(partition, state.clone());
-        }
-        state
+        self.topics[t].1.entry(partition).or_insert_with(|| {
+            let tp = TopicPartition::new(topic, partition);
+            // Normally installed by the rebalance callback; a message can only come from an
+            // assigned partition, but be safe rather than drop it.
+            let state = ctx
+                .store
+                .get(&tp)
+                .unwrap_or_else(|| ctx.store.install(tp.clone(), ctx.pipeline.new_partition()));
+            let catching_up_to = ctx
+                .health
+                .progress(&tp)
+                .filter(|p| !p.caught_up)
+                .and_then(|p| p.target);
+            Entry {
+                state,
+                catching_up_to,
+            }
+        })
     }
 }

@@ -25,6 +25,11 @@ pub struct Telemetry {
     kafka_connected: IntGauge,
     consumer_lag: IntGaugeVec,
     kafka_errors: IntCounterVec,
+    late: Vec<IntCounter>,
+    replayed: IntCounter,
+    restores: IntCounterVec,
+    checkpoints: IntCounterVec,
+    checkpoint_bytes: IntCounter,
     rejection_logs: Vec<RateLimit>,
 }
 
@@ -33,7 +38,8 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 impl Telemetry {
-    pub fn new(reporting_currency: &str) -> Telemetry {
+    /// `windows` are the window labels, for the per-window late-event counters.
+    pub fn new(reporting_currency: &str, windows: &[&str]) -> Telemetry {
         let registry = Registry::new();
         let register = |c: Box<dyn prometheus::core::Collector>| {
             registry.register(c).expect("metric names are unique");
@@ -109,6 +115,60 @@ impl Telemetry {
         .unwrap();
         register(Box::new(kafka_errors.clone()));
 
+        let late_vec = IntCounterVec::new(
+            opts(
+                "events_late_total",
+                "Accepted events that arrived too late to count in this window (they count in longer windows and the counters).",
+            ),
+            &["window"],
+        )
+        .unwrap();
+        let late = windows
+            .iter()
+            .map(|w| late_vec.with_label_values(&[w]))
+            .collect();
+        register(Box::new(late_vec));
+
+        let replayed = IntCounter::with_opts(opts(
+            "restore_events_replayed_total",
+            "Events applied while their partition was catching up after being restored or assigned.",
+        ))
+        .unwrap();
+        register(Box::new(replayed.clone()));
+
+        let restores = IntCounterVec::new(
+            opts(
+                "restores_total",
+                "Partitions taken over, by how their state started: restored, fresh (no checkpoint) or rings_dropped (window geometry changed).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        for r in ["restored", "fresh", "rings_dropped"] {
+            restores.with_label_values(&[r]);
+        }
+        register(Box::new(restores.clone()));
+
+        let checkpoints = IntCounterVec::new(
+            opts(
+                "checkpoints_total",
+                "Partition checkpoints written, by result (ok, failed).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        for r in ["ok", "failed"] {
+            checkpoints.with_label_values(&[r]);
+        }
+        register(Box::new(checkpoints.clone()));
+
+        let checkpoint_bytes = IntCounter::with_opts(opts(
+            "checkpoint_written_bytes_total",
+            "Encoded state bytes written to the checkpoint topic.",
+        ))
+        .unwrap();
+        register(Box::new(checkpoint_bytes.clone()));
+
         let build_info = IntGaugeVec::new(
             opts("build_info", "Build of the running binary; always 1."),
             &["version"],
@@ -145,6 +205,11 @@ impl Telemetry {
             kafka_connected,
             consumer_lag,
             kafka_errors,
+            late,
+            replayed,
+            restores,
+            checkpoints,
+            checkpoint_bytes,
             rejection_logs: Reason::ALL
                 .iter()
                 .map(|_| RateLimit::new(Duration::from_secs(10)))
@@ -155,8 +220,19 @@ impl Telemetry {
     /// Counts one message's outcome; logs rejections, at most one line per reason per 10 s.
     pub fn record(&self, outcome: &Outcome, origin: &dyn std::fmt::Display) {
         match outcome {
-            Outcome::Accepted { kind, timestamp_ms } => {
+            Outcome::Accepted {
+                kind,
+                timestamp_ms,
+                late,
+            } => {
                 self.events[kind.index()].inc();
+                if *late != 0 {
+                    for (w, counter) in self.late.iter().enumerate() {
+                        if late & (1 << w) != 0 {
+                            counter.inc();
+                        }
+                    }
+                }
                 let seconds = *timestamp_ms as f64 / 1000.0;
                 if seconds > self.last_event_timestamp.get() {
                     self.last_event_timestamp.set(seconds);
@@ -179,8 +255,36 @@ impl Telemetry {
         }
     }
 
+    pub fn replayed(&self) {
+        self.replayed.inc();
+    }
+
+    /// `result`: restored, fresh or rings_dropped.
+    pub fn restored(&self, result: &str) {
+        self.restores.with_label_values(&[result]).inc();
+    }
+
+    pub fn checkpoint(&self, written: Option<usize>) {
+        match written {
+            Some(bytes) => {
+                self.checkpoints.with_label_values(&["ok"]).inc();
+                self.checkpoint_bytes.inc_by(bytes as u64);
+            }
+            None => self.checkpoints.with_label_values(&["failed"]).inc(),
+        }
+    }
+
     pub fn kafka_error(&self, code: &str) {
         self.kafka_errors.with_label_values(&[code]).inc();
+    }
+
+    /// Removes the lag series of partitions this instance gave up, at once.
+    pub fn forget_partitions(&self, tps: &[TopicPartition]) {
+        for tp in tps {
+            let _ = self
+                .consumer_lag
+                .remove_label_values(&[&*tp.topic, &tp.partition.to_string()]);
+        }
     }
 
     /// Replaces the lag series with exactly the given partitions.
@@ -200,12 +304,21 @@ impl Telemetry {
     }
 }
 
-/// Readiness as the Kafka client reports it.
+/// Where an assigned partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// High watermark when it was assigned: reaching it means caught up. `None` if unknown
+    /// (then librdkafka's statistics decide).
+    pub target: Option<i64>,
+    pub caught_up: bool,
+}
+
+/// Readiness: connection, assignment and catch-up.
 #[derive(Debug, Default)]
 pub struct Health {
     connected: AtomicBool,
     /// `None` until the group has given this instance its first assignment.
-    assignment: Mutex<Option<BTreeMap<TopicPartition, bool>>>,
+    assignment: Mutex<Option<BTreeMap<TopicPartition, Progress>>>,
 }
 
 impl Health {
@@ -217,13 +330,18 @@ impl Health {
         self.connected.load(Ordering::Acquire)
     }
 
-    /// New partitions start not caught up.
-    pub fn assign(&self, tps: &[TopicPartition]) {
+    /// Records newly assigned (and already restored) partitions.
+    pub fn assign(&self, partitions: &[(TopicPartition, Progress)]) {
         let mut assignment = self.assignment.lock();
         let map = assignment.get_or_insert_with(BTreeMap::new);
-        for tp in tps {
-            map.insert(tp.clone(), false);
+        for (tp, progress) in partitions {
+            map.insert(tp.clone(), *progress);
         }
+    }
+
+    /// Marks the start of an assignment that may be empty (an idle group member).
+    pub fn assignment_received(&self) {
+        self.assignment.lock().get_or_insert_with(BTreeMap::new);
     }
 
     pub fn revoke(&self, tps: &[TopicPartition]) {
@@ -234,11 +352,18 @@ impl Health {
         }
     }
 
-    /// Marks a partition as having reached its high watermark once.
+    /// Marks a partition as having reached its target once.
     pub fn caught_up(&self, tp: &TopicPartition) {
-        if let Some(flag) = self.assignment.lock().as_mut().and_then(|m| m.get_mut(tp)) {
-            *flag = true;
+        if let Some(p) = self.assignment.lock().as_mut().and_then(|m| m.get_mut(tp)) {
+            p.caught_up = true;
         }
+    }
+
+    pub fn progress(&self, tp: &TopicPartition) -> Option<Progress> {
+        self.assignment
+            .lock()
+            .as_ref()
+            .and_then(|m| m.get(tp).copied())
     }
 
     pub fn assigned(&self) -> Vec<TopicPartition> {
@@ -249,24 +374,37 @@ impl Health {
             .unwrap_or_default()
     }
 
+    /// Assigned partitions not caught up yet.
+    pub fn catching_up(&self) -> Vec<TopicPartition> {
+        self.assignment
+            .lock()
+            .as_ref()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, p)| !p.caught_up)
+                    .map(|(tp, _)| tp.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `Ok` when ready to serve trustworthy numbers, else why not.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.connected() {
             return Err("not connected to Kafka".into());
         }
-        let assignment = self.assignment.lock();
-        let Some(map) = assignment.as_ref() else {
+        if self.assignment.lock().is_none() {
             return Err("waiting for a partition assignment from the consumer group".into());
-        };
-        let behind: Vec<String> = map
+        }
+        let behind: Vec<String> = self
+            .catching_up()
             .iter()
-            .filter(|(_, caught_up)| !**caught_up)
-            .map(|(tp, _)| format!("{}/{}", tp.topic, tp.partition))
+            .map(|tp| format!("{}/{}", tp.topic, tp.partition))
             .collect();
         if behind.is_empty() {
             Ok(())
         } else {
-            Err(format!("catching up on {}", behind.join(", ")))
+            Err(format!("restoring or catching up on {}", behind.join(", ")))
         }
     }
 }
@@ -339,7 +477,11 @@ mod tests {
             TopicPartition::new("visits", 0),
             TopicPartition::new("orders", 0),
         ];
-        h.assign(&tps);
+        let behind = Progress {
+            target: Some(10),
+            caught_up: false,
+        };
+        h.assign(&[(tps[0].clone(), behind), (tps[1].clone(), behind)]);
         let why = h.readiness().unwrap_err();
         assert!(
             why.contains("visits/0") && why.contains("orders/0"),
@@ -360,11 +502,12 @@ mod tests {
 
     #[test]
     fn outcomes_are_counted_under_their_labels() {
-        let t = Telemetry::new("USD");
+        let t = Telemetry::new("USD", &["5m", "1h"]);
         t.record(
             &Outcome::Accepted {
                 kind: EventType::Order,
                 timestamp_ms: 5_000,
+                late: 0b01,
             },
             &"here",
         );
@@ -390,5 +533,10 @@ mod tests {
         assert!(text.contains("ecom_pulse_last_event_timestamp_seconds 5"));
         assert!(text.contains("ecom_pulse_build_info{version="));
         assert!(text.contains("ecom_pulse_info{reporting_currency=\"USD\"} 1"));
+        assert!(
+            text.contains("ecom_pulse_events_late_total{window=\"5m\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("ecom_pulse_events_late_total{window=\"1h\"} 0"));
     }
 }

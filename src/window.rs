@@ -96,6 +96,28 @@ impl Windows {
     pub fn index_of(&self, label: &str) -> Option<usize> {
         self.specs.iter().position(|s| &*s.label == label)
     }
+
+    /// Bit `w` is set when an event stamped `ts_ms`, arriving at `now_ms`, is already too old
+    /// to count in window `w` (it still counts in longer windows and in the counters).
+    pub fn late_mask(&self, ts_ms: i64, now_ms: i64) -> u32 {
+        let n = self.buckets as i64;
+        self.specs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| ts_ms.div_euclid(s.width_ms) <= now_ms.div_euclid(s.width_ms) - n)
+            .fold(0, |mask, (w, _)| mask | 1 << w)
+    }
+
+    /// The bucket geometry, to tell whether saved rings still fit this configuration.
+    pub fn geometry(&self) -> Vec<(i64, i64)> {
+        let mut g: Vec<(i64, i64)> = self
+            .specs
+            .iter()
+            .map(|s| (s.length_ms, s.width_ms))
+            .collect();
+        g.push((self.buckets as i64, 0));
+        g
+    }
 }
 
 /// What a bucket holds. Each event type has its own cell type so a key only pays for the
@@ -120,7 +142,7 @@ impl Cell for u64 {
 const EMPTY: i64 = i64::MIN / 2;
 
 /// One ring of `n` buckets per window, for one key and one kind of cell.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Series<C: Cell> {
     /// Per window: index of the newest bucket written (`⌊t / w⌋`).
     heads: Box<[i64]>,

@@ -229,7 +229,7 @@ mod tests {
             );
             pipeline.process(&mut part.lock(), json.as_bytes(), now, now);
         }
-        let telemetry = Arc::new(Telemetry::new("USD"));
+        let telemetry = Arc::new(Telemetry::new("USD", &["5m", "1h"]));
         telemetry
             .registry
             .register(Box::new(KpiCollector::new(
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("not connected"));
         health.set_connected(true);
-        health.assign(&[]);
+        health.assignment_received();
         assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
 
         let (status, text) = get(&app, "/metrics").await;

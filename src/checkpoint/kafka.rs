@@ -1,0 +1,405 @@
+//! Writes and reads checkpoints on the checkpoint topic (see the parent module for the format).
+//!
+//! Both directions are blocking: they run in the rebalance callback (restore on assignment,
+//! a final save on revocation) and on a blocking thread for the periodic saves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::{
+    Assembler, CheckpointError, Manifest, VERSION, checkpoint_partition, chunk_key, chunks,
+    manifest_key,
+};
+use crate::aggregate::{PartitionState, SharedPartition, TopicPartition};
+use crate::config::{CheckpointConfig, KafkaConfig};
+use crate::window::Windows;
+
+/// A checkpoint read back.
+pub struct Loaded {
+    pub state: PartitionState,
+    pub geometry: Vec<(i64, i64)>,
+    pub manifest: Manifest,
+}
+
+/// What one save wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Saved {
+    pub bytes: usize,
+    pub next_offset: i64,
+}
+
+/// Per input partition: the offset last saved and how many checkpoints were written.
+#[derive(Debug, Clone, Copy, Default)]
+struct Written {
+    next_offset: i64,
+    seq: u64,
+}
+
+pub struct CheckpointStore {
+    group: String,
+    topic: String,
+    create_partitions: i32,
+    replication: i32,
+    client_config: ClientConfig,
+    producer: FutureProducer,
+    reader: Mutex<BaseConsumer>,
+    partitions: Mutex<Option<i32>>,
+    written: Mutex<HashMap<TopicPartition, Written>>,
+    /// One save at a time, so a periodic save and a revocation save never interleave.
+    write_lock: Mutex<()>,
+    windows: Windows,
+    /// Random per process, so checkpoint ids of different writers do not collide.
+    id_base: u64,
+}
+
+impl CheckpointStore {
+    pub fn new(
+        kafka: &KafkaConfig,
+        cfg: &CheckpointConfig,
+        windows: Windows,
+    ) -> Result<Self, CheckpointError> {
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", &kafka.brokers);
+        for (k, v) in &kafka.properties {
+            base.set(k, v);
+        }
+        // Consumer-group settings in kafka.properties mean nothing to these two clients.
+        for key in [
+            "group.id",
+            "session.timeout.ms",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "auto.offset.reset",
+            "statistics.interval.ms",
+            "partition.assignment.strategy",
+            "max.poll.interval.ms",
+            "heartbeat.interval.ms",
+            "group.instance.id",
+        ] {
+            base.remove(key);
+        }
+        let producer: FutureProducer = base
+            .clone()
+            .set("client.id", "ecom-pulse-checkpoints")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .set("linger.ms", "0")
+            .set("compression.type", "none")
+            .create()?;
+        let reader: BaseConsumer = base
+            .clone()
+            .set("client.id", "ecom-pulse-restore")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        Ok(CheckpointStore {
+            group: kafka.group_id.clone(),
+            topic: cfg.topic_name(&kafka.group_id),
+            create_partitions: cfg.partitions,
+            replication: cfg.replication_factor,
+            client_config: base,
+            producer,
+            reader: Mutex::new(reader),
+            partitions: Mutex::new(None),
+            written: Mutex::new(HashMap::new()),
+            write_lock: Mutex::new(()),
+            windows,
+            id_base: rand::random::<u64>() & !0xffff_ffff,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Makes sure the checkpoint topic exists, creating it (compacted) if needed, and keeps
+    /// trying while no broker answers. Runs in the background: restores wait for it.
+    pub async fn ensure_topic(
+        self: std::sync::Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut logged = false;
+        while !shutdown.is_cancelled() {
+            let store = self.clone();
+            let exists = tokio::task::spawn_blocking(move || {
+                store.partition_count(Duration::from_secs(5)).is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            if exists || self.create_topic(Duration::from_secs(10)).await {
+                return;
+            }
+            if !logged {
+                tracing::warn!(topic = %self.topic, "checkpoint topic not available yet; partitions are restored once it is");
+                logged = true;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    /// True if the topic was created or already exists.
+    async fn create_topic(&self, timeout: Duration) -> bool {
+        let admin: AdminClient<DefaultClientContext> = match self.client_config.create() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create an admin client for the checkpoint topic");
+                return false;
+            }
+        };
+        let topic = NewTopic::new(
+            &self.topic,
+            self.create_partitions,
+            TopicReplication::Fixed(self.replication),
+        )
+        .set("cleanup.policy", "compact")
+        .set("segment.ms", "600000")
+        .set("min.cleanable.dirty.ratio", "0.1");
+        let options = AdminOptions::new().operation_timeout(Some(timeout));
+        match tokio::time::timeout(timeout, admin.create_topics([&topic], &options)).await {
+            Ok(Ok(results)) => match results.into_iter().next() {
+                Some(Ok(_)) => {
+                    tracing::info!(topic = %self.topic, partitions = self.create_partitions, "created the checkpoint topic");
+                    true
+                }
+                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => true,
+                Some(Err((_, code))) => {
+                    tracing::warn!(topic = %self.topic, error = ?code, "cannot create the checkpoint topic");
+                    false
+                }
+                None => false,
+            },
+            Ok(Err(e)) => {
+                tracing::debug!(topic = %self.topic, error = %e, "cannot create the checkpoint topic yet");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Partition count of the checkpoint topic, from metadata (cached once known).
+    fn partition_count(&self, timeout: Duration) -> Result<i32, CheckpointError> {
+        if let Some(n) = *self.partitions.lock() {
+            return Ok(n);
+        }
+        let metadata = self
+            .reader
+            .lock()
+            .fetch_metadata(Some(&self.topic), timeout)?;
+        let n = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                CheckpointError::Timeout(format!(
+                    "checkpoint topic {} has no partitions yet",
+                    self.topic
+                ))
+            })?;
+        *self.partitions.lock() = Some(n);
+        Ok(n)
+    }
+
+    /// Saves `tp`'s state if it moved since the last save. Returns what was written.
+    pub fn save(
+        &self,
+        tp: &TopicPartition,
+        state: &SharedPartition,
+    ) -> Result<Option<Saved>, CheckpointError> {
+        let _one_at_a_time = self.write_lock.lock();
+        let previous = self.written.lock().get(tp).copied();
+        let (payload, next_offset) = {
+            let st = state.lock();
+            if previous.is_some_and(|w| w.next_offset == st.next_offset()) {
+                return Ok(None);
+            }
+            (super::encode(&st, &self.windows), st.next_offset())
+        };
+        let partition = checkpoint_partition(tp, self.partition_count(Duration::from_secs(10))?);
+        let seq = previous.map_or(1, |w| w.seq + 1);
+        let checkpoint_id = self.id_base | (seq & 0xffff_ffff);
+        let slot = (seq % 2) as u8;
+
+        let parts = chunks(&payload, checkpoint_id, super::MAX_CHUNK_BYTES);
+        let mut deliveries = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let key = chunk_key(&self.group, tp, slot, i as u32);
+            let record = FutureRecord::to(&self.topic)
+                .partition(partition)
+                .key(&key)
+                .payload(part);
+            deliveries.push(self.producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        // Every chunk is stored before the manifest that points at them is sent.
+        let mut first_chunk_offset = i64::MAX;
+        for delivery in deliveries {
+            let delivered = futures::executor::block_on(delivery)
+                .map_err(|_| CheckpointError::Timeout("checkpoint producer closed".into()))?
+                .map_err(|(e, _)| e)?;
+            first_chunk_offset = first_chunk_offset.min(delivered.offset);
+        }
+        let manifest = Manifest {
+            version: VERSION,
+            checkpoint_id,
+            slot,
+            chunks: parts.len() as u32,
+            first_chunk_offset,
+            next_offset,
+            bytes: payload.len() as u64,
+            checksum: xxhash_rust::xxh3::xxh3_64(&payload),
+            written_at_ms: crate::now_ms(),
+        };
+        let value = serde_json::to_vec(&manifest).expect("a manifest serialises");
+        let key = manifest_key(&self.group, tp);
+        let record = FutureRecord::to(&self.topic)
+            .partition(partition)
+            .key(&key)
+            .payload(&value);
+        let delivery = self.producer.send_result(record).map_err(|(e, _)| e)?;
+        futures::executor::block_on(delivery)
+            .map_err(|_| CheckpointError::Timeout("checkpoint producer closed".into()))?
+            .map_err(|(e, _)| e)?;
+        self.written
+            .lock()
+            .insert(tp.clone(), Written { next_offset, seq });
+        Ok(Some(Saved {
+            bytes: payload.len(),
+            next_offset,
+        }))
+    }
+
+    /// Forgets what was saved for partitions this instance gave up.
+    pub fn forget(&self, tps: &[TopicPartition]) {
+        let mut written = self.written.lock();
+        for tp in tps {
+            written.remove(tp);
+        }
+    }
+
+    /// Reads the newest intact checkpoint of each partition in `tps`; partitions without one
+    /// are absent from the result. An error means the topic could not be read: the caller
+    /// must not assume there is no checkpoint.
+    pub fn load(
+        &self,
+        tps: &[TopicPartition],
+        timeout: Duration,
+    ) -> Result<BTreeMap<TopicPartition, Loaded>, CheckpointError> {
+        let deadline = Instant::now() + timeout;
+        let n = self.partition_count(timeout)?;
+        let mut by_partition: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
+        for tp in tps {
+            by_partition
+                .entry(checkpoint_partition(tp, n))
+                .or_default()
+                .push(tp.clone());
+        }
+        let mut out = BTreeMap::new();
+        let reader = self.reader.lock();
+        for (partition, wanted) in by_partition {
+            let (low, high) =
+                reader.fetch_watermarks(&self.topic, partition, remaining(deadline)?)?;
+            if high <= low {
+                continue;
+            }
+            let mut assembler = Assembler::default();
+            let mut upper = high;
+            let mut span = 256;
+            // Newest records first, reaching further back only while a wanted partition has
+            // no complete checkpoint yet.
+            loop {
+                let lower = (upper - span).max(low);
+                self.read_range(
+                    &reader,
+                    partition,
+                    lower,
+                    upper,
+                    deadline,
+                    |offset, key, value| assembler.offer(&self.group, &wanted, offset, key, value),
+                )?;
+                let incomplete = wanted.iter().any(|tp| assembler.newest(tp).is_none());
+                if !incomplete || lower <= low {
+                    break;
+                }
+                upper = lower;
+                span *= 2;
+            }
+            for tp in wanted {
+                if let Some((manifest, payload)) = assembler.newest(&tp) {
+                    let (state, geometry) = super::decode(&payload)?;
+                    let seq = manifest.checkpoint_id & 0xffff_ffff;
+                    self.written.lock().insert(
+                        tp.clone(),
+                        Written {
+                            next_offset: manifest.next_offset,
+                            seq,
+                        },
+                    );
+                    out.insert(
+                        tp,
+                        Loaded {
+                            state,
+                            geometry,
+                            manifest,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_range(
+        &self,
+        reader: &BaseConsumer,
+        partition: i32,
+        from: i64,
+        to: i64,
+        deadline: Instant,
+        mut offer: impl FnMut(i64, &[u8], &[u8]),
+    ) -> Result<(), CheckpointError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from))?;
+        reader.assign(&tpl)?;
+        let result = loop {
+            match reader.poll(remaining(deadline)?.min(Duration::from_millis(500))) {
+                Some(Ok(m)) => {
+                    if m.offset() >= to {
+                        break Ok(());
+                    }
+                    if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+                        offer(m.offset(), k, v);
+                    }
+                    if m.offset() >= to - 1 {
+                        break Ok(());
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break Ok(()),
+                Some(Err(e)) => break Err(CheckpointError::Kafka(e)),
+                None => {}
+            }
+        };
+        reader.unassign()?;
+        result
+    }
+}
+
+fn remaining(deadline: Instant) -> Result<Duration, CheckpointError> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| CheckpointError::Timeout("reading checkpoints".into()))
+}

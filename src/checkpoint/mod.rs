@@ -1,0 +1,496 @@
+//! Checkpoints: a partition's state and the offset it reaches, saved together so a restart or
+//! a new owner continues exactly where the state left off.
+//!
+//! The format is pure and tested here; [`kafka`] writes and reads it on a compacted topic.
+//!
+//! A checkpoint of input partition (topic, p) is one or more **chunks** followed by a
+//! **manifest**, all on the same checkpoint-topic partition, in that order:
+//!
+//! - chunk key `{group}/{topic}/{p}/c/{slot}/{i}`: a header (checkpoint id, index, count) and a
+//!   slice of the encoded state (postcard, then LZ4);
+//! - manifest key `{group}/{topic}/{p}/m`: JSON with the checkpoint id, the chunk count, the
+//!   offset of the first chunk, the input offset the state reaches, and a checksum.
+//!
+//! Chunks alternate between two slots, so while checkpoint *n* is being written the chunks of
+//! *n − 1* are never the latest value of their key, and compaction cannot remove them before
+//! the manifest of *n* exists. A reader finds the newest manifest whose chunks are all present
+//! and intact; any such checkpoint is a consistent (state, offset) pair, so replaying the input
+//! from its offset gives exactly the numbers of an uninterrupted run.
+
+pub mod kafka;
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{PartitionState, TopicPartition};
+use crate::window::Windows;
+
+/// Format version of both the encoded state and the manifest.
+pub const VERSION: u8 = 1;
+/// Largest chunk value: well under Kafka's default 1 MB message limit.
+pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
+const CHUNK_MAGIC: &[u8; 4] = b"EPCK";
+const CHUNK_HEADER: usize = 4 + 1 + 8 + 4 + 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint is damaged: {0}")]
+    Corrupt(String),
+    #[error("checkpoint format version {0} is not supported (this build reads {VERSION})")]
+    Version(u8),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+/// What is serialised: the window geometry the rings were built with, and the state.
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    geometry: Vec<(i64, i64)>,
+    state: &'a PartitionState,
+}
+
+#[derive(Deserialize)]
+struct Saved {
+    geometry: Vec<(i64, i64)>,
+    state: PartitionState,
+}
+
+/// Encodes a state (postcard, then LZ4: empty buckets are runs of zero bytes).
+pub fn encode(state: &PartitionState, windows: &Windows) -> Vec<u8> {
+    let saved = SavedRef {
+        geometry: windows.geometry(),
+        state,
+    };
+    let raw = postcard::to_stdvec(&saved).expect("in-memory serialisation cannot fail");
+    let mut out = vec![VERSION];
+    out.extend_from_slice(&lz4_flex::compress_prepend_size(&raw));
+    out
+}
+
+/// Decodes a state and the geometry its rings were saved with.
+pub fn decode(bytes: &[u8]) -> Result<(PartitionState, Vec<(i64, i64)>), CheckpointError> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| CheckpointError::Corrupt("empty".into()))?;
+    if version != VERSION {
+        return Err(CheckpointError::Version(version));
+    }
+    let raw = lz4_flex::decompress_size_prepended(body)
+        .map_err(|e| CheckpointError::Corrupt(format!("decompression: {e}")))?;
+    let saved: Saved = postcard::from_bytes(&raw)
+        .map_err(|e| CheckpointError::Corrupt(format!("decoding: {e}")))?;
+    Ok((saved.state, saved.geometry))
+}
+
+/// Points at a checkpoint's chunks and says what they hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u8,
+    pub checkpoint_id: u64,
+    pub slot: u8,
+    pub chunks: u32,
+    /// Offset, in the checkpoint partition, of chunk 0.
+    pub first_chunk_offset: i64,
+    /// Input offset the state reaches: consumption resumes here.
+    pub next_offset: i64,
+    pub bytes: u64,
+    /// xxh3 of the whole encoded state.
+    pub checksum: u64,
+    pub written_at_ms: i64,
+}
+
+/// Splits an encoded state into chunk values.
+pub fn chunks(payload: &[u8], checkpoint_id: u64, max_chunk: usize) -> Vec<Vec<u8>> {
+    let data_per_chunk = max_chunk - CHUNK_HEADER;
+    let parts: Vec<&[u8]> = if payload.is_empty() {
+        vec![&[][..]]
+    } else {
+        payload.chunks(data_per_chunk).collect()
+    };
+    let count = parts.len() as u32;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let mut v = Vec::with_capacity(CHUNK_HEADER + part.len());
+            v.extend_from_slice(CHUNK_MAGIC);
+            v.push(VERSION);
+            v.extend_from_slice(&checkpoint_id.to_be_bytes());
+            v.extend_from_slice(&(i as u32).to_be_bytes());
+            v.extend_from_slice(&count.to_be_bytes());
+            v.extend_from_slice(part);
+            v
+        })
+        .collect()
+}
+
+/// A chunk value's header and data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRef<'a> {
+    pub checkpoint_id: u64,
+    pub index: u32,
+    pub count: u32,
+    pub data: &'a [u8],
+}
+
+pub fn parse_chunk(value: &[u8]) -> Option<ChunkRef<'_>> {
+    if value.len() < CHUNK_HEADER || &value[..4] != CHUNK_MAGIC || value[4] != VERSION {
+        return None;
+    }
+    let u64_at = |i: usize| u64::from_be_bytes(value[i..i + 8].try_into().unwrap());
+    let u32_at = |i: usize| u32::from_be_bytes(value[i..i + 4].try_into().unwrap());
+    Some(ChunkRef {
+        checkpoint_id: u64_at(5),
+        index: u32_at(13),
+        count: u32_at(17),
+        data: &value[CHUNK_HEADER..],
+    })
+}
+
+/// What a checkpoint-topic key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Manifest(TopicPartition),
+    Chunk {
+        tp: TopicPartition,
+        slot: u8,
+        index: u32,
+    },
+}
+
+pub fn manifest_key(group: &str, tp: &TopicPartition) -> String {
+    format!("{group}/{}/{}/m", tp.topic, tp.partition)
+}
+
+pub fn chunk_key(group: &str, tp: &TopicPartition, slot: u8, index: u32) -> String {
+    format!("{group}/{}/{}/c/{slot}/{index}", tp.topic, tp.partition)
+}
+
+/// Parses a key written for `group`; keys of other groups sharing the topic are `None`.
+/// Topic names cannot contain `/`, so the key is read from the right.
+pub fn parse_key(group: &str, key: &str) -> Option<Record> {
+    let rest = key.strip_prefix(group)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [topic, partition, "m"] => Some(Record::Manifest(TopicPartition::new(
+            topic,
+            partition.parse().ok()?,
+        ))),
+        [topic, partition, "c", slot, index] => Some(Record::Chunk {
+            tp: TopicPartition::new(topic, partition.parse().ok()?),
+            slot: slot.parse().ok()?,
+            index: index.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// The checkpoint-topic partition that holds `tp`'s checkpoints: a stable hash, so every
+/// instance agrees (the checkpoint topic's partition count must not change).
+pub fn checkpoint_partition(tp: &TopicPartition, partitions: i32) -> i32 {
+    let h = xxhash_rust::xxh3::xxh3_64(format!("{}/{}", tp.topic, tp.partition).as_bytes());
+    (h % partitions.max(1) as u64) as i32
+}
+
+/// Collects, from records read off a checkpoint partition (in any order of ranges), the
+/// newest complete checkpoint of each wanted input partition.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    manifests: Vec<(i64, TopicPartition, Manifest)>,
+    /// (tp, checkpoint id, index) → (offset, data).
+    chunks: std::collections::HashMap<(TopicPartition, u64, u32), (i64, Vec<u8>)>,
+}
+
+impl Assembler {
+    /// Offers one record. Records of partitions not in `wanted` are ignored.
+    pub fn offer(
+        &mut self,
+        group: &str,
+        wanted: &[TopicPartition],
+        offset: i64,
+        key: &[u8],
+        value: &[u8],
+    ) {
+        let Some(record) = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| parse_key(group, k))
+        else {
+            return;
+        };
+        match record {
+            Record::Manifest(tp) if wanted.contains(&tp) => {
+                if let Ok(m) = serde_json::from_slice::<Manifest>(value) {
+                    self.manifests.push((offset, tp, m));
+                }
+            }
+            Record::Chunk { tp, .. } if wanted.contains(&tp) => {
+                if let Some(c) = parse_chunk(value) {
+                    self.chunks
+                        .insert((tp, c.checkpoint_id, c.index), (offset, c.data.to_vec()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The newest complete, intact checkpoint of `tp` among the records offered so far:
+    /// its manifest and encoded state.
+    pub fn newest(&self, tp: &TopicPartition) -> Option<(Manifest, Vec<u8>)> {
+        let mut candidates: Vec<&(i64, TopicPartition, Manifest)> =
+            self.manifests.iter().filter(|(_, t, _)| t == tp).collect();
+        candidates.sort_by_key(|(offset, _, _)| std::cmp::Reverse(*offset));
+        candidates.into_iter().find_map(|(offset, _, m)| {
+            let mut payload = Vec::with_capacity(m.bytes as usize);
+            for i in 0..m.chunks {
+                let (chunk_offset, data) = self.chunks.get(&(tp.clone(), m.checkpoint_id, i))?;
+                // Chunks precede their manifest; a later one with the same id is not ours.
+                if *chunk_offset > *offset || *chunk_offset < m.first_chunk_offset {
+                    return None;
+                }
+                payload.extend_from_slice(data);
+            }
+            let intact = m.version == VERSION
+                && payload.len() as u64 == m.bytes
+                && xxhash_rust::xxh3::xxh3_64(&payload) == m.checksum;
+            intact.then(|| (m.clone(), payload))
+        })
+    }
+
+    /// The lowest offset any chunk of `tp`'s manifests starts at (to know how far back to read).
+    pub fn lowest_first_chunk(&self, tp: &TopicPartition) -> Option<i64> {
+        self.manifests
+            .iter()
+            .filter(|(_, t, _)| t == tp)
+            .map(|(_, _, m)| m.first_chunk_offset)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Pipeline, Store};
+    use crate::decode::Decoder;
+
+    const T0: i64 = 1_795_334_400_000;
+
+    fn pipeline(windows: &[&str]) -> Pipeline {
+        Pipeline {
+            decoder: Decoder::new("USD", []),
+            windows: Windows::from_labels(windows, 60),
+            max_future_skew_ms: 60_000,
+            dedup_horizon_ms: 900_000,
+            dedup_max_ids: 100_000,
+        }
+    }
+
+    fn filled(p: &Pipeline, events: usize) -> PartitionState {
+        let mut st = p.new_partition();
+        for i in 0..events {
+            let json = format!(
+                r#"{{"type":"order","event_id":"o{i}","timestamp":{},"campaign":"c{}","channel":"x","amount":{}.5,"new_customer":{}}}"#,
+                T0 - (i as i64 % 3_600) * 1000,
+                i % 17,
+                i % 90,
+                i % 2 == 0
+            );
+            p.process(&mut st, json.as_bytes(), T0, T0);
+            st.applied(i as i64);
+        }
+        st
+    }
+
+    #[test]
+    fn state_round_trips_exactly() {
+        let p = pipeline(&["5m", "1h"]);
+        let st = filled(&p, 2_000);
+        let bytes = encode(&st, &p.windows);
+        let (back, geometry) = decode(&bytes).unwrap();
+        assert_eq!(geometry, p.windows.geometry());
+        assert!(back.same_aggregates(&st));
+        assert_eq!(back.next_offset(), 2_000);
+        assert_eq!(back.watermark_ms(), st.watermark_ms());
+        // The dedup memory came along: the same events are duplicates after restore.
+        let mut back = back;
+        let again = format!(r#"{{"type":"order","event_id":"o5","timestamp":{T0},"amount":1}}"#);
+        assert_eq!(
+            p.process(&mut back, again.as_bytes(), T0, T0),
+            crate::aggregate::Outcome::Duplicate
+        );
+        // Reading back gives the same sums.
+        let (a, b) = (Store::default(), Store::default());
+        let tp = TopicPartition::new("t", 0);
+        *a.get_or_insert(&tp, || p.new_partition()).lock() = st;
+        *b.get_or_insert(&tp, || p.new_partition()).lock() = back;
+        assert_eq!(
+            a.snapshot(&p.windows, T0).rows,
+            b.snapshot(&p.windows, T0).rows
+        );
+    }
+
+    #[test]
+    fn empty_rings_compress_well() {
+        let p = pipeline(&["5m", "1h", "24h"]);
+        let st = filled(&p, 500);
+        let raw = postcard::to_stdvec(&SavedRef {
+            geometry: p.windows.geometry(),
+            state: &st,
+        })
+        .unwrap();
+        let packed = encode(&st, &p.windows);
+        assert!(
+            packed.len() * 2 < raw.len(),
+            "{} vs {}",
+            packed.len(),
+            raw.len()
+        );
+    }
+
+    #[test]
+    fn another_geometry_keeps_counters_and_drops_rings() {
+        let p = pipeline(&["5m", "1h"]);
+        let st = filled(&p, 100);
+        let (mut back, geometry) = decode(&encode(&st, &p.windows)).unwrap();
+        let other = pipeline(&["5m", "2h"]);
+        assert!(!back.reconfigure(&other, &geometry));
+        let (_, ks) = back.keys().next().unwrap();
+        assert!(ks.totals().orders > 0);
+        assert_eq!(ks.window_sums(&other.windows, 0, T0), Default::default());
+    }
+
+    #[test]
+    fn damaged_or_foreign_bytes_are_errors_not_panics() {
+        assert!(decode(&[]).is_err());
+        assert!(matches!(
+            decode(&[9, 1, 2]),
+            Err(CheckpointError::Version(9))
+        ));
+        assert!(decode(&[VERSION, 1, 2, 3]).is_err());
+        let p = pipeline(&["5m"]);
+        let mut bytes = encode(&filled(&p, 50), &p.windows);
+        let n = bytes.len();
+        bytes.truncate(n / 2);
+        assert!(decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn chunks_carry_their_header_and_reassemble() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let parts = chunks(&payload, 42, 1024);
+        assert_eq!(parts.len(), 10_000usize.div_ceil(1024 - CHUNK_HEADER));
+        let mut back = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(part.len() <= 1024);
+            let c = parse_chunk(part).unwrap();
+            assert_eq!(
+                (c.checkpoint_id, c.index, c.count),
+                (42, i as u32, parts.len() as u32)
+            );
+            back.extend_from_slice(c.data);
+        }
+        assert_eq!(back, payload);
+        assert_eq!(chunks(&[], 1, 1024).len(), 1);
+        assert!(parse_chunk(b"EPCKnope").is_none());
+    }
+
+    #[test]
+    fn keys_round_trip_and_other_groups_are_ignored() {
+        let tp = TopicPartition::new("ad-spend", 7);
+        assert_eq!(
+            parse_key("g/1", &manifest_key("g/1", &tp)),
+            Some(Record::Manifest(tp.clone()))
+        );
+        assert_eq!(
+            parse_key("g", &chunk_key("g", &tp, 1, 3)),
+            Some(Record::Chunk {
+                tp: tp.clone(),
+                slot: 1,
+                index: 3
+            })
+        );
+        assert_eq!(parse_key("other", &manifest_key("g", &tp)), None);
+        assert_eq!(parse_key("g", "g/ad-spend/x/m"), None);
+    }
+
+    /// Writes checkpoints of `tp` into a fake log the way the Kafka writer does.
+    fn write(
+        log: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        tp: &TopicPartition,
+        id: u64,
+        payload: &[u8],
+        next_offset: i64,
+        with_manifest: bool,
+    ) {
+        let slot = (id % 2) as u8;
+        let first = log.len() as i64;
+        let parts = chunks(payload, id, 64);
+        for (i, c) in parts.iter().enumerate() {
+            log.push((chunk_key("g", tp, slot, i as u32).into_bytes(), c.clone()));
+        }
+        if with_manifest {
+            let m = Manifest {
+                version: VERSION,
+                checkpoint_id: id,
+                slot,
+                chunks: parts.len() as u32,
+                first_chunk_offset: first,
+                next_offset,
+                bytes: payload.len() as u64,
+                checksum: xxhash_rust::xxh3::xxh3_64(payload),
+                written_at_ms: 0,
+            };
+            log.push((
+                manifest_key("g", tp).into_bytes(),
+                serde_json::to_vec(&m).unwrap(),
+            ));
+        }
+    }
+
+    #[test]
+    fn the_assembler_finds_the_newest_complete_checkpoint() {
+        let a = TopicPartition::new("visits", 0);
+        let b = TopicPartition::new("orders", 3);
+        let mut log = Vec::new();
+        write(&mut log, &a, 1, &[1; 300], 10, true);
+        write(&mut log, &b, 7, &[7; 100], 70, true);
+        write(&mut log, &a, 2, &[2; 300], 20, true);
+        // A crash in the middle of checkpoint 3: chunks but no manifest.
+        write(&mut log, &a, 3, &[3; 300], 30, false);
+        let wanted = [a.clone(), b.clone()];
+        let mut asm = Assembler::default();
+        // Read newest range first, as the backward scan does.
+        let mid = log.len() / 2;
+        for (offset, (k, v)) in log.iter().enumerate().skip(mid) {
+            asm.offer("g", &wanted, offset as i64, k, v);
+        }
+        for (offset, (k, v)) in log.iter().enumerate().take(mid) {
+            asm.offer("g", &wanted, offset as i64, k, v);
+        }
+        let (m, payload) = asm.newest(&a).unwrap();
+        assert_eq!((m.checkpoint_id, m.next_offset), (2, 20));
+        assert_eq!(payload, vec![2; 300]);
+        assert_eq!(asm.newest(&b).unwrap().0.next_offset, 70);
+        assert!(asm.newest(&TopicPartition::new("visits", 9)).is_none());
+    }
+
+    #[test]
+    fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
+        let a = TopicPartition::new("visits", 0);
+        let mut log = Vec::new();
+        write(&mut log, &a, 1, &[1; 200], 10, true);
+        write(&mut log, &a, 2, &[2; 200], 20, true);
+        // Damage one chunk of checkpoint 2.
+        let victim = log
+            .iter()
+            .rposition(|(k, _)| String::from_utf8_lossy(k).contains("/c/0/1"))
+            .unwrap();
+        let last = log[victim].1.len() - 1;
+        log[victim].1[last] ^= 0xff;
+        let mut asm = Assembler::default();
+        for (offset, (k, v)) in log.iter().enumerate() {
+            asm.offer("g", std::slice::from_ref(&a), offset as i64, k, v);
+        }
+        assert_eq!(asm.newest(&a).unwrap().0.checkpoint_id, 1);
+    }
+}
