@@ -52,6 +52,7 @@ pub struct KafkaConfig {
     /// Consumer group shared by all replicas.
     pub group_id: String,
     /// Topics consumed; any of them may carry any event type.
+    #[serde(deserialize_with = "string_list")]
     pub topics: Vec<String>,
     /// Topic for alert transitions (not implemented yet).
     pub alerts_topic: String,
@@ -73,6 +74,7 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields)]
 pub struct WindowsConfig {
     /// Window lengths, each also the value of the `window` label.
+    #[serde(deserialize_with = "string_list")]
     pub lengths: Vec<String>,
     /// Buckets per window: the resolution of the trailing edge.
     pub buckets: u32,
@@ -177,10 +179,8 @@ impl Config {
         let mut environment = config::Environment::with_prefix("ECOM_PULSE")
             .prefix_separator("__")
             .separator("__")
-            .list_separator(",")
-            .with_list_parse_key("kafka.topics")
-            .with_list_parse_key("windows.lengths")
-            .try_parsing(true);
+            // Values stay text (a group id "0042" must not become 42); typed fields parse it.
+            .try_parsing(false);
         if let Some(vars) = env {
             environment = environment.source(Some(vars.into_iter().collect()));
         }
@@ -247,8 +247,13 @@ impl Config {
                 ));
             }
         }
-        if self.dedup.horizon < Duration::from_secs(1) {
-            return Err(invalid("dedup.horizon", "must be at least 1s"));
+        if self.dedup.horizon < Duration::from_secs(1)
+            || self.dedup.horizon > Duration::from_secs(31 * 86_400)
+        {
+            return Err(invalid("dedup.horizon", "must be between 1s and 31d"));
+        }
+        if self.windows.max_future_skew > Duration::from_secs(3600) {
+            return Err(invalid("windows.max_future_skew", "must be at most 1h"));
         }
         if self.dedup.max_ids_per_partition < 1000 {
             return Err(invalid(
@@ -304,6 +309,17 @@ impl Config {
                 return Err(invalid(
                     &key,
                     format!("{label:?} must be between 1s and 31d"),
+                ));
+            }
+            let buckets =
+                crate::window::bucket_count(length.as_millis() as i64, self.windows.buckets);
+            if buckets * 2 < self.windows.buckets as usize {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{label:?} divides into only {buckets} equal buckets (windows.buckets = {}); use a length in whole seconds",
+                        self.windows.buckets
+                    ),
                 ));
             }
             if let Some(twin) = out.iter().find(|w| w.length == length) {
@@ -380,6 +396,24 @@ where
     let mut out = BTreeMap::new();
     walk("", table, &mut out);
     Ok(out)
+}
+
+/// A list from a file, or comma-separated text from the environment.
+fn string_list<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match ListOrText::deserialize(de)? {
+        ListOrText::List(list) => list,
+        ListOrText::Text(text) => text
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    })
 }
 
 /// Durations as humantime strings ("15m"), for serde.
@@ -462,6 +496,26 @@ mod tests {
     }
 
     #[test]
+    fn environment_text_stays_text_and_numbers_still_parse() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("ECOM_PULSE__KAFKA__GROUP_ID", "0042"),
+                ("ECOM_PULSE__KAFKA__PROPERTIES__SASL_USERNAME", "007"),
+                ("ECOM_PULSE__KAFKA__PROPERTIES__SASL_PASSWORD", "1e3"),
+                ("ECOM_PULSE__KPI__PURCHASES_PER_YEAR", "5.5"),
+                ("ECOM_PULSE__WINDOWS__BUCKETS", "30"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.group_id, "0042");
+        assert_eq!(c.kafka.properties["sasl.username"], "007");
+        assert_eq!(c.kafka.properties["sasl.password"], "1e3");
+        assert_eq!(c.kpi.purchases_per_year, 5.5);
+        assert_eq!(c.windows.buckets, 30);
+    }
+
+    #[test]
     fn kafka_properties_accept_nested_and_quoted_keys() {
         let c = load_toml(
             "[kafka.properties]\nsession.timeout.ms = 6000\n\"security.protocol\" = \"SSL\"\nenable.partition.eof = false\n",
@@ -508,6 +562,12 @@ mod tests {
                 "windows.max_future_skew",
             ),
             ("[dedup]\nhorizon = \"0s\"\n", "dedup.horizon"),
+            ("[dedup]\nhorizon = \"60d\"\n", "dedup.horizon"),
+            (
+                "[windows]\nmax_future_skew = \"300000000years\"\n",
+                "windows.max_future_skew",
+            ),
+            ("[windows]\nlengths = [\"1009ms\"]\n", "windows.lengths[0]"),
             ("[checkpoint]\ninterval = \"1ms\"\n", "checkpoint.interval"),
             ("[checkpoint]\npartitions = 0\n", "checkpoint.partitions"),
             ("[checkpoint]\ntopic = \"visits\"\n", "checkpoint.topic"),

@@ -220,7 +220,7 @@ impl Decoder {
         };
         Ok(Event {
             kind,
-            id_hash: xxhash_rust::xxh3::xxh3_64_with_seed(event_id.as_bytes(), kind as u64),
+            id_hash: id_hash(kind, &event_id),
             timestamp_ms,
             campaign,
             channel: channel.unwrap_or(Cow::Borrowed(NONE_LABEL)),
@@ -246,6 +246,16 @@ impl Decoder {
             .ok_or(reject(Reason::UnknownCurrency, "currency"))?;
         Ok((micros as f64 * rate).round() as u64)
     }
+}
+
+/// Hash of (type, event_id). The type is hashed as a prefix byte, not as xxh3's seed: for
+/// short inputs the seed only shifts the hash linearly, so `("ad_spend", "e12")` and
+/// `("visit", "e14")` would collide.
+fn id_hash(kind: EventType, event_id: &str) -> u64 {
+    let mut buf = [0u8; MAX_EVENT_ID_BYTES + 1];
+    buf[0] = kind as u8;
+    buf[1..=event_id.len()].copy_from_slice(event_id.as_bytes());
+    xxhash_rust::xxh3::xxh3_64(&buf[..=event_id.len()])
 }
 
 /// `campaign` / `channel`: absent, null or empty is `None` (the `(none)` label).
@@ -580,6 +590,23 @@ mod tests {
     fn unknown_fields_are_ignored() {
         let v = ok(r#"{"type":"visit","event_id":"a","extra":{"nested":[1,2,{"x":null}]},"n":-5}"#);
         assert_eq!(v.kind, EventType::Visit);
+    }
+
+    #[test]
+    fn short_ids_of_different_types_do_not_collide() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in EventType::ALL {
+            for i in 0..20_000 {
+                assert!(
+                    seen.insert(id_hash(kind, &format!("e{i}"))),
+                    "{kind:?} e{i}"
+                );
+            }
+        }
+        assert_ne!(
+            id_hash(EventType::AdSpend, "e12"),
+            id_hash(EventType::Visit, "e14")
+        );
     }
 
     #[test]

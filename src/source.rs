@@ -557,9 +557,11 @@ async fn checkpoint_loop(consumer: Arc<Kafka>, every: Duration, shutdown: Cancel
             _ = tick.tick() => {
                 if round.as_ref().is_none_or(|r| r.is_finished()) {
                     let consumer = consumer.clone();
+                    // Sync commit on this blocking thread: its result is ours to count (results
+                    // of async manual commits never reach a callback).
                     round = Some(tokio::task::spawn_blocking(move || {
                         let tps = consumer.context().health.assigned();
-                        save_and_commit(&*consumer, &tps, CommitMode::Async);
+                        save_and_commit(&*consumer, &tps, CommitMode::Sync);
                     }));
                 }
             }

@@ -1,6 +1,8 @@
 //! Rolling windows as rings of time buckets. Pure: the caller passes the time in.
 //!
-//! Each window of length `L` is `n` buckets of width `w = ⌈L / n⌉` milliseconds. An event is
+//! Each window of length `L` is `n` buckets of width `w = L / n` milliseconds, `n` being the
+//! largest divisor of `L` (in ms) not above `windows.buckets`, so `n·w = L` exactly (60 for
+//! every length in whole minutes, at least 50 for any length in whole seconds). An event is
 //! placed by its own timestamp into bucket `⌊t / w⌋`, so arrival order does not matter. The
 //! window read at time `now` is the `n` buckets ending with the one holding `now`: it covers
 //! the last `(n - 1)·w + (now mod w)` milliseconds, i.e. between `L - w` and `L`. That is the
@@ -23,35 +25,59 @@ pub struct WindowSpec {
     pub length_ms: i64,
     /// Bucket width.
     pub width_ms: i64,
+    /// Buckets in the ring: `length_ms / width_ms`.
+    pub buckets: usize,
+    /// Where this window's ring starts in a series' cells.
+    offset: usize,
+}
+
+impl WindowSpec {
+    fn ring(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.buckets
+    }
+}
+
+/// The largest divisor of `length_ms` that is at most `max`.
+pub fn bucket_count(length_ms: i64, max: u32) -> usize {
+    (1..=max.max(1) as i64)
+        .rev()
+        .find(|d| length_ms % d == 0)
+        .unwrap_or(1) as usize
 }
 
 /// The configured windows; every ring of every key uses this geometry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Windows {
     specs: Vec<WindowSpec>,
-    buckets: usize,
+    /// Cells of one series: the sum of every window's bucket count.
+    cells: usize,
     longest_ms: i64,
 }
 
 impl Windows {
     pub fn new(lengths: &[WindowLength], buckets: u32) -> Windows {
         assert!(!lengths.is_empty() && buckets > 0, "validated by Config");
-        let buckets = buckets as usize;
+        let mut offset = 0;
         let specs: Vec<WindowSpec> = lengths
             .iter()
             .map(|w| {
                 let length_ms = w.length.as_millis() as i64;
-                WindowSpec {
+                let n = bucket_count(length_ms, buckets);
+                let spec = WindowSpec {
                     label: w.label.as_str().into(),
                     length_ms,
-                    width_ms: (length_ms + buckets as i64 - 1) / buckets as i64,
-                }
+                    width_ms: length_ms / n as i64,
+                    buckets: n,
+                    offset,
+                };
+                offset += n;
+                spec
             })
             .collect();
         let longest_ms = specs.iter().map(|s| s.length_ms).max().unwrap_or(0);
         Windows {
             specs,
-            buckets,
+            cells: offset,
             longest_ms,
         }
     }
@@ -80,10 +106,6 @@ impl Windows {
         self.specs.is_empty()
     }
 
-    pub fn buckets(&self) -> usize {
-        self.buckets
-    }
-
     /// Length of the longest window: events older than this cannot show anywhere.
     pub fn longest(&self) -> Duration {
         Duration::from_millis(self.longest_ms as u64)
@@ -100,23 +122,21 @@ impl Windows {
     /// Bit `w` is set when an event stamped `ts_ms`, arriving at `now_ms`, is already too old
     /// to count in window `w` (it still counts in longer windows and in the counters).
     pub fn late_mask(&self, ts_ms: i64, now_ms: i64) -> u32 {
-        let n = self.buckets as i64;
         self.specs
             .iter()
             .enumerate()
-            .filter(|(_, s)| ts_ms.div_euclid(s.width_ms) <= now_ms.div_euclid(s.width_ms) - n)
+            .filter(|(_, s)| {
+                ts_ms.div_euclid(s.width_ms) <= now_ms.div_euclid(s.width_ms) - s.buckets as i64
+            })
             .fold(0, |mask, (w, _)| mask | 1 << w)
     }
 
     /// The bucket geometry, to tell whether saved rings still fit this configuration.
     pub fn geometry(&self) -> Vec<(i64, i64)> {
-        let mut g: Vec<(i64, i64)> = self
-            .specs
+        self.specs
             .iter()
             .map(|s| (s.length_ms, s.width_ms))
-            .collect();
-        g.push((self.buckets as i64, 0));
-        g
+            .collect()
     }
 }
 
@@ -154,20 +174,20 @@ impl<C: Cell> Series<C> {
     pub fn new(windows: &Windows) -> Self {
         Series {
             heads: vec![EMPTY; windows.len()].into_boxed_slice(),
-            cells: vec![C::default(); windows.len() * windows.buckets].into_boxed_slice(),
+            cells: vec![C::default(); windows.cells].into_boxed_slice(),
         }
     }
 
     /// Adds `value` at time `ts_ms` to every window that still covers it at `now_ms`.
     /// Callers clamp `ts_ms` to `now_ms` (future events count as arriving now).
     pub fn add(&mut self, windows: &Windows, ts_ms: i64, now_ms: i64, value: &C) {
-        let n = windows.buckets as i64;
         for (w, spec) in windows.specs.iter().enumerate() {
+            let n = spec.buckets as i64;
             let bucket = ts_ms.div_euclid(spec.width_ms);
             if bucket <= now_ms.div_euclid(spec.width_ms) - n {
                 continue; // already out of this window
             }
-            let ring = &mut self.cells[w * windows.buckets..(w + 1) * windows.buckets];
+            let ring = &mut self.cells[spec.ring()];
             let head = &mut self.heads[w];
             if bucket > *head {
                 // Recycle the buckets between the old head and the new one.
@@ -194,12 +214,13 @@ impl<C: Cell> Series<C> {
         now_ms: i64,
         mut f: impl FnMut(&C),
     ) {
-        let n = windows.buckets as i64;
+        let spec = &windows.specs[w];
+        let n = spec.buckets as i64;
         let head = self.heads[w];
-        let now_bucket = now_ms.div_euclid(windows.specs[w].width_ms);
+        let now_bucket = now_ms.div_euclid(spec.width_ms);
         let lo = (now_bucket - n + 1).max(head - n + 1);
         let hi = now_bucket.min(head);
-        let ring = &self.cells[w * windows.buckets..(w + 1) * windows.buckets];
+        let ring = &self.cells[spec.ring()];
         for b in lo..=hi {
             f(&ring[b.rem_euclid(n) as usize]);
         }
@@ -218,7 +239,7 @@ impl<C: Cell> Series<C> {
             .specs
             .iter()
             .zip(self.heads.iter())
-            .all(|(spec, head)| *head <= now_ms.div_euclid(spec.width_ms) - windows.buckets as i64)
+            .all(|(spec, head)| *head <= now_ms.div_euclid(spec.width_ms) - spec.buckets as i64)
     }
 
     /// Heap bytes held, for memory accounting.
@@ -254,9 +275,18 @@ mod tests {
         assert_eq!(w.longest_ms(), 24 * H);
         assert_eq!(w.index_of("1h"), Some(1));
         assert_eq!(w.index_of("2h"), None);
-        // A length that does not divide evenly rounds the width up.
-        let odd = Windows::from_labels(&["7s"], 60);
-        assert_eq!(odd.specs()[0].width_ms, 117);
+        // Lengths not divisible into 60 take the largest bucket count that divides them, so
+        // the ring spans exactly the window.
+        let odd = Windows::from_labels(&["7s", "10s", "1009ms"], 60);
+        let geometry: Vec<(i64, usize)> = odd
+            .specs()
+            .iter()
+            .map(|s| (s.width_ms, s.buckets))
+            .collect();
+        assert_eq!(geometry, [(125, 56), (200, 50), (1009, 1)]);
+        for s in odd.specs() {
+            assert_eq!(s.width_ms * s.buckets as i64, s.length_ms);
+        }
     }
 
     #[test]
@@ -380,7 +410,7 @@ mod tests {
                 }
                 let at = now.max(read);
                 for (i, spec) in w.specs().iter().enumerate() {
-                    let n = w.buckets() as i64;
+                    let n = spec.buckets as i64;
                     let now_bucket = (T0 + at).div_euclid(spec.width_ms);
                     let expected: u64 = applied.iter()
                         .filter(|(ts, arrival, _)| {

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::{
     Assembler, CheckpointError, Manifest, VERSION, checkpoint_partition, chunk_key, chunks,
@@ -50,8 +51,8 @@ pub struct CheckpointStore {
     create_partitions: i32,
     replication: i32,
     client_config: ClientConfig,
-    producer: FutureProducer,
-    reader: Mutex<BaseConsumer>,
+    producer: FutureProducer<Quiet>,
+    reader: Mutex<BaseConsumer<Quiet>>,
     partitions: Mutex<Option<i32>>,
     written: Mutex<HashMap<TopicPartition, Written>>,
     /// One save at a time, so a periodic save and a revocation save never interleave.
@@ -87,21 +88,23 @@ impl CheckpointStore {
         ] {
             base.remove(key);
         }
-        let producer: FutureProducer = base
+        let producer: FutureProducer<Quiet> = base
             .clone()
             .set("client.id", "ecom-pulse-checkpoints")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "0")
             .set("compression.type", "none")
-            .create()?;
-        let reader: BaseConsumer = base
+            .create_with_context(Quiet)?;
+        let reader: BaseConsumer<Quiet> = base
             .clone()
             .set("client.id", "ecom-pulse-restore")
+            // librdkafka's assign() wants a group id; this client never joins or commits.
+            .set("group.id", format!("{}-restore", kafka.group_id))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .create()?;
+            .create_with_context(Quiet)?;
         Ok(CheckpointStore {
             group: kafka.group_id.clone(),
             topic: cfg.topic_name(&kafka.group_id),
@@ -364,7 +367,7 @@ impl CheckpointStore {
 
     fn read_range(
         &self,
-        reader: &BaseConsumer,
+        reader: &BaseConsumer<Quiet>,
         partition: i32,
         from: i64,
         to: i64,
@@ -388,7 +391,9 @@ impl CheckpointStore {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break Ok(()),
-                Some(Err(e)) => break Err(CheckpointError::Kafka(e)),
+                // Connection trouble is reported as events and retried by librdkafka; only
+                // the deadline ends the attempt.
+                Some(Err(e)) => tracing::debug!(error = %e, "while reading checkpoints"),
                 None => {}
             }
         };
@@ -396,6 +401,24 @@ impl CheckpointStore {
         result
     }
 }
+
+/// The checkpoint clients' callbacks. Broker trouble is already reported by the main
+/// consumer (metrics, readiness, one warning per change); these clients' copies of it go to
+/// debug level instead of repeating it.
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // Failures that matter here surface as save/load errors, logged by their callers.
+        tracing::debug!(target: "librdkafka", client = "checkpoints", ?level, facility = fac, "{message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, client = "checkpoints", "{reason}");
+    }
+}
+
+impl ConsumerContext for Quiet {}
 
 fn remaining(deadline: Instant) -> Result<Duration, CheckpointError> {
     deadline

@@ -493,4 +493,146 @@ mod tests {
         }
         assert_eq!(asm.newest(&a).unwrap().0.checkpoint_id, 1);
     }
+
+    mod property {
+        use super::*;
+        use crate::aggregate::Key;
+        use crate::kpi::Sums;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        const H: i64 = 3_600_000;
+
+        #[derive(Debug, Clone)]
+        struct Ev {
+            kind: u8,
+            campaign: u8,
+            channel: u8,
+            age_ms: i64,
+            cents: u32,
+            new: bool,
+        }
+
+        fn ev() -> impl Strategy<Value = Ev> {
+            (
+                0u8..3,
+                0u8..4,
+                0u8..2,
+                0i64..20 * H,
+                0u32..100_000,
+                any::<bool>(),
+            )
+                .prop_map(|(kind, campaign, channel, age_ms, cents, new)| Ev {
+                    kind,
+                    campaign,
+                    channel,
+                    age_ms,
+                    cents,
+                    new,
+                })
+        }
+
+        fn json(id: usize, e: &Ev, ts: i64) -> String {
+            let (c, ch) = (format!("c{}", e.campaign), format!("ch{}", e.channel));
+            let amount = format!("\"{}.{:02}\"", e.cents / 100, e.cents % 100);
+            match e.kind {
+                0 => format!(
+                    r#"{{"type":"visit","event_id":"e{id}","timestamp":{ts},"campaign":"{c}","channel":"{ch}"}}"#
+                ),
+                1 => format!(
+                    r#"{{"type":"order","event_id":"e{id}","timestamp":{ts},"campaign":"{c}","channel":"{ch}","amount":{amount},"new_customer":{}}}"#,
+                    e.new
+                ),
+                _ => format!(
+                    r#"{{"type":"ad_spend","event_id":"e{id}","timestamp":{ts},"campaign":"{c}","channel":"{ch}","amount":{amount}}}"#
+                ),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            /// Shuffled, duplicated events, with checkpoints taken and crashes (restore the
+            /// last checkpoint, replay everything after it) at random points, give exactly
+            /// the sums of a naive computation over the distinct events.
+            #[test]
+            fn checkpoint_restore_and_replay_is_exact(
+                events in proptest::collection::vec(ev(), 1..150),
+                copies in proptest::collection::vec(1usize..4, 150),
+                order_seed in any::<u64>(),
+                checkpoint_every in 1usize..40,
+                crash_points in proptest::collection::btree_set(0usize..400, 0..4),
+            ) {
+                let mut p = pipeline(&["5m", "1h", "24h"]);
+                p.dedup_horizon_ms = 30 * 24 * H;
+                let start = T0 + 30 * 24 * H;
+                // Each distinct event once or more, in a shuffled order.
+                let mut arrivals: Vec<usize> = events.iter().enumerate().flat_map(|(i, _)| std::iter::repeat_n(i, copies[i])).collect();
+                let mut rng = order_seed;
+                for i in (1..arrivals.len()).rev() {
+                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    arrivals.swap(i, (rng >> 33) as usize % (i + 1));
+                }
+                // Each distinct event keeps one timestamp, relative to the first arrival.
+                let ts: Vec<i64> = events.iter().map(|e| start - e.age_ms).collect();
+                let log: Vec<String> = arrivals.iter().map(|&i| json(i, &events[i], ts[i])).collect();
+
+                let mut state = p.new_partition();
+                let mut saved = (encode(&state, &p.windows), 0usize);
+                let mut next = 0usize; // next log position to apply
+                let mut now = start;
+                let mut crashes = crash_points.into_iter().peekable();
+                while next < log.len() {
+                    now += 1_000;
+                    p.process(&mut state, log[next].as_bytes(), now, now);
+                    state.applied(next as i64);
+                    next += 1;
+                    if next % checkpoint_every == 0 {
+                        saved = (encode(&state, &p.windows), next);
+                    }
+                    if crashes.peek().is_some_and(|c| *c <= next) {
+                        crashes.next();
+                        // Crash: everything since the last checkpoint is lost and replayed.
+                        let (restored, _) = decode(&saved.0).unwrap();
+                        prop_assert_eq!(restored.next_offset() as usize, saved.1);
+                        state = restored;
+                        next = saved.1;
+                    }
+                }
+
+                // The naive reference, over distinct events, read at the end.
+                let mut expected: BTreeMap<Key, (Vec<Sums>, Sums)> = BTreeMap::new();
+                for (i, e) in events.iter().enumerate() {
+                    let key = Key::new(&format!("c{}", e.campaign), &format!("ch{}", e.channel));
+                    let entry = expected.entry(key).or_insert_with(|| (vec![Sums::default(); 3], Sums::default()));
+                    let mut s = Sums::default();
+                    match e.kind {
+                        0 => s.visits = 1,
+                        1 => {
+                            s.orders = 1;
+                            s.new_customers = u64::from(e.new);
+                            s.gmv_micros = e.cents as u128 * 10_000;
+                        }
+                        _ => s.ad_spend_micros = e.cents as u128 * 10_000,
+                    }
+                    entry.1 += &s;
+                    for (w, spec) in p.windows.specs().iter().enumerate() {
+                        let b = ts[i].div_euclid(spec.width_ms);
+                        let now_b = now.div_euclid(spec.width_ms);
+                        if b > now_b - spec.buckets as i64 && b <= now_b {
+                            entry.0[w] += &s;
+                        }
+                    }
+                }
+                let store = Store::default();
+                *store.get_or_insert(&TopicPartition::new("t", 0), || p.new_partition()).lock() = state;
+                let snapshot = store.snapshot(&p.windows, now);
+                prop_assert_eq!(snapshot.rows.len(), expected.len());
+                for (key, (windows, totals)) in &expected {
+                    let row = &snapshot.rows[key];
+                    prop_assert_eq!(&row.totals, totals, "totals of {:?}", key);
+                    prop_assert_eq!(&row.windows, windows, "windows of {:?}", key);
+                }
+            }
+        }
+    }
 }

@@ -138,23 +138,34 @@ async fn kpis(State(state): State<AppState>, Query(q): Query<KpiQuery>) -> Respo
             }
         },
     };
-    let snapshot = state.store.snapshot(&state.windows, crate::now_ms());
-    let mut rows = Vec::new();
-    for ((campaign, channel), row) in snapshot.grouped(group_by) {
-        for &w in &selected {
-            let sums = &row.windows[w];
-            if sums.is_empty() {
-                continue;
+    let rows = tokio::task::spawn_blocking(move || {
+        let snapshot = state.store.snapshot(&state.windows, crate::now_ms());
+        let mut rows = Vec::new();
+        for ((campaign, channel), row) in snapshot.grouped(group_by) {
+            for &w in &selected {
+                let sums = &row.windows[w];
+                if sums.is_empty() {
+                    continue;
+                }
+                rows.push(kpi_row(
+                    campaign.as_deref(),
+                    channel.as_deref(),
+                    &state.windows.specs()[w].label,
+                    sums,
+                    &state.clv,
+                ));
             }
-            rows.push(kpi_row(
-                campaign.as_deref(),
-                channel.as_deref(),
-                &state.windows.specs()[w].label,
-                sums,
-                &state.clv,
-            ));
         }
-    }
+        rows
+    })
+    .await;
+    let Ok(rows) = rows else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reading the windows failed",
+        )
+            .into_response();
+    };
     Json(rows).into_response()
 }
 

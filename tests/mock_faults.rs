@@ -1,0 +1,157 @@
+//! Fault injection with librdkafka's in-process mock cluster: request errors on fetches,
+//! commits and produces (the checkpoint writes), and every broker down then up. The service
+//! runs in-process; the numbers must end exact.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ecom_pulse::config::Config;
+use ecom_pulse::service::Service as Ecom;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use tokio_util::sync::CancellationToken;
+
+const WINDOWS: [&str; 3] = ["5m", "1h", "24h"];
+const CHANNELS: &[&str] = &["email", "paid_search"];
+
+fn scrape(port: u16) -> Metrics {
+    let (status, body) = http_get(port, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    Metrics::parse(&body)
+}
+
+async fn until_exact(port: u16, traffic: &Traffic, what: &str) -> Metrics {
+    let expected = traffic.total();
+    let what = what.to_string();
+    tokio::task::spawn_blocking(move || {
+        wait_for(&what, Duration::from_secs(120), || {
+            let m = scrape(port);
+            (counter_totals(&[&m]) == expected).then_some(m)
+        })
+    })
+    .await
+    .unwrap()
+}
+
+async fn produce_async(brokers: &str, messages: Vec<Msg>) {
+    let brokers = brokers.to_string();
+    tokio::task::spawn_blocking(move || produce(&brokers, &messages))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_errors_and_broker_outages_cost_nothing() {
+    let mock = MockCluster::new(3).unwrap();
+    for topic in TOPICS {
+        mock.create_topic(topic, 6, 3).unwrap();
+    }
+    let group = format!("mock-{}", now_ms());
+    mock.create_topic(&format!("{group}-checkpoints"), 4, 3)
+        .unwrap();
+    let brokers = mock.bootstrap_servers();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        service_config(
+            &brokers,
+            &group,
+            port,
+            "[checkpoint]\ninterval = \"500ms\"\n",
+        ),
+    )
+    .unwrap();
+    let config = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
+    let service = Ecom::start(&config).await.unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(service.run(stop.clone()));
+
+    let mut traffic = Traffic::new("m", 9, CHANNELS);
+    let ts = now_ms() - 5_000;
+    produce_async(&brokers, traffic.next(3_000, ts)).await;
+    until_exact(port, &traffic, "the first batch").await;
+
+    // Fetches fail for a while; the consumer retries them.
+    mock.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 10],
+    );
+    produce_async(&brokers, traffic.next(3_000, ts)).await;
+    until_exact(port, &traffic, "the batch fetched through errors").await;
+
+    // Checkpoint writes and offset commits fail (non-retriable errors): reported, counted,
+    // retried at the next interval; numbers unaffected. Produce errors are injected after
+    // the traffic is in, so they hit the checkpoint writer only.
+    produce_async(&brokers, traffic.next(3_000, ts)).await;
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 3],
+    );
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 3],
+    );
+    let m = tokio::task::spawn_blocking(move || {
+        wait_for(
+            "failed checkpoints and commits to be reported",
+            Duration::from_secs(60),
+            || {
+                let m = scrape(port);
+                let failed = m
+                    .get(r#"ecom_pulse_checkpoints_total{result="failed"}"#)
+                    .unwrap_or(0.0);
+                let commits = m
+                    .get(r#"ecom_pulse_kafka_errors_total{code="commit"}"#)
+                    .unwrap_or(0.0);
+                (failed >= 3.0 && commits >= 1.0).then_some(m)
+            },
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        m.get(r#"ecom_pulse_checkpoints_total{result="ok"}"#)
+            .unwrap()
+            > 0.0
+    );
+    until_exact(port, &traffic, "the batch checkpointed through errors").await;
+
+    // Every broker goes down, and comes back.
+    for broker in 1..=3 {
+        mock.broker_down(broker).unwrap();
+    }
+    tokio::task::spawn_blocking(move || {
+        wait_for("the outage to be reported", Duration::from_secs(60), || {
+            (scrape(port).get("ecom_pulse_kafka_connected") == Some(0.0)).then_some(())
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(http_get(port, "/readyz").unwrap().0, 503);
+    for broker in 1..=3 {
+        mock.broker_up(broker).unwrap();
+    }
+    produce_async(&brokers, traffic.next(3_000, ts)).await;
+    let m = until_exact(port, &traffic, "everything after the outage").await;
+    assert_exact(&traffic.ledger, &[&m], &WINDOWS);
+    assert!(
+        m.get(r#"ecom_pulse_checkpoints_total{result="ok"}"#)
+            .unwrap()
+            > 0.0,
+        "{}",
+        m.text
+    );
+    promtool_check(&m.text);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the service stops")
+        .unwrap()
+        .unwrap();
+    drop(mock);
+}
