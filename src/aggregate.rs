@@ -88,13 +88,14 @@ pub struct KeyState {
 }
 
 impl KeyState {
-    fn add(&mut self, windows: &Windows, event: &Event<'_>, at_ms: i64, now_ms: i64) {
+    /// Counts the event and returns the windows it was too late for.
+    fn add(&mut self, windows: &Windows, event: &Event<'_>, at_ms: i64, now_ms: i64) -> u32 {
         match event.kind {
             EventType::Visit => {
                 self.totals.visits += 1;
                 self.visits
                     .get_or_insert_with(|| Series::new(windows))
-                    .add(windows, at_ms, now_ms, &1);
+                    .add(windows, at_ms, now_ms, &1)
             }
             EventType::Order => {
                 let new = u32::from(event.new_customer);
@@ -108,13 +109,13 @@ impl KeyState {
                 };
                 self.orders
                     .get_or_insert_with(|| Series::new(windows))
-                    .add(windows, at_ms, now_ms, &cell);
+                    .add(windows, at_ms, now_ms, &cell)
             }
             EventType::AdSpend => {
                 self.totals.ad_spend_micros += u128::from(event.amount_micros);
                 self.ad_spend
                     .get_or_insert_with(|| Series::new(windows))
-                    .add(windows, at_ms, now_ms, &event.amount_micros);
+                    .add(windows, at_ms, now_ms, &event.amount_micros)
             }
         }
     }
@@ -308,14 +309,15 @@ impl Pipeline {
         }
         // Within the allowed skew, a future event counts as arriving now.
         let at = ts.min(now_ms);
-        state
-            .key_mut(&event.campaign, &event.channel)
-            .add(&self.windows, event, at, now_ms);
+        let late =
+            state
+                .key_mut(&event.campaign, &event.channel)
+                .add(&self.windows, event, at, now_ms);
         state.watermark_ms = state.watermark_ms.max(ts);
         Outcome::Accepted {
             kind: event.kind,
             timestamp_ms: ts,
-            late: self.windows.late_mask(at, now_ms),
+            late,
         }
     }
 }
@@ -608,6 +610,33 @@ mod tests {
         ));
         let (_, ks) = st.keys().next().unwrap();
         assert_eq!(ks.window_sums(&p.windows, 0, T0).visits, 1);
+    }
+
+    #[test]
+    fn late_events_are_flagged_per_window_and_move_no_watermark_back() {
+        let p = pipeline();
+        let mut st = p.new_partition();
+        assert_eq!(st.watermark_ms(), None);
+        let on_time = visit("a", T0, "x");
+        let late_for_5m = visit("b", T0 - 10 * MIN, "x");
+        let late_for_1h = visit("c", T0 - 2 * 60 * MIN, "x");
+        let late = |o: Outcome| match o {
+            Outcome::Accepted { late, .. } => late,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(late(p.process(&mut st, on_time.as_bytes(), T0, T0)), 0);
+        assert_eq!(
+            late(p.process(&mut st, late_for_5m.as_bytes(), T0, T0)),
+            0b001
+        );
+        assert_eq!(
+            late(p.process(&mut st, late_for_1h.as_bytes(), T0, T0)),
+            0b011
+        );
+        assert_eq!(st.watermark_ms(), Some(T0));
+        st.applied(41);
+        st.applied(7);
+        assert_eq!(st.next_offset(), 42, "offsets only move forward");
     }
 
     #[test]

@@ -119,18 +119,6 @@ impl Windows {
         self.specs.iter().position(|s| &*s.label == label)
     }
 
-    /// Bit `w` is set when an event stamped `ts_ms`, arriving at `now_ms`, is already too old
-    /// to count in window `w` (it still counts in longer windows and in the counters).
-    pub fn late_mask(&self, ts_ms: i64, now_ms: i64) -> u32 {
-        self.specs
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| {
-                ts_ms.div_euclid(s.width_ms) <= now_ms.div_euclid(s.width_ms) - s.buckets as i64
-            })
-            .fold(0, |mask, (w, _)| mask | 1 << w)
-    }
-
     /// The bucket geometry, to tell whether saved rings still fit this configuration.
     pub fn geometry(&self) -> Vec<(i64, i64)> {
         self.specs
@@ -178,13 +166,17 @@ impl<C: Cell> Series<C> {
         }
     }
 
-    /// Adds `value` at time `ts_ms` to every window that still covers it at `now_ms`.
+    /// Adds `value` at time `ts_ms` to every window that still covers it at `now_ms`, and
+    /// returns a mask with bit `w` set for each window `w` that no longer did (the event was
+    /// too late for it).
     /// Callers clamp `ts_ms` to `now_ms` (future events count as arriving now).
-    pub fn add(&mut self, windows: &Windows, ts_ms: i64, now_ms: i64, value: &C) {
+    pub fn add(&mut self, windows: &Windows, ts_ms: i64, now_ms: i64, value: &C) -> u32 {
+        let mut late = 0;
         for (w, spec) in windows.specs.iter().enumerate() {
             let n = spec.buckets as i64;
             let bucket = ts_ms.div_euclid(spec.width_ms);
             if bucket <= now_ms.div_euclid(spec.width_ms) - n {
+                late |= 1 << w;
                 continue; // already out of this window
             }
             let ring = &mut self.cells[spec.ring()];
@@ -204,6 +196,7 @@ impl<C: Cell> Series<C> {
             }
             ring[bucket.rem_euclid(n) as usize].merge(value);
         }
+        late
     }
 
     /// Applies `f` to every bucket of window `w` that is inside the window at `now_ms`.

@@ -231,6 +231,14 @@ const CATCHING_UP: (&str, &str) = (
     "ecom_pulse_partitions_catching_up",
     "Owned partitions not yet caught up with the high watermark they had when assigned.",
 );
+const DEDUP_IDS: (&str, &str) = (
+    "ecom_pulse_dedup_ids",
+    "Event ids remembered for de-duplication by the partitions this instance holds.",
+);
+const DEDUP_EVICTED: (&str, &str) = (
+    "ecom_pulse_dedup_evicted_ids",
+    "Ids forgotten before the dedup horizon because of dedup.max_ids_per_partition, by the partitions this instance holds.",
+);
 const BEHIND: (&str, &str) = (
     "ecom_pulse_restore_seconds_behind",
     "While partitions catch up after a restore: how far their newest applied event is behind the wall clock (0 when caught up).",
@@ -243,6 +251,8 @@ impl PartitionCollector {
             (ASSIGNED, &[][..]),
             (CATCHING_UP, &[][..]),
             (BEHIND, &[][..]),
+            (DEDUP_IDS, &[][..]),
+            (DEDUP_EVICTED, &[][..]),
         ]
         .iter()
         .map(|((name, help), labels)| {
@@ -273,9 +283,13 @@ impl Collector for PartitionCollector {
         let catching_up = self.health.catching_up();
         let mut watermarks = family(WATERMARK.0, WATERMARK.1, MetricType::GAUGE);
         let mut behind_ms = 0i64;
+        let (mut ids, mut evicted) = (0usize, 0u64);
         let partitions = self.store.partitions();
         for (tp, state) in &partitions {
-            let Some(watermark) = state.lock().watermark_ms() else {
+            let state = state.lock();
+            ids += state.dedup().len();
+            evicted += state.dedup().evicted();
+            let Some(watermark) = state.watermark_ms() else {
                 continue;
             };
             let mut m = Metric::from_label(vec![
@@ -299,6 +313,8 @@ impl Collector for PartitionCollector {
             single(ASSIGNED, partitions.len() as f64),
             single(CATCHING_UP, catching_up.len() as f64),
             single(BEHIND, behind_ms.max(0) as f64 / 1000.0),
+            single(DEDUP_IDS, ids as f64),
+            single(DEDUP_EVICTED, evicted as f64),
         ];
         if !watermarks.get_metric().is_empty() {
             out.push(watermarks);
