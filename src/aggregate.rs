@@ -141,6 +141,27 @@ impl KeyState {
         sums
     }
 
+    /// Sums of the window preceding window `w` (only for windows kept with their predecessor).
+    pub fn previous_sums(&self, windows: &Windows, w: usize, now_ms: i64) -> Sums {
+        let mut sums = Sums::default();
+        if let Some(s) = &self.visits {
+            s.for_each_in_previous(windows, w, now_ms, |c| sums.visits += u64::from(*c));
+        }
+        if let Some(s) = &self.orders {
+            s.for_each_in_previous(windows, w, now_ms, |c| {
+                sums.orders += u64::from(c.orders);
+                sums.new_customers += u64::from(c.new_customers);
+                sums.gmv_micros += u128::from(c.gmv_micros);
+            });
+        }
+        if let Some(s) = &self.ad_spend {
+            s.for_each_in_previous(windows, w, now_ms, |c| {
+                sums.ad_spend_micros += u128::from(*c)
+            });
+        }
+        sums
+    }
+
     pub fn totals(&self) -> &Sums {
         &self.totals
     }
@@ -327,7 +348,20 @@ impl Pipeline {
     pub fn from_config(config: &Config) -> Result<Pipeline, ConfigError> {
         Ok(Pipeline {
             decoder: Decoder::new(&config.kpi.reporting_currency, config.currency_rates()),
-            windows: Windows::new(&config.window_lengths()?, config.windows.buckets),
+            windows: {
+                // Windows watched by a drop rule also keep their preceding window.
+                let lengths = config.window_lengths()?;
+                let previous: Vec<bool> = lengths
+                    .iter()
+                    .map(|w| {
+                        config
+                            .alerts
+                            .iter()
+                            .any(|a| a.drop.is_some() && a.window == w.label)
+                    })
+                    .collect();
+                Windows::new(&lengths, config.windows.buckets, &previous)
+            },
             max_future_skew_ms: config.windows.max_future_skew.as_millis() as i64,
             dedup_horizon_ms: config.dedup.horizon.as_millis() as i64,
             dedup_max_ids: config.dedup.max_ids_per_partition,
@@ -425,13 +459,17 @@ impl Store {
             for (key, ks) in state.keys() {
                 let row = match rows.get_mut(key) {
                     Some(row) => row,
-                    None => rows.entry(key.clone()).or_insert_with(|| Row {
-                        windows: vec![Sums::default(); windows.len()],
-                        totals: Sums::default(),
-                    }),
+                    None => rows
+                        .entry(key.clone())
+                        .or_insert_with(|| Row::new(windows.len())),
                 };
                 for (w, sums) in row.windows.iter_mut().enumerate() {
                     *sums += &ks.window_sums(windows, w, now_ms);
+                }
+                for (w, spec) in windows.specs().iter().enumerate() {
+                    if spec.has_previous() {
+                        row.previous[w] += &ks.previous_sums(windows, w, now_ms);
+                    }
                 }
                 row.totals += ks.totals();
             }
@@ -445,7 +483,19 @@ impl Store {
 pub struct Row {
     /// Per configured window, in config order.
     pub windows: Vec<Sums>,
+    /// Per window, the preceding window of the same length (zero where it is not kept).
+    pub previous: Vec<Sums>,
     pub totals: Sums,
+}
+
+impl Row {
+    pub fn new(windows: usize) -> Row {
+        Row {
+            windows: vec![Sums::default(); windows],
+            previous: vec![Sums::default(); windows],
+            totals: Sums::default(),
+        }
+    }
 }
 
 /// A consistent-per-partition read of all keys, sorted by key.
@@ -474,11 +524,13 @@ impl Snapshot {
                 GroupBy::Channel => (None, Some(key.channel.clone())),
                 GroupBy::All => (None, None),
             };
-            let acc = out.entry(group).or_insert_with(|| Row {
-                windows: vec![Sums::default(); row.windows.len()],
-                totals: Sums::default(),
-            });
+            let acc = out
+                .entry(group)
+                .or_insert_with(|| Row::new(row.windows.len()));
             for (a, s) in acc.windows.iter_mut().zip(&row.windows) {
+                *a += s;
+            }
+            for (a, s) in acc.previous.iter_mut().zip(&row.previous) {
                 *a += s;
             }
             acc.totals += &row.totals;
@@ -659,6 +711,7 @@ mod tests {
     fn grouping_sums_then_divides() {
         let mut snap = Snapshot::default();
         let row = |orders, gmv| Row {
+            previous: vec![Sums::default()],
             windows: vec![Sums {
                 orders,
                 gmv_micros: gmv,

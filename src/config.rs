@@ -42,6 +42,11 @@ pub struct Config {
     pub dedup: DedupConfig,
     pub checkpoint: CheckpointConfig,
     pub log: LogConfig,
+    pub alerting: AlertingConfig,
+    pub alertmanager: AlertmanagerConfig,
+    /// Alert rules (SPEC §6), evaluated per (campaign, channel).
+    #[serde(default)]
+    pub alerts: Vec<AlertRuleConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +134,69 @@ impl CheckpointConfig {
             self.topic.clone()
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// How often every rule is evaluated for every key.
+    #[serde(with = "humantime_serde")]
+    pub evaluation_interval: Duration,
+    /// How often KPI snapshots go to `kafka.kpis_topic`.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Base of the links in alerts (`generatorURL`); empty: `http://<http.listen>`.
+    pub external_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerConfig {
+    /// Alertmanager base URL; empty disables pushing.
+    pub url: String,
+    /// Firing alerts are sent again this often (Alertmanager forgets alerts not re-sent).
+    #[serde(with = "humantime_serde")]
+    pub resend_interval: Duration,
+    /// Per request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// One `[[alerts]]` rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleConfig {
+    /// CamelCase; becomes `alertname`.
+    pub name: String,
+    /// cvr | aov | cac | clv | roas | clv_cac | gmv | ad_spend | visits | orders | new_customers
+    pub kpi: String,
+    /// `<`, `<=`, `>` or `>=` with `threshold`, for threshold rules.
+    pub op: Option<String>,
+    pub threshold: Option<f64>,
+    /// For drop rules: fires when the KPI fell by at least this fraction against the
+    /// preceding window of the same length.
+    pub drop: Option<f64>,
+    pub window: String,
+    /// How long the condition must hold before firing.
+    #[serde(rename = "for", with = "humantime_serde", default)]
+    pub for_: Duration,
+    /// critical | warning | info
+    pub severity: String,
+    /// Volume guards: the rule is not evaluated while the window holds less than this.
+    #[serde(default)]
+    pub min_ad_spend: f64,
+    #[serde(default)]
+    pub min_orders: u64,
+    #[serde(default)]
+    pub min_visits: u64,
+    /// A firing alert resolves only once the value is this fraction past the threshold
+    /// (e.g. ROAS back above 2 x 1.05), so it does not flap around it.
+    #[serde(default = "default_hysteresis")]
+    pub hysteresis: f64,
+}
+
+fn default_hysteresis() -> f64 {
+    0.05
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -289,6 +357,117 @@ impl Config {
                 "must not be one of kafka.topics",
             ));
         }
+        for (key, d, min) in [
+            (
+                "alerting.evaluation_interval",
+                self.alerting.evaluation_interval,
+                100,
+            ),
+            (
+                "alerting.snapshot_interval",
+                self.alerting.snapshot_interval,
+                100,
+            ),
+            (
+                "alertmanager.resend_interval",
+                self.alertmanager.resend_interval,
+                1000,
+            ),
+            ("alertmanager.timeout", self.alertmanager.timeout, 100),
+        ] {
+            if d < Duration::from_millis(min) {
+                return Err(invalid(key, format!("must be at least {min}ms")));
+            }
+        }
+        if !self.alertmanager.url.is_empty()
+            && !self.alertmanager.url.starts_with("http://")
+            && !self.alertmanager.url.starts_with("https://")
+        {
+            return Err(invalid(
+                "alertmanager.url",
+                "must start with http:// or https://",
+            ));
+        }
+        let windows = self.window_lengths()?;
+        let mut names = std::collections::BTreeSet::new();
+        for (i, rule) in self.alerts.iter().enumerate() {
+            let key = |field: &str| format!("alerts[{i}].{field}");
+            let camel = rule
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_uppercase())
+                && rule.name.chars().all(|c| c.is_ascii_alphanumeric());
+            if !camel {
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is not CamelCase", rule.name),
+                ));
+            }
+            if !names.insert((rule.name.clone(), rule.window.clone())) {
+                return Err(invalid(
+                    key("name"),
+                    format!("{} is defined twice for window {}", rule.name, rule.window),
+                ));
+            }
+            if !ALERT_KPIS.contains(&rule.kpi.as_str()) {
+                return Err(invalid(
+                    key("kpi"),
+                    format!("{:?} is not one of {}", rule.kpi, ALERT_KPIS.join(", ")),
+                ));
+            }
+            if !windows.iter().any(|w| w.label == rule.window) {
+                return Err(invalid(
+                    key("window"),
+                    format!(
+                        "{:?} is not in windows.lengths; give [[alerts]] rules for your windows, or `alerts = []`",
+                        rule.window
+                    ),
+                ));
+            }
+            if !["critical", "warning", "info"].contains(&rule.severity.as_str()) {
+                return Err(invalid(
+                    key("severity"),
+                    "must be critical, warning or info",
+                ));
+            }
+            match (&rule.op, rule.threshold, rule.drop) {
+                (Some(op), Some(t), None) => {
+                    if !["<", "<=", ">", ">="].contains(&op.as_str()) {
+                        return Err(invalid(
+                            key("op"),
+                            format!("{op:?} is not one of <, <=, >, >="),
+                        ));
+                    }
+                    if !t.is_finite() {
+                        return Err(invalid(key("threshold"), "must be a finite number"));
+                    }
+                }
+                (None, None, Some(d)) => {
+                    if !(d > 0.0 && d < 1.0) {
+                        return Err(invalid(
+                            key("drop"),
+                            "must be a fraction between 0 and 1 (0.3 is a 30 % drop)",
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        key("op"),
+                        "a rule has either `op` and `threshold`, or `drop`",
+                    ));
+                }
+            }
+            if !(rule.hysteresis.is_finite() && (0.0..1.0).contains(&rule.hysteresis)) {
+                return Err(invalid(
+                    key("hysteresis"),
+                    "must be a fraction between 0 and 1",
+                ));
+            }
+            if !(rule.min_ad_spend.is_finite() && rule.min_ad_spend >= 0.0) {
+                return Err(invalid(key("min_ad_spend"), "must be 0 or more"));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
@@ -345,6 +524,26 @@ impl Config {
             .collect()
     }
 }
+
+/// A window label's length in milliseconds (labels are validated by `Config::validate`).
+pub fn parse_window(label: &str) -> i64 {
+    humantime::parse_duration(label.trim()).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What an alert rule may watch.
+pub const ALERT_KPIS: [&str; 11] = [
+    "cvr",
+    "aov",
+    "cac",
+    "clv",
+    "roas",
+    "clv_cac",
+    "gmv",
+    "ad_spend",
+    "visits",
+    "orders",
+    "new_customers",
+];
 
 fn is_currency_code(code: &str) -> bool {
     code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
@@ -477,7 +676,11 @@ mod tests {
     fn environment_overrides_file_and_parses_lists() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[kafka]\nbrokers = \"file:1\"\ngroup_id = \"g\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "alerts = []\n[kafka]\nbrokers = \"file:1\"\ngroup_id = \"g\"\n",
+        )
+        .unwrap();
         let c = Config::load_with_env(
             Some(&path),
             env(&[
@@ -572,6 +775,38 @@ mod tests {
             ("[checkpoint]\npartitions = 0\n", "checkpoint.partitions"),
             ("[checkpoint]\ntopic = \"visits\"\n", "checkpoint.topic"),
             (
+                "[[alerts]]\nname = \"roas low\"\nkpi = \"roas\"\nop = \"<\"\nthreshold = 2.0\nwindow = \"1h\"\nseverity = \"warning\"\n",
+                "alerts[0].name",
+            ),
+            (
+                "[[alerts]]\nname = \"RoasLow\"\nkpi = \"romi\"\nop = \"<\"\nthreshold = 2.0\nwindow = \"1h\"\nseverity = \"warning\"\n",
+                "alerts[0].kpi",
+            ),
+            (
+                "[[alerts]]\nname = \"RoasLow\"\nkpi = \"roas\"\nop = \"<\"\nthreshold = 2.0\nwindow = \"2h\"\nseverity = \"warning\"\n",
+                "alerts[0].window",
+            ),
+            (
+                "[[alerts]]\nname = \"RoasLow\"\nkpi = \"roas\"\nop = \"=\"\nthreshold = 2.0\nwindow = \"1h\"\nseverity = \"warning\"\n",
+                "alerts[0].op",
+            ),
+            (
+                "[[alerts]]\nname = \"RoasLow\"\nkpi = \"roas\"\ndrop = 1.5\nwindow = \"1h\"\nseverity = \"warning\"\n",
+                "alerts[0].drop",
+            ),
+            (
+                "[[alerts]]\nname = \"RoasLow\"\nkpi = \"roas\"\nop = \"<\"\nthreshold = 2.0\nwindow = \"1h\"\nseverity = \"page\"\n",
+                "alerts[0].severity",
+            ),
+            (
+                "[[alerts]]\nname = \"RoasLow\"\nkpi = \"roas\"\nop = \"<\"\nthreshold = 2.0\nwindow = \"1h\"\nfor = \"soon\"\nseverity = \"info\"\n",
+                "alerts",
+            ),
+            (
+                "[alertmanager]\nurl = \"alertmanager:9093\"\n",
+                "alertmanager.url",
+            ),
+            (
                 "[dedup]\nmax_ids_per_partition = 10\n",
                 "dedup.max_ids_per_partition",
             ),
@@ -587,6 +822,29 @@ mod tests {
                 "{toml:?}: {message:?} does not name {key}"
             );
         }
+    }
+
+    #[test]
+    fn a_file_with_alert_rules_replaces_the_default_rules() {
+        let defaults = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(
+            defaults
+                .alerts
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "RoasBelowBreakEven",
+                "RoasBelowOne",
+                "ClvCacBelowThree",
+                "RoasDrop"
+            ]
+        );
+        let one = load_toml("[[alerts]]\nname = \"AovLow\"\nkpi = \"aov\"\nop = \"<\"\nthreshold = 20.0\nwindow = \"5m\"\nseverity = \"info\"\n").unwrap();
+        assert_eq!(one.alerts.len(), 1);
+        assert_eq!(one.alerts[0].name, "AovLow");
+        assert_eq!(one.alerts[0].hysteresis, 0.05);
+        assert!(load_toml("alerts = []\n").unwrap().alerts.is_empty());
     }
 
     #[test]

@@ -52,7 +52,8 @@ impl Sums {
         let aov = ratio(self.gmv(), self.orders as f64);
         let cac = ratio(self.ad_spend(), self.new_customers as f64);
         let roas = ratio(self.gmv(), self.ad_spend());
-        let clv_value = aov.map(|aov| aov * clv.purchases_per_year * clv.lifetime_years);
+        // One factor, as the Prometheus recording rules multiply: the same float result.
+        let clv_value = aov.map(|aov| aov * (clv.purchases_per_year * clv.lifetime_years));
         let clv_cac = match (clv_value, cac) {
             (Some(clv), Some(cac)) => ratio(clv, cac),
             _ => None,

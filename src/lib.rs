@@ -20,12 +20,16 @@
 //! - [`kpi`]: SPEC §1 formulas over exact sums.
 //! - [`export`]: the Prometheus collector and the HTTP router.
 //! - [`telemetry`]: the service's own metrics, readiness and rate-limited logs.
+//! - [`checkpoint`]: a partition's state and offset, saved together and restored on assignment.
+//! - [`alert`]: threshold and drop rules with `for`, guards and hysteresis; Alertmanager
+//!   delivery. [`rules`] renders the same rules for Prometheus.
 //! - [`service`] wires these together; [`generate`] and [`demo`] make traffic to show it.
 //!
 //! Everything from `decode` to `kpi` is pure and synchronous; I/O lives in `source`,
 //! `export` and `service`.
 
 pub mod aggregate;
+pub mod alert;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
@@ -34,6 +38,7 @@ pub mod demo;
 pub mod export;
 pub mod generate;
 pub mod kpi;
+pub mod rules;
 pub mod service;
 pub mod source;
 pub mod telemetry;

@@ -33,6 +33,12 @@ enum Command {
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
     },
+    /// Print the Prometheus recording and alerting rules that match the configuration.
+    Rules {
+        /// Write `ecom-pulse.rules.yml` and its `promtool test rules` file into this directory.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// Produce synthetic traffic to a real Kafka cluster.
     Generate {
         /// Bootstrap brokers (default: kafka.brokers from the configuration).
@@ -99,11 +105,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    if let Some(Command::Rules { write }) = &cli.command {
+        let rules = ecom_pulse::rules::render(&config);
+        match write {
+            None => print!("{rules}"),
+            Some(dir) => {
+                std::fs::write(dir.join("ecom-pulse.rules.yml"), rules)?;
+                let tests = ecom_pulse::rules::render_tests(&config, "ecom-pulse.rules.yml");
+                std::fs::write(dir.join("ecom-pulse.rules.test.yml"), tests)?;
+                eprintln!(
+                    "wrote {0}/ecom-pulse.rules.yml and {0}/ecom-pulse.rules.test.yml",
+                    dir.display()
+                );
+            }
+        }
+        return Ok(());
+    }
     init_tracing(&config);
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone());
 
     match cli.command.unwrap_or(Command::Run) {
+        Command::Rules { .. } => unreachable!("handled above"),
         Command::Run => {
             let service = Service::start(&config).await.context("start-up failed")?;
             service.run(shutdown).await?;

@@ -1,5 +1,6 @@
-//! Wires the pipeline together: the Kafka source feeding the store, and the HTTP server
-//! reading it, both stopped by one cancellation token.
+//! Wires the pipeline together: the Kafka source feeding the store; the HTTP server, the alert
+//! evaluator, the Alertmanager notifier and the Kafka feed reading it; all stopped by one
+//! cancellation token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,10 +9,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Pipeline, Store};
+use crate::alert::evaluator::{AlertView, Evaluator};
+use crate::alert::notify::{Notifier, Update};
+use crate::alert::{Engine, Rule};
 use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{Config, ConfigError};
+use crate::export::feed::Feed;
 use crate::export::http::{AppState, router};
-use crate::export::metrics::{KpiCollector, PartitionCollector};
+use crate::export::metrics::{AlertCollector, KpiCollector, PartitionCollector};
 use crate::kpi::ClvAssumptions;
 use crate::source::{Source, SourceError};
 use crate::telemetry::{Health, Telemetry};
@@ -30,6 +35,10 @@ pub enum ServiceError {
     Source(#[from] SourceError),
     #[error("checkpoints: {0}")]
     Checkpoint(#[source] crate::checkpoint::CheckpointError),
+    #[error("kafka.kpis_topic / kafka.alerts_topic producer: {0}")]
+    Feed(#[source] rdkafka::error::KafkaError),
+    #[error("alertmanager.url client: {0}")]
+    Alertmanager(#[source] reqwest::Error),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -39,6 +48,8 @@ pub struct Service {
     listener: TcpListener,
     state: AppState,
     source: Source,
+    evaluator: Evaluator,
+    notifier: Option<(Notifier, tokio::sync::mpsc::Receiver<Update>)>,
     /// Cancelled when `run`'s token is: stops restore retries inside the Kafka client.
     shutdown: CancellationToken,
 }
@@ -47,14 +58,6 @@ impl Service {
     /// Binds `http.listen` and creates the consumer: everything that can fail because of the
     /// configuration fails here, before anything runs.
     pub async fn start(config: &Config) -> Result<Service, ServiceError> {
-        for (key, topic) in [
-            ("kafka.alerts_topic", &config.kafka.alerts_topic),
-            ("kafka.kpis_topic", &config.kafka.kpis_topic),
-        ] {
-            if !topic.is_empty() {
-                tracing::warn!(key, topic = %topic, "not implemented yet; ignored");
-            }
-        }
         let pipeline = Arc::new(Pipeline::from_config(config)?);
         let clv = ClvAssumptions {
             purchases_per_year: config.kpi.purchases_per_year,
@@ -82,6 +85,11 @@ impl Service {
                 health.clone(),
             )))
             .expect("partition metric names are unique");
+        let alerts = Arc::new(AlertView::default());
+        telemetry
+            .registry
+            .register(Box::new(AlertCollector::new(alerts.clone())))
+            .expect("alert metric names are unique");
         let checkpoints = Arc::new(
             CheckpointStore::new(&config.kafka, &config.checkpoint, pipeline.windows.clone())
                 .map_err(ServiceError::Checkpoint)?,
@@ -103,17 +111,73 @@ impl Service {
             config.checkpoint.interval,
             shutdown.clone(),
         )?;
+        let feed = Feed::new(
+            &config.kafka,
+            pipeline.decoder.reporting_currency(),
+            telemetry.clone(),
+        )
+        .map_err(ServiceError::Feed)?
+        .map(Arc::new);
+        let external_url = if config.alerting.external_url.is_empty() {
+            format!(
+                "http://{}",
+                listener
+                    .local_addr()
+                    .map_err(|source| ServiceError::Listen { addr, source })?
+            )
+        } else {
+            config
+                .alerting
+                .external_url
+                .trim_end_matches('/')
+                .to_string()
+        };
+        let (notifier, updates) = if config.alertmanager.url.is_empty() {
+            (None, None)
+        } else {
+            let notifier = Notifier::new(
+                &config.alertmanager.url,
+                config.alertmanager.timeout,
+                config.alertmanager.resend_interval,
+                format!("{external_url}/api/v1/alerts"),
+                telemetry.clone(),
+            )
+            .map_err(ServiceError::Alertmanager)?;
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            (Some((notifier, rx)), Some(tx))
+        };
+        let rules = config
+            .alerts
+            .iter()
+            .map(|r| Rule::from_config(r, &pipeline.windows))
+            .collect();
+        let evaluator = Evaluator {
+            engine: Engine::new(rules, clv),
+            store: store.clone(),
+            windows: pipeline.windows.clone(),
+            clv,
+            view: alerts.clone(),
+            health: health.clone(),
+            telemetry: telemetry.clone(),
+            notifier: updates,
+            feed,
+            evaluation_interval: config.alerting.evaluation_interval,
+            snapshot_interval: config.alerting.snapshot_interval,
+        };
         let state = AppState {
             store,
             windows: pipeline.windows.clone(),
             clv,
             telemetry,
             health,
+            alerts,
         };
         Ok(Service {
             listener,
             state,
             source,
+            evaluator,
+            notifier,
             shutdown,
         })
     }
@@ -133,6 +197,10 @@ impl Service {
         });
         tracing::info!(url = %format!("http://{}/metrics", self.local_addr()), "serving");
         let app = router(self.state);
+        let evaluator = tokio::spawn(self.evaluator.run(shutdown.clone()));
+        let notifier = self
+            .notifier
+            .map(|(notifier, updates)| tokio::spawn(notifier.run(updates, shutdown.clone())));
         let http_shutdown = shutdown.clone();
         let http = tokio::spawn(async move {
             axum::serve(self.listener, app)
@@ -140,8 +208,12 @@ impl Service {
                 .await
         });
         self.source.run(shutdown.clone()).await;
-        // The source only returns on shutdown; make sure HTTP follows in any case.
+        // The source only returns on shutdown; make sure the rest follows in any case.
         shutdown.cancel();
+        let _ = evaluator.await;
+        if let Some(n) = notifier {
+            let _ = n.await;
+        }
         match http.await {
             Ok(result) => result.map_err(ServiceError::Http),
             Err(join) => Err(ServiceError::Http(std::io::Error::other(join))),

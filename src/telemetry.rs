@@ -30,6 +30,9 @@ pub struct Telemetry {
     restores: IntCounterVec,
     checkpoints: IntCounterVec,
     checkpoint_bytes: IntCounter,
+    alert_transitions: IntCounterVec,
+    notifications: IntCounterVec,
+    feed_messages: IntCounterVec,
     rejection_logs: Vec<RateLimit>,
 }
 
@@ -169,6 +172,39 @@ impl Telemetry {
         .unwrap();
         register(Box::new(checkpoint_bytes.clone()));
 
+        let alert_transitions = IntCounterVec::new(
+            opts(
+                "alert_transitions_total",
+                "Alert state changes, by the state entered.",
+            ),
+            &["state"],
+        )
+        .unwrap();
+        for state in ["pending", "firing", "resolved", "inactive"] {
+            alert_transitions.with_label_values(&[state]);
+        }
+        register(Box::new(alert_transitions.clone()));
+
+        let notifications = IntCounterVec::new(
+            opts(
+                "alertmanager_notifications_total",
+                "Pushes of alerts to Alertmanager, by result (ok, failed).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        register(Box::new(notifications.clone()));
+
+        let feed_messages = IntCounterVec::new(
+            opts(
+                "feed_messages_total",
+                "Messages to kafka.kpis_topic and kafka.alerts_topic, by topic and result (ok, failed).",
+            ),
+            &["topic", "result"],
+        )
+        .unwrap();
+        register(Box::new(feed_messages.clone()));
+
         let build_info = IntGaugeVec::new(
             opts("build_info", "Build of the running binary; always 1."),
             &["version"],
@@ -210,6 +246,9 @@ impl Telemetry {
             restores,
             checkpoints,
             checkpoint_bytes,
+            alert_transitions,
+            notifications,
+            feed_messages,
             rejection_logs: Reason::ALL
                 .iter()
                 .map(|_| RateLimit::new(Duration::from_secs(10)))
@@ -272,6 +311,24 @@ impl Telemetry {
             }
             None => self.checkpoints.with_label_values(&["failed"]).inc(),
         }
+    }
+
+    pub fn alert_transition(&self, to: crate::alert::Phase) {
+        self.alert_transitions
+            .with_label_values(&[&to.to_string()])
+            .inc();
+    }
+
+    pub fn notification(&self, ok: bool) {
+        self.notifications
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    pub fn feed_message(&self, topic: &str, ok: bool) {
+        self.feed_messages
+            .with_label_values(&[topic, if ok { "ok" } else { "failed" }])
+            .inc();
     }
 
     pub fn kafka_error(&self, code: &str) {

@@ -9,8 +9,9 @@
 //! edge error: up to one bucket width (1/n of the window, 1.7 % with the default 60 buckets)
 //! of the oldest data leaves the window early, and nothing older than `L` is ever counted.
 //!
-//! A ring never stores more than `n` buckets whatever the event rate, and a bucket that falls
-//! out of the window is recycled lazily by the next write, so idle rings cost no work.
+//! A ring never stores more than `n` buckets whatever the event rate (`2n` for a window that
+//! an alert compares with its preceding window), and a bucket that falls out of the ring is
+//! recycled lazily by the next write, so idle rings cost no work.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,15 +26,22 @@ pub struct WindowSpec {
     pub length_ms: i64,
     /// Bucket width.
     pub width_ms: i64,
-    /// Buckets in the ring: `length_ms / width_ms`.
+    /// Buckets in the window: `length_ms / width_ms`.
     pub buckets: usize,
+    /// Buckets kept: `buckets`, or twice that when the preceding window is needed too.
+    pub slots: usize,
     /// Where this window's ring starts in a series' cells.
     offset: usize,
 }
 
 impl WindowSpec {
     fn ring(&self) -> std::ops::Range<usize> {
-        self.offset..self.offset + self.buckets
+        self.offset..self.offset + self.slots
+    }
+
+    /// True when the preceding window of the same length is kept as well.
+    pub fn has_previous(&self) -> bool {
+        self.slots > self.buckets
     }
 }
 
@@ -55,22 +63,31 @@ pub struct Windows {
 }
 
 impl Windows {
-    pub fn new(lengths: &[WindowLength], buckets: u32) -> Windows {
+    /// `previous[i]` keeps window `i`'s preceding window too (for drop alerts); missing
+    /// entries mean no.
+    pub fn new(lengths: &[WindowLength], buckets: u32, previous: &[bool]) -> Windows {
         assert!(!lengths.is_empty() && buckets > 0, "validated by Config");
         let mut offset = 0;
         let specs: Vec<WindowSpec> = lengths
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(i, w)| {
                 let length_ms = w.length.as_millis() as i64;
                 let n = bucket_count(length_ms, buckets);
+                let slots = if previous.get(i).copied().unwrap_or(false) {
+                    2 * n
+                } else {
+                    n
+                };
                 let spec = WindowSpec {
                     label: w.label.as_str().into(),
                     length_ms,
                     width_ms: length_ms / n as i64,
                     buckets: n,
+                    slots,
                     offset,
                 };
-                offset += n;
+                offset += slots;
                 spec
             })
             .collect();
@@ -91,7 +108,20 @@ impl Windows {
                 length: humantime::parse_duration(l).expect("a duration"),
             })
             .collect();
-        Windows::new(&lengths, buckets)
+        Windows::new(&lengths, buckets, &[])
+    }
+
+    /// Like [`Windows::from_labels`], keeping the preceding window of the labels in `previous`.
+    pub fn with_previous(labels: &[&str], buckets: u32, previous: &[&str]) -> Windows {
+        let lengths: Vec<WindowLength> = labels
+            .iter()
+            .map(|l| WindowLength {
+                label: l.to_string(),
+                length: humantime::parse_duration(l).expect("a duration"),
+            })
+            .collect();
+        let keep: Vec<bool> = labels.iter().map(|l| previous.contains(l)).collect();
+        Windows::new(&lengths, buckets, &keep)
     }
 
     pub fn specs(&self) -> &[WindowSpec] {
@@ -173,11 +203,14 @@ impl<C: Cell> Series<C> {
     pub fn add(&mut self, windows: &Windows, ts_ms: i64, now_ms: i64, value: &C) -> u32 {
         let mut late = 0;
         for (w, spec) in windows.specs.iter().enumerate() {
-            let n = spec.buckets as i64;
+            let n = spec.slots as i64;
             let bucket = ts_ms.div_euclid(spec.width_ms);
-            if bucket <= now_ms.div_euclid(spec.width_ms) - n {
+            let now_bucket = now_ms.div_euclid(spec.width_ms);
+            if bucket <= now_bucket - spec.buckets as i64 {
                 late |= 1 << w;
-                continue; // already out of this window
+            }
+            if bucket <= now_bucket - n {
+                continue; // already out of the ring
             }
             let ring = &mut self.cells[spec.ring()];
             let head = &mut self.heads[w];
@@ -200,22 +233,36 @@ impl<C: Cell> Series<C> {
     }
 
     /// Applies `f` to every bucket of window `w` that is inside the window at `now_ms`.
-    pub fn for_each_in_window(
+    pub fn for_each_in_window(&self, windows: &Windows, w: usize, now_ms: i64, f: impl FnMut(&C)) {
+        let now_bucket = now_ms.div_euclid(windows.specs[w].width_ms);
+        self.for_each_between(windows, w, now_bucket, f);
+    }
+
+    /// Applies `f` to every bucket of the window of the same length that precedes window `w`
+    /// at `now_ms`. Only for windows kept with their predecessor.
+    pub fn for_each_in_previous(
         &self,
         windows: &Windows,
         w: usize,
         now_ms: i64,
-        mut f: impl FnMut(&C),
+        f: impl FnMut(&C),
     ) {
         let spec = &windows.specs[w];
-        let n = spec.buckets as i64;
-        let head = self.heads[w];
+        debug_assert!(spec.has_previous());
         let now_bucket = now_ms.div_euclid(spec.width_ms);
-        let lo = (now_bucket - n + 1).max(head - n + 1);
-        let hi = now_bucket.min(head);
+        self.for_each_between(windows, w, now_bucket - spec.buckets as i64, f);
+    }
+
+    /// The `buckets` buckets of window `w` ending with bucket `last`, as far as the ring holds them.
+    fn for_each_between(&self, windows: &Windows, w: usize, last: i64, mut f: impl FnMut(&C)) {
+        let spec = &windows.specs[w];
+        let (n, slots) = (spec.buckets as i64, spec.slots as i64);
+        let head = self.heads[w];
+        let lo = (last - n + 1).max(head - slots + 1);
+        let hi = last.min(head);
         let ring = &self.cells[spec.ring()];
         for b in lo..=hi {
-            f(&ring[b.rem_euclid(n) as usize]);
+            f(&ring[b.rem_euclid(slots) as usize]);
         }
     }
 
@@ -232,7 +279,7 @@ impl<C: Cell> Series<C> {
             .specs
             .iter()
             .zip(self.heads.iter())
-            .all(|(spec, head)| *head <= now_ms.div_euclid(spec.width_ms) - spec.buckets as i64)
+            .all(|(spec, head)| *head <= now_ms.div_euclid(spec.width_ms) - spec.slots as i64)
     }
 
     /// Heap bytes held, for memory accounting.
@@ -367,6 +414,29 @@ mod tests {
         assert_eq!(s.sum(&w, 0, T0 - 10 * M), 0);
         s.add(&w, T0 - 10 * M, T0 - 10 * M, &2);
         assert_eq!(s.sum(&w, 0, T0), 1);
+    }
+
+    #[test]
+    fn the_preceding_window_is_kept_where_asked() {
+        let w = Windows::with_previous(&["5m", "1h"], 60, &["1h"]);
+        assert!(!w.specs()[0].has_previous());
+        assert!(w.specs()[1].has_previous());
+        let mut s = Series::<u64>::new(&w);
+        s.add(&w, T0 - 90 * M, T0, &3); // in the previous hour only
+        s.add(&w, T0 - 30 * M, T0, &5); // in this hour
+        s.add(&w, T0 - 150 * M, T0, &100); // older than both
+        let mut previous = 0;
+        s.for_each_in_previous(&w, 1, T0, |c| previous += c);
+        assert_eq!((s.sum(&w, 1, T0), previous), (5, 3));
+        // An hour later, this hour has become the previous one.
+        let mut previous = 0;
+        s.for_each_in_previous(&w, 1, T0 + H, |c| previous += c);
+        assert_eq!((s.sum(&w, 1, T0 + H), previous), (0, 5));
+        // The late mask still speaks of the window itself, not the ring.
+        let mut t = Series::<u64>::new(&w);
+        assert_eq!(t.add(&w, T0 - 90 * M, T0, &1), 0b11);
+        assert!(!t.is_idle(&w, T0));
+        assert!(t.is_idle(&w, T0 + 31 * M));
     }
 
     #[test]

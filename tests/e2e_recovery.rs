@@ -183,7 +183,10 @@ fn two_instances_split_the_keys_and_the_survivor_takes_over_exactly() {
     let m2 = a.metrics();
     assert_eq!(counter_totals(&[&m2]), expected, "{}", a.log());
     assert_exact(&traffic.ledger, &[&m2], &WINDOWS);
-    assert_eq!(m2.names_with_prefix("ecom_pulse_consumer_lag{").len(), 9);
+    // Lag series follow the next statistics report after the rebalance.
+    wait_for("lag series for all nine partitions", Duration::from_secs(10), || {
+        (a.metrics().names_with_prefix("ecom_pulse_consumer_lag{").len() == 9).then_some(())
+    });
     promtool_check(&m.text);
 }
 

@@ -24,6 +24,20 @@ use crate::aggregate::{PartitionState, SharedPartition, TopicPartition};
 use crate::config::{CheckpointConfig, KafkaConfig};
 use crate::window::Windows;
 
+/// Settings of `kafka.properties` that only the group consumer understands.
+pub const CONSUMER_ONLY: [&str; 10] = [
+    "group.id",
+    "session.timeout.ms",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "statistics.interval.ms",
+    "partition.assignment.strategy",
+    "max.poll.interval.ms",
+    "heartbeat.interval.ms",
+    "group.instance.id",
+];
+
 /// A checkpoint read back.
 pub struct Loaded {
     pub state: PartitionState,

@@ -3,6 +3,7 @@
 //! The router is built from an [`AppState`] alone, so tests drive it without a socket and the
 //! service serves it with graceful shutdown.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -13,6 +14,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{GroupBy, Store};
+use crate::alert::evaluator::AlertView;
+use crate::alert::notify;
 use crate::kpi::{ClvAssumptions, Sums};
 use crate::telemetry::{Health, Telemetry};
 use crate::window::Windows;
@@ -25,6 +28,7 @@ pub struct AppState {
     pub clv: ClvAssumptions,
     pub telemetry: Arc<Telemetry>,
     pub health: Arc<Health>,
+    pub alerts: Arc<AlertView>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -169,7 +173,7 @@ async fn kpis(State(state): State<AppState>, Query(q): Query<KpiQuery>) -> Respo
     Json(rows).into_response()
 }
 
-fn kpi_row(
+pub fn kpi_row(
     campaign: Option<&str>,
     channel: Option<&str>,
     window: &str,
@@ -195,9 +199,41 @@ fn kpi_row(
     }
 }
 
-/// Alert rules arrive with the alerting feature; until then no alert is ever active.
-async fn alerts() -> Json<Vec<serde_json::Value>> {
-    Json(Vec::new())
+/// One active alert in `/api/v1/alerts`.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct AlertEntry {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// pending or firing
+    pub state: String,
+    pub value: f64,
+    pub threshold: f64,
+    /// When the condition started to hold (RFC 3339).
+    pub active_since: String,
+    /// When it started firing, if it does.
+    pub firing_since: Option<String>,
+}
+
+async fn alerts(State(state): State<AppState>) -> Json<Vec<AlertEntry>> {
+    let entries = state
+        .alerts
+        .active()
+        .iter()
+        .map(|a| {
+            let mut labels = notify::labels(a);
+            labels.insert("alertstate".into(), a.phase.to_string());
+            AlertEntry {
+                labels,
+                annotations: notify::annotations(a),
+                state: a.phase.to_string(),
+                value: a.value,
+                threshold: a.threshold,
+                active_since: notify::rfc3339(a.active_since_ms),
+                firing_since: a.firing_since_ms.map(notify::rfc3339),
+            }
+        })
+        .collect();
+    Json(entries)
 }
 
 #[cfg(test)]
@@ -205,12 +241,12 @@ mod tests {
     use super::*;
     use crate::aggregate::{Pipeline, TopicPartition};
     use crate::decode::Decoder;
-    use crate::export::metrics::KpiCollector;
+    use crate::export::metrics::{AlertCollector, KpiCollector};
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
     use tower::ServiceExt;
 
-    fn app() -> (Router, Arc<Health>) {
+    fn app() -> (Router, Arc<Health>, Arc<AlertView>) {
         let windows = Windows::from_labels(&["5m", "1h"], 60);
         let clv = ClvAssumptions {
             purchases_per_year: 4.0,
@@ -250,6 +286,11 @@ mod tests {
             )))
             .unwrap();
         let health = Arc::new(Health::default());
+        let alerts = Arc::new(AlertView::default());
+        telemetry
+            .registry
+            .register(Box::new(AlertCollector::new(alerts.clone())))
+            .unwrap();
         (
             router(AppState {
                 store,
@@ -257,8 +298,10 @@ mod tests {
                 clv,
                 telemetry,
                 health: health.clone(),
+                alerts: alerts.clone(),
             }),
             health,
+            alerts,
         )
     }
 
@@ -275,7 +318,7 @@ mod tests {
 
     #[tokio::test]
     async fn kpis_by_key_window_and_group() {
-        let (app, _) = app();
+        let (app, _, _) = app();
         let (status, body) = get(&app, "/api/v1/kpis?window=1h").await;
         assert_eq!(status, StatusCode::OK);
         let rows: Vec<KpiRow> = serde_json::from_str(&body).unwrap();
@@ -314,7 +357,7 @@ mod tests {
 
     #[tokio::test]
     async fn probes_and_metrics() {
-        let (app, health) = app();
+        let (app, health, _) = app();
         assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
         let (status, body) = get(&app, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -333,5 +376,39 @@ mod tests {
         assert!(text.contains("ecom_pulse_kafka_connected 1"));
         assert!(text.contains("process_resident_memory_bytes"));
         assert_eq!(get(&app, "/api/v1/alerts").await.1, "[]");
+    }
+
+    #[tokio::test]
+    async fn active_alerts_in_json_and_metrics() {
+        let (app, _, alerts) = app();
+        alerts.replace(vec![crate::alert::Alert {
+            rule: 0,
+            name: "RoasBelowBreakEven".into(),
+            severity: "warning".into(),
+            key: crate::aggregate::Key::new("spring", "paid_social"),
+            window: "1h".into(),
+            phase: crate::alert::Phase::Firing,
+            value: 1.5,
+            threshold: 2.0,
+            active_since_ms: 1_795_334_400_000,
+            firing_since_ms: Some(1_795_334_700_000),
+            condition: "roas < 2 over 1h".into(),
+        }]);
+        let (status, body) = get(&app, "/api/v1/alerts").await;
+        assert_eq!(status, StatusCode::OK);
+        let entries: Vec<AlertEntry> = serde_json::from_str(&body).unwrap();
+        assert_eq!(entries.len(), 1);
+        let e = &entries[0];
+        assert_eq!(e.labels["alertname"], "RoasBelowBreakEven");
+        assert_eq!(e.labels["alertstate"], "firing");
+        assert_eq!((e.value, e.threshold), (1.5, 2.0));
+        assert_eq!(e.active_since, "2026-11-22T08:00:00.000Z");
+        assert_eq!(e.firing_since.as_deref(), Some("2026-11-22T08:05:00.000Z"));
+        assert!(e.annotations["summary"].contains("1.500"));
+        let (_, text) = get(&app, "/metrics").await;
+        assert!(
+            text.contains(r#"ecom_alerts{alertname="RoasBelowBreakEven",alertstate="firing",severity="warning",campaign="spring",channel="paid_social",window="1h"} 1"#),
+            "{text}"
+        );
     }
 }

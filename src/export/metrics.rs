@@ -11,6 +11,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 use crate::aggregate::{Key, Snapshot, Store};
+use crate::alert::evaluator::AlertView;
 use crate::kpi::{ClvAssumptions, Kpis, Sums};
 use crate::telemetry::Health;
 use crate::window::Windows;
@@ -330,6 +331,66 @@ fn pair(name: &str, value: &str) -> LabelPair {
     p
 }
 
+/// `ecom_alerts{alertname, alertstate, severity, campaign, channel, window} 1` for every
+/// pending or firing alert, like Prometheus' own `ALERTS`.
+pub struct AlertCollector {
+    view: Arc<AlertView>,
+    desc: Desc,
+}
+
+const ALERTS: (&str, &str) = (
+    "ecom_alerts",
+    "Pending and firing alerts of ecom-pulse's own rules; always 1.",
+);
+
+impl AlertCollector {
+    pub fn new(view: Arc<AlertView>) -> Self {
+        let labels = [
+            "alertname",
+            "alertstate",
+            "severity",
+            "campaign",
+            "channel",
+            "window",
+        ];
+        let desc = Desc::new(
+            ALERTS.0.to_string(),
+            ALERTS.1.to_string(),
+            labels.iter().map(|l| l.to_string()).collect(),
+            HashMap::new(),
+        )
+        .expect("valid metric name");
+        AlertCollector { view, desc }
+    }
+}
+
+impl Collector for AlertCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut f = family(ALERTS.0, ALERTS.1, MetricType::GAUGE);
+        for a in self.view.active() {
+            let mut m = Metric::from_label(vec![
+                pair("alertname", &a.name),
+                pair("alertstate", &a.phase.to_string()),
+                pair("severity", &a.severity),
+                pair("campaign", &a.key.campaign),
+                pair("channel", &a.key.channel),
+                pair("window", &a.window),
+            ]);
+            m.set_gauge(gauge_value(1.0));
+            f.mut_metric().push(m);
+        }
+        if f.get_metric().is_empty() {
+            vec![]
+        } else {
+            vec![f]
+        }
+    }
+}
+
 fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_string());
@@ -397,6 +458,7 @@ mod tests {
         snap.rows.insert(
             Key::new("spring", "email"),
             Row {
+                previous: vec![Sums::default(); 2],
                 windows: vec![
                     Sums {
                         visits: 10_000,
@@ -441,6 +503,7 @@ mod tests {
         snap.rows.insert(
             Key::new("a \"quoted\" \\ back\nslash", "x"),
             Row {
+                previous: vec![Sums::default(); 2],
                 windows: vec![
                     Sums {
                         visits: 1,

@@ -1,4 +1,5 @@
 //! The read side: what scrapers and API clients see.
 
+pub mod feed;
 pub mod http;
 pub mod metrics;

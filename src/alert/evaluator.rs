@@ -1,0 +1,125 @@
+//! The periodic task around the [`Engine`]: evaluate on a snapshot, log and publish the
+//! transitions, hand firing alerts to the Alertmanager notifier, and send KPI snapshots.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::notify::Update;
+use super::{Alert, Engine, Phase};
+use crate::aggregate::{Snapshot, Store};
+use crate::export::feed::Feed;
+use crate::kpi::ClvAssumptions;
+use crate::telemetry::{Health, Telemetry};
+use crate::window::Windows;
+
+/// The alerts as of the last evaluation, for `/metrics` and `/api/v1/alerts`.
+#[derive(Debug, Default)]
+pub struct AlertView {
+    alerts: RwLock<Vec<Alert>>,
+}
+
+impl AlertView {
+    pub fn active(&self) -> Vec<Alert> {
+        self.alerts.read().clone()
+    }
+
+    pub fn replace(&self, alerts: Vec<Alert>) {
+        *self.alerts.write() = alerts;
+    }
+}
+
+pub struct Evaluator {
+    pub engine: Engine,
+    pub store: Arc<Store>,
+    pub windows: Windows,
+    pub clv: ClvAssumptions,
+    pub view: Arc<AlertView>,
+    pub health: Arc<Health>,
+    pub telemetry: Arc<Telemetry>,
+    pub notifier: Option<mpsc::Sender<Update>>,
+    pub feed: Option<Arc<Feed>>,
+    pub evaluation_interval: Duration,
+    pub snapshot_interval: Duration,
+}
+
+impl Evaluator {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut evaluate = tokio::time::interval(self.evaluation_interval);
+        let mut publish = tokio::time::interval(self.snapshot_interval);
+        for tick in [&mut evaluate, &mut publish] {
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = evaluate.tick() => self.evaluate().await,
+                _ = publish.tick(), if self.feed.is_some() => self.publish().await,
+            }
+        }
+    }
+
+    async fn snapshot(&self) -> (Snapshot, i64) {
+        let store = self.store.clone();
+        let windows = self.windows.clone();
+        tokio::task::spawn_blocking(move || {
+            let now = crate::now_ms();
+            (store.snapshot(&windows, now), now)
+        })
+        .await
+        .expect("snapshot task")
+    }
+
+    async fn evaluate(&mut self) {
+        if self.engine.rules().is_empty() {
+            return;
+        }
+        // Partial windows (restoring, catching up) would raise false alarms: wait.
+        if self.health.readiness().is_err() {
+            return;
+        }
+        let (snapshot, now) = self.snapshot().await;
+        let transitions = self.engine.evaluate(&snapshot, now);
+        for t in &transitions {
+            let a = &t.alert;
+            let message = format!("alert {} {} -> {}", a.name, t.from, t.to);
+            let (campaign, channel) = (&*a.key.campaign, &*a.key.channel);
+            if t.to == Phase::Firing {
+                tracing::warn!(alertname = %a.name, campaign, channel, window = %a.window, value = a.value, threshold = a.threshold, severity = %a.severity, "{message}");
+            } else {
+                tracing::info!(alertname = %a.name, campaign, channel, window = %a.window, value = a.value, threshold = a.threshold, "{message}");
+            }
+            self.telemetry.alert_transition(t.to);
+        }
+        if let Some(feed) = &self.feed {
+            feed.publish_transitions(&transitions);
+        }
+        let active: Vec<Alert> = self.engine.active().cloned().collect();
+        if let Some(notifier) = &self.notifier {
+            let update = Update {
+                firing: active
+                    .iter()
+                    .filter(|a| a.phase == Phase::Firing)
+                    .cloned()
+                    .collect(),
+                resolved: transitions
+                    .iter()
+                    .filter(|t| t.to == Phase::Resolved)
+                    .map(|t| (t.alert.clone(), t.at_ms))
+                    .collect(),
+            };
+            let _ = notifier.send(update).await;
+        }
+        self.view.replace(active);
+    }
+
+    async fn publish(&self) {
+        let Some(feed) = &self.feed else { return };
+        let (snapshot, now) = self.snapshot().await;
+        feed.publish_snapshot(&snapshot, &self.windows, &self.clv, now);
+    }
+}

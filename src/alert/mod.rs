@@ -1,0 +1,701 @@
+//! Alert rules (SPEC §6) and their state machine. Pure: fed snapshots and the time.
+//!
+//! Each rule is evaluated per (campaign, channel) on its window's sums. An alert goes
+//! inactive → pending (condition true) → firing (held for `for`) → resolved. Three things keep
+//! it from paging people for nothing:
+//!
+//! - **volume guards** (`min_ad_spend`, `min_orders`, `min_visits`): a key whose window holds
+//!   less is not evaluated, so a campaign with three orders cannot page anyone;
+//! - **`for`**: the condition must hold that long;
+//! - **hysteresis**: a firing alert resolves only once the value is past the threshold by a
+//!   margin (ROAS < 2 resolves at ROAS ≥ 2.1 with the default 5 %), so a value hovering at
+//!   the threshold does not flap.
+//!
+//! Drop rules compare the window with the preceding window of the same length: "ROAS fell by
+//! 30 % hour over hour" fires when this hour's ROAS ≤ 0.7 × last hour's.
+
+pub mod evaluator;
+pub mod notify;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::aggregate::{Key, Snapshot};
+use crate::config::AlertRuleConfig;
+use crate::kpi::{ClvAssumptions, Kpis, Sums};
+use crate::window::Windows;
+
+/// What a rule watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kpi {
+    Cvr,
+    Aov,
+    Cac,
+    Clv,
+    Roas,
+    ClvCac,
+    Gmv,
+    AdSpend,
+    Visits,
+    Orders,
+    NewCustomers,
+}
+
+impl Kpi {
+    pub fn parse(name: &str) -> Option<Kpi> {
+        Some(match name {
+            "cvr" => Kpi::Cvr,
+            "aov" => Kpi::Aov,
+            "cac" => Kpi::Cac,
+            "clv" => Kpi::Clv,
+            "roas" => Kpi::Roas,
+            "clv_cac" => Kpi::ClvCac,
+            "gmv" => Kpi::Gmv,
+            "ad_spend" => Kpi::AdSpend,
+            "visits" => Kpi::Visits,
+            "orders" => Kpi::Orders,
+            "new_customers" => Kpi::NewCustomers,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kpi::Cvr => "cvr",
+            Kpi::Aov => "aov",
+            Kpi::Cac => "cac",
+            Kpi::Clv => "clv",
+            Kpi::Roas => "roas",
+            Kpi::ClvCac => "clv_cac",
+            Kpi::Gmv => "gmv",
+            Kpi::AdSpend => "ad_spend",
+            Kpi::Visits => "visits",
+            Kpi::Orders => "orders",
+            Kpi::NewCustomers => "new_customers",
+        }
+    }
+
+    /// The value for some sums; `None` where undefined (zero denominator).
+    pub fn of(self, s: &Sums, k: &Kpis) -> Option<f64> {
+        match self {
+            Kpi::Cvr => k.cvr,
+            Kpi::Aov => k.aov,
+            Kpi::Cac => k.cac,
+            Kpi::Clv => k.clv,
+            Kpi::Roas => k.roas,
+            Kpi::ClvCac => k.clv_cac,
+            Kpi::Gmv => Some(s.gmv()),
+            Kpi::AdSpend => Some(s.ad_spend()),
+            Kpi::Visits => Some(s.visits as f64),
+            Kpi::Orders => Some(s.orders as f64),
+            Kpi::NewCustomers => Some(s.new_customers as f64),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Op {
+    pub fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            "<" => Op::Lt,
+            "<=" => Op::Le,
+            ">" => Op::Gt,
+            ">=" => Op::Ge,
+            _ => return None,
+        })
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+        }
+    }
+
+    fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Op::Lt => value < threshold,
+            Op::Le => value <= threshold,
+            Op::Gt => value > threshold,
+            Op::Ge => value >= threshold,
+        }
+    }
+
+    /// The threshold a firing alert must cross back over to resolve.
+    fn resolve_at(self, threshold: f64, hysteresis: f64) -> f64 {
+        match self {
+            Op::Lt | Op::Le => threshold + threshold.abs() * hysteresis,
+            Op::Gt | Op::Ge => threshold - threshold.abs() * hysteresis,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Condition {
+    Threshold {
+        op: Op,
+        threshold: f64,
+    },
+    /// Fires when the KPI fell by at least this fraction against the preceding window.
+    Drop {
+        fraction: f64,
+    },
+}
+
+/// A validated rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub kpi: Kpi,
+    pub condition: Condition,
+    /// Index into the configured windows.
+    pub window: usize,
+    pub window_label: Arc<str>,
+    pub for_ms: i64,
+    pub severity: String,
+    pub min_ad_spend: f64,
+    pub min_orders: u64,
+    pub min_visits: u64,
+    pub hysteresis: f64,
+}
+
+impl Rule {
+    /// From a rule that `Config::validate` accepted.
+    pub fn from_config(c: &AlertRuleConfig, windows: &Windows) -> Rule {
+        let condition = match (c.op.as_deref(), c.threshold, c.drop) {
+            (Some(op), Some(threshold), None) => Condition::Threshold {
+                op: Op::parse(op).expect("validated"),
+                threshold,
+            },
+            (_, _, Some(fraction)) => Condition::Drop { fraction },
+            _ => unreachable!("validated by Config"),
+        };
+        let window = windows.index_of(&c.window).expect("validated");
+        Rule {
+            name: c.name.clone(),
+            kpi: Kpi::parse(&c.kpi).expect("validated"),
+            condition,
+            window,
+            window_label: windows.specs()[window].label.clone(),
+            for_ms: c.for_.as_millis() as i64,
+            severity: c.severity.clone(),
+            min_ad_spend: c.min_ad_spend,
+            min_orders: c.min_orders,
+            min_visits: c.min_visits,
+            hysteresis: c.hysteresis,
+        }
+    }
+
+    fn guards_pass(&self, s: &Sums) -> bool {
+        s.ad_spend() >= self.min_ad_spend
+            && s.orders >= self.min_orders
+            && s.visits >= self.min_visits
+    }
+
+    /// Evaluates the rule on one key's window (and preceding window, for drops).
+    pub fn check(&self, current: &Sums, previous: &Sums, clv: &ClvAssumptions) -> Check {
+        if !self.guards_pass(current) {
+            return Check::NotEvaluated;
+        }
+        let Some(value) = self.kpi.of(current, &current.kpis(clv)) else {
+            return Check::NotEvaluated;
+        };
+        match self.condition {
+            Condition::Threshold { op, threshold } => Check::Value {
+                value,
+                threshold,
+                breached: op.holds(value, threshold),
+                holds: op.holds(value, op.resolve_at(threshold, self.hysteresis)),
+            },
+            Condition::Drop { fraction } => {
+                if !self.guards_pass(previous) {
+                    return Check::NotEvaluated;
+                }
+                match self.kpi.of(previous, &previous.kpis(clv)) {
+                    Some(before) if before > 0.0 => {
+                        let threshold = before * (1.0 - fraction);
+                        Check::Value {
+                            value,
+                            threshold,
+                            breached: value <= threshold,
+                            holds: value <= before * (1.0 - fraction * (1.0 - self.hysteresis)),
+                        }
+                    }
+                    _ => Check::NotEvaluated,
+                }
+            }
+        }
+    }
+
+    /// Human description of the condition, for annotations and logs.
+    pub fn describe(&self) -> String {
+        match self.condition {
+            Condition::Threshold { op, threshold } => {
+                format!(
+                    "{} {} {} over {}",
+                    self.kpi.name(),
+                    op.symbol(),
+                    threshold,
+                    self.window_label
+                )
+            }
+            Condition::Drop { fraction } => format!(
+                "{} fell by {:.0} % or more against the preceding {}",
+                self.kpi.name(),
+                fraction * 100.0,
+                self.window_label
+            ),
+        }
+    }
+}
+
+/// The result of evaluating a rule on one key.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Check {
+    /// Guards not met or the KPI undefined: as if the condition were false.
+    NotEvaluated,
+    Value {
+        value: f64,
+        /// The value compared with (for drops: the preceding window's value × (1 − drop)).
+        threshold: f64,
+        /// The condition is true: an inactive alert becomes pending.
+        breached: bool,
+        /// The condition with hysteresis: a firing alert stays firing.
+        holds: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Inactive,
+    Pending,
+    Firing,
+    Resolved,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Inactive => "inactive",
+            Phase::Pending => "pending",
+            Phase::Firing => "firing",
+            Phase::Resolved => "resolved",
+        })
+    }
+}
+
+/// A pending or firing alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub rule: usize,
+    pub name: String,
+    pub severity: String,
+    pub key: Key,
+    pub window: Arc<str>,
+    pub phase: Phase,
+    pub value: f64,
+    pub threshold: f64,
+    /// When the condition started to hold (became pending).
+    pub active_since_ms: i64,
+    pub firing_since_ms: Option<i64>,
+    /// Rule description, for annotations.
+    pub condition: String,
+}
+
+/// A change of an alert's phase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub from: Phase,
+    pub to: Phase,
+    pub at_ms: i64,
+    /// The alert as of the transition (for `Resolved`, its last firing state).
+    pub alert: Alert,
+}
+
+/// The rules and the alerts they hold.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    rules: Vec<Rule>,
+    clv: ClvAssumptions,
+    active: BTreeMap<(usize, Key), Alert>,
+}
+
+impl Engine {
+    pub fn new(rules: Vec<Rule>, clv: ClvAssumptions) -> Engine {
+        Engine {
+            rules,
+            clv,
+            active: BTreeMap::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Pending and firing alerts, by rule then key.
+    pub fn active(&self) -> impl Iterator<Item = &Alert> {
+        self.active.values()
+    }
+
+    /// Evaluates every rule on every key of `snapshot` at `now_ms`; returns the transitions.
+    /// Alerts of keys no longer in the snapshot (their partitions moved away) end.
+    pub fn evaluate(&mut self, snapshot: &Snapshot, now_ms: i64) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        for (r, rule) in self.rules.iter().enumerate() {
+            for (key, row) in &snapshot.rows {
+                let check = rule.check(
+                    &row.windows[rule.window],
+                    &row.previous[rule.window],
+                    &self.clv,
+                );
+                let id = (r, key.clone());
+                match (self.active.get_mut(&id), check) {
+                    (
+                        None,
+                        Check::Value {
+                            value,
+                            threshold,
+                            breached: true,
+                            ..
+                        },
+                    ) => {
+                        let firing = rule.for_ms == 0;
+                        let alert = Alert {
+                            rule: r,
+                            name: rule.name.clone(),
+                            severity: rule.severity.clone(),
+                            key: key.clone(),
+                            window: rule.window_label.clone(),
+                            phase: if firing {
+                                Phase::Firing
+                            } else {
+                                Phase::Pending
+                            },
+                            value,
+                            threshold,
+                            active_since_ms: now_ms,
+                            firing_since_ms: firing.then_some(now_ms),
+                            condition: rule.describe(),
+                        };
+                        transitions.push(Transition {
+                            from: Phase::Inactive,
+                            to: alert.phase,
+                            at_ms: now_ms,
+                            alert: alert.clone(),
+                        });
+                        self.active.insert(id, alert);
+                    }
+                    (None, _) => {}
+                    (
+                        Some(alert),
+                        Check::Value {
+                            value,
+                            threshold,
+                            breached: true,
+                            ..
+                        },
+                    ) if alert.phase == Phase::Pending => {
+                        alert.value = value;
+                        alert.threshold = threshold;
+                        if now_ms - alert.active_since_ms >= rule.for_ms {
+                            alert.phase = Phase::Firing;
+                            alert.firing_since_ms = Some(now_ms);
+                            transitions.push(Transition {
+                                from: Phase::Pending,
+                                to: Phase::Firing,
+                                at_ms: now_ms,
+                                alert: alert.clone(),
+                            });
+                        }
+                    }
+                    (
+                        Some(alert),
+                        Check::Value {
+                            value,
+                            threshold,
+                            holds: true,
+                            ..
+                        },
+                    ) if alert.phase == Phase::Firing => {
+                        alert.value = value;
+                        alert.threshold = threshold;
+                    }
+                    (Some(_), _) => {
+                        let alert = self.active.remove(&id).expect("present");
+                        transitions.push(end(alert, now_ms));
+                    }
+                }
+            }
+        }
+        // Keys that left (partition revoked, or no longer in any window's data).
+        let gone: Vec<(usize, Key)> = self
+            .active
+            .keys()
+            .filter(|(_, key)| !snapshot.rows.contains_key(key))
+            .cloned()
+            .collect();
+        for id in gone {
+            let alert = self.active.remove(&id).expect("present");
+            transitions.push(end(alert, now_ms));
+        }
+        transitions
+    }
+}
+
+/// The transition that ends an alert: pending → inactive, firing → resolved.
+fn end(alert: Alert, now_ms: i64) -> Transition {
+    let to = if alert.phase == Phase::Firing {
+        Phase::Resolved
+    } else {
+        Phase::Inactive
+    };
+    Transition {
+        from: alert.phase,
+        to,
+        at_ms: now_ms,
+        alert,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Row;
+    use std::time::Duration;
+
+    const T0: i64 = 1_795_334_400_000;
+    const MIN: i64 = 60_000;
+    const CLV: ClvAssumptions = ClvAssumptions {
+        purchases_per_year: 4.0,
+        lifetime_years: 3.0,
+    };
+
+    fn windows() -> Windows {
+        Windows::with_previous(&["5m", "1h"], 60, &["1h"])
+    }
+
+    fn rule(toml: &str) -> Rule {
+        let c: AlertRuleConfig = toml::from_str(toml).unwrap();
+        Rule::from_config(&c, &windows())
+    }
+
+    fn roas_below(threshold: f64, for_: &str, guard: f64) -> Rule {
+        rule(&format!(
+            "name = \"RoasBelow\"\nkpi = \"roas\"\nop = \"<\"\nthreshold = {threshold}\nwindow = \"1h\"\nfor = \"{for_}\"\nseverity = \"warning\"\nmin_ad_spend = {guard}\n"
+        ))
+    }
+
+    fn money(units: f64) -> u128 {
+        (units * 1e6) as u128
+    }
+
+    /// A snapshot with one key whose 1h window has this GMV and spend (and the previous hour).
+    fn snap(gmv: f64, spend: f64, prev: Option<(f64, f64)>) -> Snapshot {
+        let mut row = Row::new(2);
+        row.windows[1] = Sums {
+            orders: 10,
+            gmv_micros: money(gmv),
+            ad_spend_micros: money(spend),
+            ..Sums::default()
+        };
+        if let Some((g, s)) = prev {
+            row.previous[1] = Sums {
+                orders: 10,
+                gmv_micros: money(g),
+                ad_spend_micros: money(s),
+                ..Sums::default()
+            };
+        }
+        let mut snapshot = Snapshot::default();
+        snapshot.rows.insert(Key::new("spring", "social"), row);
+        snapshot
+    }
+
+    fn phases(t: &[Transition]) -> Vec<(Phase, Phase)> {
+        t.iter().map(|t| (t.from, t.to)).collect()
+    }
+
+    #[test]
+    fn pending_then_firing_after_for_then_resolved() {
+        let mut e = Engine::new(vec![roas_below(2.0, "5m", 100.0)], CLV);
+        assert_eq!(phases(&e.evaluate(&snap(400.0, 100.0, None), T0)), []);
+        // ROAS 1.5: pending at once, firing five minutes later.
+        let t = e.evaluate(&snap(300.0, 200.0, None), T0 + MIN);
+        assert_eq!(phases(&t), [(Phase::Inactive, Phase::Pending)]);
+        assert_eq!(t[0].alert.value, 1.5);
+        assert_eq!(t[0].alert.threshold, 2.0);
+        assert_eq!(
+            phases(&e.evaluate(&snap(300.0, 200.0, None), T0 + 5 * MIN)),
+            []
+        );
+        let t = e.evaluate(&snap(300.0, 200.0, None), T0 + 6 * MIN);
+        assert_eq!(phases(&t), [(Phase::Pending, Phase::Firing)]);
+        assert_eq!(t[0].alert.active_since_ms, T0 + MIN);
+        assert_eq!(t[0].alert.firing_since_ms, Some(T0 + 6 * MIN));
+        assert_eq!(e.active().count(), 1);
+        // Back to ROAS 3: resolved.
+        let t = e.evaluate(&snap(600.0, 200.0, None), T0 + 7 * MIN);
+        assert_eq!(phases(&t), [(Phase::Firing, Phase::Resolved)]);
+        assert_eq!(e.active().count(), 0);
+    }
+
+    #[test]
+    fn a_pending_alert_that_stops_holding_goes_back_to_inactive() {
+        let mut e = Engine::new(vec![roas_below(2.0, "5m", 0.0)], CLV);
+        e.evaluate(&snap(300.0, 200.0, None), T0);
+        let t = e.evaluate(&snap(500.0, 200.0, None), T0 + MIN);
+        assert_eq!(phases(&t), [(Phase::Pending, Phase::Inactive)]);
+        // And starts counting `for` from scratch next time.
+        e.evaluate(&snap(300.0, 200.0, None), T0 + 2 * MIN);
+        assert_eq!(
+            phases(&e.evaluate(&snap(300.0, 200.0, None), T0 + 6 * MIN)),
+            []
+        );
+        assert_eq!(
+            phases(&e.evaluate(&snap(300.0, 200.0, None), T0 + 7 * MIN)),
+            [(Phase::Pending, Phase::Firing)]
+        );
+    }
+
+    #[test]
+    fn zero_for_fires_at_once() {
+        let mut e = Engine::new(vec![roas_below(2.0, "0s", 0.0)], CLV);
+        assert_eq!(
+            phases(&e.evaluate(&snap(300.0, 200.0, None), T0)),
+            [(Phase::Inactive, Phase::Firing)]
+        );
+    }
+
+    #[test]
+    fn hysteresis_keeps_a_firing_alert_until_clearly_recovered() {
+        let mut e = Engine::new(vec![roas_below(2.0, "0s", 0.0)], CLV);
+        e.evaluate(&snap(390.0, 200.0, None), T0); // 1.95: fires
+        // 2.05 is above the threshold but within 5 %: still firing.
+        assert_eq!(phases(&e.evaluate(&snap(410.0, 200.0, None), T0 + MIN)), []);
+        assert_eq!(e.active().next().unwrap().value, 2.05);
+        // 2.1 is 5 % above: resolved.
+        assert_eq!(
+            phases(&e.evaluate(&snap(420.0, 200.0, None), T0 + 2 * MIN)),
+            [(Phase::Firing, Phase::Resolved)]
+        );
+        // Hovering just below/above the threshold without hysteresis would flap; with it,
+        // one firing and one resolution for a value oscillating 1.99 <-> 2.02.
+        let mut flaps = 0;
+        for i in 0..20 {
+            let gmv = if i % 2 == 0 { 398.0 } else { 404.0 };
+            flaps += e
+                .evaluate(&snap(gmv, 200.0, None), T0 + (3 + i) * MIN)
+                .len();
+        }
+        assert_eq!(flaps, 1, "fires once and stays firing");
+    }
+
+    #[test]
+    fn volume_guards_keep_small_campaigns_quiet() {
+        let mut e = Engine::new(vec![roas_below(2.0, "0s", 100.0)], CLV);
+        // ROAS 0.5 on 50 of spend: below the guard, not evaluated.
+        assert_eq!(phases(&e.evaluate(&snap(25.0, 50.0, None), T0)), []);
+        let orders = rule(
+            "name = \"R\"\nkpi = \"roas\"\nop = \"<\"\nthreshold = 2.0\nwindow = \"1h\"\nseverity = \"info\"\nmin_orders = 11\n",
+        );
+        let mut e = Engine::new(vec![orders], CLV);
+        assert_eq!(phases(&e.evaluate(&snap(100.0, 500.0, None), T0)), []);
+        // A firing alert whose guard stops passing (spend paused) resolves.
+        let mut e = Engine::new(vec![roas_below(2.0, "0s", 100.0)], CLV);
+        e.evaluate(&snap(100.0, 200.0, None), T0);
+        assert_eq!(
+            phases(&e.evaluate(&snap(10.0, 20.0, None), T0 + MIN)),
+            [(Phase::Firing, Phase::Resolved)]
+        );
+    }
+
+    #[test]
+    fn drop_rules_compare_with_the_preceding_window() {
+        let drop = rule(
+            "name = \"RoasDrop\"\nkpi = \"roas\"\ndrop = 0.3\nwindow = \"1h\"\nseverity = \"warning\"\nmin_ad_spend = 100.0\n",
+        );
+        let mut e = Engine::new(vec![drop], CLV);
+        // Last hour ROAS 4, this hour 3: a 25 % drop, no alert.
+        assert_eq!(
+            phases(&e.evaluate(&snap(600.0, 200.0, Some((800.0, 200.0))), T0)),
+            []
+        );
+        // This hour 2.8: a 30 % drop, fires (threshold 4 x 0.7 = 2.8).
+        let t = e.evaluate(&snap(560.0, 200.0, Some((800.0, 200.0))), T0 + MIN);
+        assert_eq!(phases(&t), [(Phase::Inactive, Phase::Firing)]);
+        assert!((t[0].alert.threshold - 2.8).abs() < 1e-12);
+        // Back to a 29 % drop (2.84): still firing; with 5 % hysteresis it resolves once the
+        // drop is under 28.5 % (above 2.86).
+        assert_eq!(
+            phases(&e.evaluate(&snap(568.0, 200.0, Some((800.0, 200.0))), T0 + 2 * MIN)),
+            []
+        );
+        assert_eq!(
+            phases(&e.evaluate(&snap(600.0, 200.0, Some((800.0, 200.0))), T0 + 3 * MIN)),
+            [(Phase::Firing, Phase::Resolved)]
+        );
+        // No previous hour (or below its guard): not evaluated.
+        assert_eq!(
+            phases(&e.evaluate(&snap(100.0, 200.0, None), T0 + 4 * MIN)),
+            []
+        );
+        assert_eq!(
+            phases(&e.evaluate(&snap(100.0, 200.0, Some((80.0, 20.0))), T0 + 5 * MIN)),
+            []
+        );
+    }
+
+    #[test]
+    fn alerts_of_keys_that_left_end() {
+        let mut e = Engine::new(
+            vec![roas_below(2.0, "0s", 0.0), roas_below(3.0, "5m", 0.0)],
+            CLV,
+        );
+        e.evaluate(&snap(300.0, 200.0, None), T0);
+        assert_eq!(e.active().count(), 2);
+        let t = e.evaluate(&Snapshot::default(), T0 + MIN);
+        let mut p = phases(&t);
+        p.sort();
+        assert_eq!(
+            p,
+            [
+                (Phase::Pending, Phase::Inactive),
+                (Phase::Firing, Phase::Resolved)
+            ]
+        );
+    }
+
+    #[test]
+    fn every_kpi_is_readable_and_named() {
+        let s = Sums {
+            visits: 100,
+            orders: 10,
+            new_customers: 5,
+            gmv_micros: money(500.0),
+            ad_spend_micros: money(100.0),
+        };
+        let k = s.kpis(&CLV);
+        for name in crate::config::ALERT_KPIS {
+            let kpi = Kpi::parse(name).unwrap();
+            assert_eq!(kpi.name(), name);
+            assert!(kpi.of(&s, &k).is_some(), "{name}");
+        }
+        assert_eq!(Kpi::Roas.of(&s, &k), Some(5.0));
+        assert_eq!(Kpi::ClvCac.of(&s, &k), Some(600.0 / 20.0));
+        let _ = Duration::ZERO;
+    }
+}

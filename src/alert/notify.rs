@@ -1,0 +1,254 @@
+//! Pushes firing and resolved alerts to Alertmanager's v2 API, the way Prometheus does:
+//! every firing alert is re-sent each `resend_interval` with `endsAt` a few intervals ahead
+//! (so Alertmanager resolves it by itself if ecom-pulse goes away), a resolved alert is sent
+//! once with `endsAt` set to when it resolved, and failed sends are retried with back-off.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Alert;
+use crate::telemetry::{RateLimit, Telemetry};
+
+/// What the evaluator tells the notifier after each evaluation.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// Every alert firing now.
+    pub firing: Vec<Alert>,
+    /// Alerts that resolved in this evaluation, with when.
+    pub resolved: Vec<(Alert, i64)>,
+}
+
+/// One alert in Alertmanager's `POST /api/v2/alerts` body.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmAlert {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    #[serde(rename = "startsAt")]
+    pub starts_at: String,
+    #[serde(rename = "endsAt")]
+    pub ends_at: String,
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// The labels identifying an alert, as in `ecom_alerts` and the generated Prometheus rules.
+pub fn labels(alert: &Alert) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("alertname".to_string(), alert.name.clone()),
+        ("severity".to_string(), alert.severity.clone()),
+        ("campaign".to_string(), alert.key.campaign.to_string()),
+        ("channel".to_string(), alert.key.channel.to_string()),
+        ("window".to_string(), alert.window.to_string()),
+    ])
+}
+
+/// `summary` and `description`, with the value and the threshold.
+pub fn annotations(alert: &Alert) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "summary".to_string(),
+            format!(
+                "{} for {}/{} ({}): {:.3} against {:.3}",
+                alert.name,
+                alert.key.campaign,
+                alert.key.channel,
+                alert.window,
+                alert.value,
+                alert.threshold
+            ),
+        ),
+        (
+            "description".to_string(),
+            format!(
+                "Campaign {} on channel {}: {}. Value {:.4}, threshold {:.4}, condition holding since {}.",
+                alert.key.campaign,
+                alert.key.channel,
+                alert.condition,
+                alert.value,
+                alert.threshold,
+                rfc3339(alert.active_since_ms)
+            ),
+        ),
+    ])
+}
+
+pub fn am_alert(alert: &Alert, ends_at_ms: i64, generator_url: &str) -> AmAlert {
+    AmAlert {
+        labels: labels(alert),
+        annotations: annotations(alert),
+        starts_at: rfc3339(alert.firing_since_ms.unwrap_or(alert.active_since_ms)),
+        ends_at: rfc3339(ends_at_ms),
+        generator_url: generator_url.to_string(),
+    }
+}
+
+pub struct Notifier {
+    client: reqwest::Client,
+    endpoint: String,
+    resend: Duration,
+    generator_url: String,
+    telemetry: std::sync::Arc<Telemetry>,
+    error_log: RateLimit,
+}
+
+impl Notifier {
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        resend: Duration,
+        generator_url: String,
+        telemetry: std::sync::Arc<Telemetry>,
+    ) -> Result<Notifier, reqwest::Error> {
+        Ok(Notifier {
+            client: reqwest::Client::builder().timeout(timeout).build()?,
+            endpoint: format!("{}/api/v2/alerts", url.trim_end_matches('/')),
+            resend,
+            generator_url,
+            telemetry,
+            error_log: RateLimit::new(Duration::from_secs(30)),
+        })
+    }
+
+    /// Sends until `shutdown`.
+    pub async fn run(self, mut updates: mpsc::Receiver<Update>, shutdown: CancellationToken) {
+        let mut firing: Vec<Alert> = Vec::new();
+        let mut resolved: Vec<(Alert, i64)> = Vec::new();
+        let mut last_sent_ids: Vec<(String, String, String, String)> = Vec::new();
+        let mut next_send: Option<Instant> = None;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let wake = next_send.unwrap_or_else(|| Instant::now() + self.resend);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                update = updates.recv() => {
+                    let Some(update) = update else { break };
+                    firing = update.firing;
+                    resolved.extend(update.resolved);
+                    let ids: Vec<_> = firing.iter().map(id).collect();
+                    // Something new to say: send now rather than at the next resend.
+                    if ids != last_sent_ids || !resolved.is_empty() {
+                        next_send = Some(Instant::now());
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if firing.is_empty() && resolved.is_empty() {
+                        next_send = None;
+                        continue;
+                    }
+                    match self.send(&firing, &resolved).await {
+                        Ok(()) => {
+                            self.telemetry.notification(true);
+                            resolved.clear();
+                            last_sent_ids = firing.iter().map(id).collect();
+                            backoff = Duration::from_secs(1);
+                            next_send = Some(Instant::now() + self.resend);
+                        }
+                        Err(e) => {
+                            self.telemetry.notification(false);
+                            if let Some(suppressed) = self.error_log.check() {
+                                tracing::warn!(error = %e, url = %self.endpoint, suppressed, retry_in = ?backoff, "cannot reach Alertmanager");
+                            }
+                            next_send = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(self.resend);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        firing: &[Alert],
+        resolved: &[(Alert, i64)],
+    ) -> Result<(), reqwest::Error> {
+        let now = crate::now_ms();
+        // Like Prometheus: a firing alert's endsAt lies a few resends ahead.
+        let ends = now + 4 * self.resend.as_millis() as i64;
+        let body: Vec<AmAlert> = firing
+            .iter()
+            .map(|a| am_alert(a, ends, &self.generator_url))
+            .chain(
+                resolved
+                    .iter()
+                    .map(|(a, at)| am_alert(a, *at, &self.generator_url)),
+            )
+            .collect();
+        self.client
+            .post(&self.endpoint)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+}
+
+fn id(a: &Alert) -> (String, String, String, String) {
+    (
+        a.name.clone(),
+        a.key.campaign.to_string(),
+        a.key.channel.to_string(),
+        a.window.to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Key;
+    use crate::alert::Phase;
+
+    #[test]
+    fn an_alert_becomes_alertmanager_json() {
+        let alert = Alert {
+            rule: 0,
+            name: "RoasBelowBreakEven".into(),
+            severity: "warning".into(),
+            key: Key::new("spring", "paid_social"),
+            window: "1h".into(),
+            phase: Phase::Firing,
+            value: 1.5,
+            threshold: 2.0,
+            active_since_ms: 1_795_334_400_000,
+            firing_since_ms: Some(1_795_334_700_000),
+            condition: "roas < 2 over 1h".into(),
+        };
+        let json = serde_json::to_value(am_alert(
+            &alert,
+            1_795_335_000_000,
+            "http://x/api/v1/alerts",
+        ))
+        .unwrap();
+        assert_eq!(json["labels"]["alertname"], "RoasBelowBreakEven");
+        assert_eq!(json["labels"]["campaign"], "spring");
+        assert_eq!(json["labels"]["window"], "1h");
+        assert_eq!(json["startsAt"], "2026-11-22T08:05:00.000Z");
+        assert_eq!(json["endsAt"], "2026-11-22T08:10:00.000Z");
+        assert_eq!(json["generatorURL"], "http://x/api/v1/alerts");
+        let summary = json["annotations"]["summary"].as_str().unwrap();
+        assert!(
+            summary.contains("1.500") && summary.contains("2.000"),
+            "{summary}"
+        );
+        assert!(
+            json["annotations"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("roas < 2 over 1h")
+        );
+    }
+}

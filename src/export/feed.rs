@@ -1,0 +1,176 @@
+//! The Kafka side of the output: KPI snapshots for optimisers (`kafka.kpis_topic`) and alert
+//! transitions (`kafka.alerts_topic`), each message keyed by campaign.
+//!
+//! Both payloads are versioned JSON (`schema` field); a consumer should ignore fields it does
+//! not know, and a breaking change gets a new schema name.
+
+use std::sync::Arc;
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+
+use crate::aggregate::Snapshot;
+use crate::alert::notify::rfc3339;
+use crate::alert::{Phase, Transition};
+use crate::checkpoint::kafka::Quiet;
+use crate::config::KafkaConfig;
+use crate::export::http::{KpiRow, kpi_row};
+use crate::kpi::ClvAssumptions;
+use crate::telemetry::Telemetry;
+use crate::window::Windows;
+
+pub const KPI_SCHEMA: &str = "ecom-pulse.kpi.v1";
+pub const ALERT_SCHEMA: &str = "ecom-pulse.alert.v1";
+
+/// One KPI snapshot message.
+#[derive(Debug, Serialize)]
+pub struct KpiMessage<'a> {
+    pub schema: &'static str,
+    /// When the snapshot was taken (RFC 3339, UTC).
+    pub at: String,
+    /// Unit of every money field.
+    pub currency: &'a str,
+    #[serde(flatten)]
+    pub kpis: KpiRow,
+}
+
+/// One alert transition message.
+#[derive(Debug, Serialize)]
+pub struct AlertMessage<'a> {
+    pub schema: &'static str,
+    pub at: String,
+    pub alertname: &'a str,
+    /// The new state: pending, firing, resolved or inactive (a pending alert that stopped).
+    pub state: Phase,
+    pub previous_state: Phase,
+    pub severity: &'a str,
+    pub campaign: &'a str,
+    pub channel: &'a str,
+    pub window: &'a str,
+    pub value: f64,
+    pub threshold: f64,
+    pub condition: &'a str,
+    pub active_since: String,
+}
+
+pub struct Feed {
+    producer: FutureProducer<Quiet>,
+    kpis_topic: String,
+    alerts_topic: String,
+    currency: String,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Feed {
+    /// `None` when neither topic is configured.
+    pub fn new(
+        kafka: &KafkaConfig,
+        currency: &str,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Option<Feed>, rdkafka::error::KafkaError> {
+        if kafka.kpis_topic.is_empty() && kafka.alerts_topic.is_empty() {
+            return Ok(None);
+        }
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &kafka.brokers);
+        for (k, v) in &kafka.properties {
+            config.set(k, v);
+        }
+        for key in crate::checkpoint::kafka::CONSUMER_ONLY {
+            config.remove(key);
+        }
+        let producer = config
+            .set("client.id", "ecom-pulse-feed")
+            .set("acks", "all")
+            .set("linger.ms", "50")
+            .create_with_context(Quiet)?;
+        Ok(Some(Feed {
+            producer,
+            kpis_topic: kafka.kpis_topic.clone(),
+            alerts_topic: kafka.alerts_topic.clone(),
+            currency: currency.to_string(),
+            telemetry,
+        }))
+    }
+
+    fn send(&self, topic: &str, key: &str, payload: &[u8]) {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                let telemetry = self.telemetry.clone();
+                let topic = topic.to_string();
+                tokio::spawn(async move {
+                    let ok = matches!(delivery.await, Ok(Ok(_)));
+                    telemetry.feed_message(&topic, ok);
+                });
+            }
+            Err((e, _)) => {
+                self.telemetry.feed_message(topic, false);
+                tracing::debug!(error = %e, topic, "cannot queue a feed message");
+            }
+        }
+    }
+
+    /// One message per (campaign, channel, window) with data.
+    pub fn publish_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        windows: &Windows,
+        clv: &ClvAssumptions,
+        now_ms: i64,
+    ) {
+        if self.kpis_topic.is_empty() {
+            return;
+        }
+        let at = rfc3339(now_ms);
+        for (key, row) in &snapshot.rows {
+            for (spec, sums) in windows.specs().iter().zip(&row.windows) {
+                if sums.is_empty() {
+                    continue;
+                }
+                let message = KpiMessage {
+                    schema: KPI_SCHEMA,
+                    at: at.clone(),
+                    currency: &self.currency,
+                    kpis: kpi_row(
+                        Some(&key.campaign),
+                        Some(&key.channel),
+                        &spec.label,
+                        sums,
+                        clv,
+                    ),
+                };
+                let payload = serde_json::to_vec(&message).expect("serialisable");
+                self.send(&self.kpis_topic, &key.campaign, &payload);
+            }
+        }
+    }
+
+    /// One message per transition.
+    pub fn publish_transitions(&self, transitions: &[Transition]) {
+        if self.alerts_topic.is_empty() {
+            return;
+        }
+        for t in transitions {
+            let a = &t.alert;
+            let message = AlertMessage {
+                schema: ALERT_SCHEMA,
+                at: rfc3339(t.at_ms),
+                alertname: &a.name,
+                state: t.to,
+                previous_state: t.from,
+                severity: &a.severity,
+                campaign: &a.key.campaign,
+                channel: &a.key.channel,
+                window: &a.window,
+                value: a.value,
+                threshold: a.threshold,
+                condition: &a.condition,
+                active_since: rfc3339(a.active_since_ms),
+            };
+            let payload = serde_json::to_vec(&message).expect("serialisable");
+            self.send(&self.alerts_topic, &a.key.campaign, &payload);
+        }
+    }
+}
