@@ -184,9 +184,17 @@ fn two_instances_split_the_keys_and_the_survivor_takes_over_exactly() {
     assert_eq!(counter_totals(&[&m2]), expected, "{}", a.log());
     assert_exact(&traffic.ledger, &[&m2], &WINDOWS);
     // Lag series follow the next statistics report after the rebalance.
-    wait_for("lag series for all nine partitions", Duration::from_secs(10), || {
-        (a.metrics().names_with_prefix("ecom_pulse_consumer_lag{").len() == 9).then_some(())
-    });
+    wait_for(
+        "lag series for all nine partitions",
+        Duration::from_secs(10),
+        || {
+            (a.metrics()
+                .names_with_prefix("ecom_pulse_consumer_lag{")
+                .len()
+                == 9)
+                .then_some(())
+        },
+    );
     promtool_check(&m.text);
 }
 

@@ -653,3 +653,98 @@ pub fn kill9(svc: &mut Service) {
     svc.proc.child.kill().unwrap();
     svc.proc.child.wait().unwrap();
 }
+
+/// A real Alertmanager (Debian's prometheus-alertmanager) on its own port, no clustering.
+pub struct Alertmanager {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl Alertmanager {
+    pub fn start() -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: blackhole\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new(tool(
+            "prometheus-alertmanager",
+            "apt-get install prometheus-alertmanager",
+        ))
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start alertmanager");
+        let am = Alertmanager {
+            port,
+            _dir: dir,
+            _proc: Proc {
+                child,
+                name: "alertmanager".into(),
+            },
+        };
+        wait_for("alertmanager to be ready", Duration::from_secs(30), || {
+            http_get(port, "/-/ready").ok().filter(|(s, _)| *s == 200)
+        });
+        am
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Active alerts, as Alertmanager's v2 API lists them.
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http_get(self.port, "/api/v2/alerts").expect("alertmanager API");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+}
+
+/// Reads every message of `topic` (all partitions, from the start) with an independent
+/// consumer, until `done` says enough or the timeout passes.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[(String, serde_json::Value)]) -> bool,
+) -> Vec<(String, serde_json::Value)> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", now_ms()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading {topic}: {} messages {:?}",
+            out.len(),
+            out.last()
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON message");
+            out.push((key, value));
+        }
+    }
+    out
+}

@@ -1,0 +1,255 @@
+//! Alerts end to end: Tansu, the service and a real Alertmanager. A campaign driven from ROAS 4
+//! to ROAS 1.5 fires `RoasBelowBreakEven`; Alertmanager lists it; driving it back above the
+//! threshold resolves it. The alert and KPI topics are read back by an independent consumer.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn order(id: &str, ts: i64, amount: u32) -> Msg {
+    Msg::json(
+        "orders",
+        "promo",
+        format!(
+            r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"campaign":"promo","channel":"paid_social","amount":{amount},"new_customer":true}}"#
+        ),
+    )
+}
+
+fn spend(id: &str, ts: i64, amount: u32) -> Msg {
+    Msg::json(
+        "ad-spend",
+        "promo",
+        format!(
+            r#"{{"type":"ad_spend","event_id":"{id}","timestamp":{ts},"campaign":"promo","channel":"paid_social","amount":{amount}}}"#
+        ),
+    )
+}
+
+/// Fast evaluation, and the guide's rule with a short `for`.
+const RULES: &str = r#"
+[alerting]
+evaluation_interval = "500ms"
+snapshot_interval = "1s"
+[alertmanager]
+resend_interval = "2s"
+url = "ALERTMANAGER"
+[[alerts]]
+name = "RoasBelowBreakEven"
+kpi = "roas"
+op = "<"
+threshold = 2.0
+window = "1h"
+for = "2s"
+severity = "warning"
+min_ad_spend = 100.0
+"#;
+
+fn roas(svc: &Service) -> Option<f64> {
+    svc.metrics()
+        .get(&windowed("ecom_roas_ratio", "promo", "paid_social", "1h"))
+}
+
+#[test]
+fn roas_below_break_even_reaches_alertmanager_and_resolves() {
+    let am = Alertmanager::start();
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    tansu.create_topics(&["kpis", "alerts"], 3);
+    let port = free_port();
+    let config = service_config(
+        &tansu.brokers(),
+        &format!("alerts-{}", now_ms()),
+        port,
+        RULES,
+    )
+    .replace("ALERTMANAGER", &am.url())
+    // Keys of the [kafka] table go before its [kafka.properties] sub-table.
+    .replace(
+        "[kafka.properties]",
+        "kpis_topic = \"kpis\"\nalerts_topic = \"alerts\"\n[kafka.properties]",
+    );
+    let svc = Service::start(&config, port);
+    let ts = now_ms() - 1_000;
+
+    // ROAS 4: 3,000 of orders on 750 of spend.
+    let mut batch: Vec<Msg> = (0..30).map(|i| order(&format!("o{i}"), ts, 100)).collect();
+    batch.extend((0..3).map(|i| spend(&format!("s{i}"), ts, 250)));
+    produce(&tansu.brokers(), &batch);
+    wait_for("ROAS 4", Duration::from_secs(60), || {
+        (roas(&svc) == Some(4.0)).then_some(())
+    });
+    svc.wait_ready(Duration::from_secs(30));
+
+    // More spend, no more sales: ROAS 3,000 / 2,000 = 1.5.
+    produce(
+        &tansu.brokers(),
+        &(3..8)
+            .map(|i| spend(&format!("s{i}"), ts, 250))
+            .collect::<Vec<_>>(),
+    );
+    wait_for("ROAS 1.5", Duration::from_secs(60), || {
+        (roas(&svc) == Some(1.5)).then_some(())
+    });
+    let firing = wait_for(
+        "the alert to fire in ecom-pulse",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = svc.get("/api/v1/alerts").ok()?;
+            let alerts: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+            alerts.into_iter().find(|a| a["state"] == "firing")
+        },
+    );
+    assert_eq!(firing["labels"]["alertname"], "RoasBelowBreakEven");
+    assert_eq!(firing["labels"]["campaign"], "promo");
+    assert_eq!(firing["value"], 1.5);
+    assert_eq!(firing["threshold"], 2.0);
+    let m = svc.metrics();
+    assert_eq!(
+        m.get(r#"ecom_alerts{alertname="RoasBelowBreakEven",alertstate="firing",severity="warning",campaign="promo",channel="paid_social",window="1h"}"#),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    promtool_check(&m.text);
+
+    // Alertmanager lists it, with the labels and the value in the summary.
+    let listed = wait_for(
+        "Alertmanager to list the alert",
+        Duration::from_secs(30),
+        || {
+            am.alerts()
+                .into_iter()
+                .find(|a| a["labels"]["alertname"] == "RoasBelowBreakEven")
+        },
+    );
+    for (label, value) in [
+        ("campaign", "promo"),
+        ("channel", "paid_social"),
+        ("window", "1h"),
+        ("severity", "warning"),
+    ] {
+        assert_eq!(listed["labels"][label], value, "{listed}");
+    }
+    let summary = listed["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("1.500") && summary.contains("2.000"),
+        "{summary}"
+    );
+    assert!(
+        listed["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("roas < 2")
+    );
+
+    // Sales recover: 6,000 / 2,000 = 3 (past the 2.1 hysteresis): resolved everywhere.
+    produce(
+        &tansu.brokers(),
+        &(30..60)
+            .map(|i| order(&format!("o{i}"), ts, 100))
+            .collect::<Vec<_>>(),
+    );
+    wait_for("ROAS 3", Duration::from_secs(60), || {
+        (roas(&svc) == Some(3.0)).then_some(())
+    });
+    wait_for(
+        "the alert to resolve in ecom-pulse",
+        Duration::from_secs(30),
+        || (svc.get("/api/v1/alerts").ok()?.1.trim() == "[]").then_some(()),
+    );
+    wait_for(
+        "Alertmanager to see it resolved",
+        Duration::from_secs(30),
+        || am.alerts().is_empty().then_some(()),
+    );
+    let m = svc.metrics();
+    assert!(
+        m.get(r#"ecom_pulse_alertmanager_notifications_total{result="ok"}"#)
+            .unwrap()
+            >= 2.0
+    );
+    assert_eq!(
+        m.get(r#"ecom_pulse_alert_transitions_total{state="resolved"}"#),
+        Some(1.0)
+    );
+
+    // The alert topic holds the transitions, keyed by campaign, in order.
+    let transitions = read_topic(&tansu.brokers(), "alerts", Duration::from_secs(30), |m| {
+        m.len() >= 3
+    });
+    let states: Vec<(&str, &str)> = transitions
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["previous_state"].as_str().unwrap(),
+                v["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("inactive", "pending"),
+            ("pending", "firing"),
+            ("firing", "resolved")
+        ]
+    );
+    for (key, v) in &transitions {
+        assert_eq!(key, "promo");
+        assert_eq!(v["schema"], "ecom-pulse.alert.v1");
+        assert_eq!(v["alertname"], "RoasBelowBreakEven");
+    }
+
+    // The KPI topic carries snapshots with every sum and KPI; the latest says ROAS 3.
+    let snapshots = read_topic(&tansu.brokers(), "kpis", Duration::from_secs(30), |m| {
+        m.iter()
+            .any(|(_, v)| v["window"] == "1h" && v["roas"] == 3.0)
+    });
+    let (key, latest) = snapshots
+        .iter()
+        .rev()
+        .find(|(_, v)| v["window"] == "1h")
+        .unwrap();
+    assert_eq!(key, "promo");
+    assert_eq!(latest["schema"], "ecom-pulse.kpi.v1");
+    assert_eq!(latest["currency"], "USD");
+    assert_eq!(latest["campaign"], "promo");
+    assert_eq!(latest["orders"], 60);
+    assert_eq!(latest["gmv"], 6000.0);
+    assert_eq!(latest["ad_spend"], 2000.0);
+    assert!(latest["cvr"].is_null());
+    assert!(
+        snapshots.iter().any(|(_, v)| v["roas"] == 1.5),
+        "the low point was published too"
+    );
+
+    // The README's example optimiser ranks campaigns from that feed.
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/rank_by_roas.py"
+        ))
+        .args([
+            "--brokers",
+            &tansu.brokers(),
+            "--topic",
+            "kpis",
+            "--window",
+            "1h",
+        ])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("promo") && stdout.contains("ROAS   3.00"),
+        "{stdout}"
+    );
+}
