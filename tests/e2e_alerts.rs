@@ -54,7 +54,8 @@ fn roas(svc: &Service) -> Option<f64> {
 
 #[test]
 fn roas_below_break_even_reaches_alertmanager_and_resolves() {
-    let am = Alertmanager::start();
+    // Alertmanager is not up yet: the first pushes fail and are retried.
+    let am_port = free_port();
     let tansu = Tansu::start();
     tansu.create_topics(&TOPICS, 3);
     tansu.create_topics(&["kpis", "alerts"], 3);
@@ -65,7 +66,7 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
         port,
         RULES,
     )
-    .replace("ALERTMANAGER", &am.url())
+    .replace("ALERTMANAGER", &format!("http://127.0.0.1:{am_port}"))
     // Keys of the [kafka] table go before its [kafka.properties] sub-table.
     .replace(
         "[kafka.properties]",
@@ -115,7 +116,18 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
     );
     promtool_check(&m.text);
 
-    // Alertmanager lists it, with the labels and the value in the summary.
+    // Pushes fail while Alertmanager is down ...
+    wait_for(
+        "failed pushes to be counted",
+        Duration::from_secs(30),
+        || {
+            let m = svc.metrics();
+            (m.get(r#"ecom_pulse_alertmanager_notifications_total{result="failed"}"#)? >= 1.0)
+                .then_some(())
+        },
+    );
+    // ... and once it is up, it lists the alert, with the labels and the value in the summary.
+    let am = Alertmanager::start_on(am_port);
     let listed = wait_for(
         "Alertmanager to list the alert",
         Duration::from_secs(30),

@@ -663,6 +663,10 @@ pub struct Alertmanager {
 
 impl Alertmanager {
     pub fn start() -> Alertmanager {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Alertmanager {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("alertmanager.yml");
         std::fs::write(
@@ -670,7 +674,6 @@ impl Alertmanager {
             "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: blackhole\n",
         )
         .unwrap();
-        let port = free_port();
         let child = Command::new(tool(
             "prometheus-alertmanager",
             "apt-get install prometheus-alertmanager",
@@ -698,10 +701,6 @@ impl Alertmanager {
             http_get(port, "/-/ready").ok().filter(|(s, _)| *s == 200)
         });
         am
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Active alerts, as Alertmanager's v2 API lists them.
