@@ -38,6 +38,9 @@ enum Command {
         /// Write `ecom-pulse.rules.yml` and its `promtool test rules` file into this directory.
         #[arg(long)]
         write: Option<PathBuf>,
+        /// Print them as a Prometheus Operator PrometheusRule instead.
+        #[arg(long, conflicts_with = "write")]
+        prometheus_rule: bool,
     },
     /// Produce synthetic traffic to a real Kafka cluster.
     Generate {
@@ -105,9 +108,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    if let Some(Command::Rules { write }) = &cli.command {
+    if let Some(Command::Rules {
+        write,
+        prometheus_rule,
+    }) = &cli.command
+    {
         let rules = ecom_pulse::rules::render(&config);
         match write {
+            None if *prometheus_rule => {
+                print!("{}", ecom_pulse::rules::render_prometheus_rule(&config))
+            }
             None => print!("{rules}"),
             Some(dir) => {
                 std::fs::write(dir.join("ecom-pulse.rules.yml"), rules)?;

@@ -15,6 +15,7 @@ use crate::alert::{Engine, Rule};
 use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{Config, ConfigError};
 use crate::export::feed::Feed;
+use crate::export::history::History;
 use crate::export::http::{AppState, router};
 use crate::export::metrics::{AlertCollector, KpiCollector, PartitionCollector};
 use crate::kpi::ClvAssumptions;
@@ -68,6 +69,7 @@ impl Service {
         let telemetry = Arc::new(Telemetry::new(
             pipeline.decoder.reporting_currency(),
             &labels,
+            config.kpi.purchases_per_year * config.kpi.lifetime_years,
         ));
         let health = Arc::new(Health::default());
         telemetry
@@ -151,6 +153,10 @@ impl Service {
             .iter()
             .map(|r| Rule::from_config(r, &pipeline.windows))
             .collect();
+        // Half an hour of samples for the live page's sparklines.
+        let samples =
+            (1800.0 / config.alerting.snapshot_interval.as_secs_f64()).clamp(10.0, 1000.0) as usize;
+        let history = Arc::new(History::new(samples, 50));
         let evaluator = Evaluator {
             engine: Engine::new(rules, clv),
             store: store.clone(),
@@ -161,6 +167,7 @@ impl Service {
             telemetry: telemetry.clone(),
             notifier: updates,
             feed,
+            history: history.clone(),
             evaluation_interval: config.alerting.evaluation_interval,
             snapshot_interval: config.alerting.snapshot_interval,
         };
@@ -171,6 +178,7 @@ impl Service {
             telemetry,
             health,
             alerts,
+            history,
         };
         Ok(Service {
             listener,

@@ -34,6 +34,7 @@ pub struct Telemetry {
     notifications: IntCounterVec,
     feed_messages: IntCounterVec,
     rejection_logs: Vec<RateLimit>,
+    reporting_currency: String,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -41,8 +42,9 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 impl Telemetry {
-    /// `windows` are the window labels, for the per-window late-event counters.
-    pub fn new(reporting_currency: &str, windows: &[&str]) -> Telemetry {
+    /// `windows` are the window labels, for the per-window late-event counters;
+    /// `clv_factor` is purchases per year x lifetime years.
+    pub fn new(reporting_currency: &str, windows: &[&str], clv_factor: f64) -> Telemetry {
         let registry = Registry::new();
         let register = |c: Box<dyn prometheus::core::Collector>| {
             registry.register(c).expect("metric names are unique");
@@ -226,6 +228,14 @@ impl Telemetry {
         info.with_label_values(&[reporting_currency]).set(1);
         register(Box::new(info));
 
+        let clv = Gauge::with_opts(opts(
+            "clv_factor",
+            "Purchases per year x customer lifetime in years (kpi.*): CLV = AOV x this.",
+        ))
+        .unwrap();
+        clv.set(clv_factor);
+        register(Box::new(clv));
+
         #[cfg(target_os = "linux")]
         register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -249,6 +259,7 @@ impl Telemetry {
             alert_transitions,
             notifications,
             feed_messages,
+            reporting_currency: reporting_currency.to_string(),
             rejection_logs: Reason::ALL
                 .iter()
                 .map(|_| RateLimit::new(Duration::from_secs(10)))
@@ -292,6 +303,10 @@ impl Telemetry {
                 }
             }
         }
+    }
+
+    pub fn reporting_currency(&self) -> &str {
+        &self.reporting_currency
     }
 
     pub fn replayed(&self) {
@@ -559,7 +574,7 @@ mod tests {
 
     #[test]
     fn outcomes_are_counted_under_their_labels() {
-        let t = Telemetry::new("USD", &["5m", "1h"]);
+        let t = Telemetry::new("USD", &["5m", "1h"], 12.0);
         t.record(
             &Outcome::Accepted {
                 kind: EventType::Order,

@@ -1,5 +1,6 @@
 //! The periodic task around the [`Engine`]: evaluate on a snapshot, log and publish the
-//! transitions, hand firing alerts to the Alertmanager notifier, and send KPI snapshots.
+//! transitions, hand firing alerts to the Alertmanager notifier; and, on its own cadence,
+//! send KPI snapshots and record the live page's history.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use super::notify::Update;
 use super::{Alert, Engine, Phase};
 use crate::aggregate::{Snapshot, Store};
 use crate::export::feed::Feed;
+use crate::export::history::History;
 use crate::kpi::ClvAssumptions;
 use crate::telemetry::{Health, Telemetry};
 use crate::window::Windows;
@@ -42,6 +44,7 @@ pub struct Evaluator {
     pub telemetry: Arc<Telemetry>,
     pub notifier: Option<mpsc::Sender<Update>>,
     pub feed: Option<Arc<Feed>>,
+    pub history: Arc<History>,
     pub evaluation_interval: Duration,
     pub snapshot_interval: Duration,
 }
@@ -58,7 +61,7 @@ impl Evaluator {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = evaluate.tick() => self.evaluate().await,
-                _ = publish.tick(), if self.feed.is_some() => self.publish().await,
+                _ = publish.tick() => self.publish().await,
             }
         }
     }
@@ -117,9 +120,12 @@ impl Evaluator {
         self.view.replace(active);
     }
 
+    /// Snapshots for the KPI feed and the live page's history.
     async fn publish(&self) {
-        let Some(feed) = &self.feed else { return };
         let (snapshot, now) = self.snapshot().await;
-        feed.publish_snapshot(&snapshot, &self.windows, &self.clv, now);
+        self.history.record(&snapshot, self.windows.len(), now);
+        if let Some(feed) = &self.feed {
+            feed.publish_snapshot(&snapshot, &self.windows, &self.clv, now);
+        }
     }
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{GroupBy, Store};
 use crate::alert::evaluator::AlertView;
 use crate::alert::notify;
+use crate::export::history::History;
 use crate::kpi::{ClvAssumptions, Sums};
 use crate::telemetry::{Health, Telemetry};
 use crate::window::Windows;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     pub health: Arc<Health>,
     pub alerts: Arc<AlertView>,
+    pub history: Arc<History>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -38,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/kpis", get(kpis))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/history", get(history))
+        .route("/", get(super::page::page))
         .with_state(state)
 }
 
@@ -199,6 +203,34 @@ pub fn kpi_row(
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    window: Option<String>,
+}
+
+/// Recent per-campaign KPIs of one window (default: the first), for sparklines.
+async fn history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> Response {
+    let w = match q.window.as_deref() {
+        None | Some("") => 0,
+        Some(label) => match state.windows.index_of(label) {
+            Some(w) => w,
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("window={label:?} is not configured"),
+                )
+                    .into_response();
+            }
+        },
+    };
+    Json(
+        state
+            .history
+            .view(w, &state.windows.specs()[w].label, &state.clv),
+    )
+    .into_response()
+}
+
 /// One active alert in `/api/v1/alerts`.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct AlertEntry {
@@ -276,7 +308,7 @@ mod tests {
             );
             pipeline.process(&mut part.lock(), json.as_bytes(), now, now);
         }
-        let telemetry = Arc::new(Telemetry::new("USD", &["5m", "1h"]));
+        let telemetry = Arc::new(Telemetry::new("USD", &["5m", "1h"], 12.0));
         telemetry
             .registry
             .register(Box::new(KpiCollector::new(
@@ -299,6 +331,7 @@ mod tests {
                 telemetry,
                 health: health.clone(),
                 alerts: alerts.clone(),
+                history: Arc::new(History::new(10, 10)),
             }),
             health,
             alerts,

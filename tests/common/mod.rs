@@ -747,3 +747,72 @@ pub fn read_topic(
     }
     out
 }
+
+/// A real Prometheus (Debian's `prometheus`) scraping `targets` every second and evaluating
+/// `rule_files` every second.
+pub struct Prometheus {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[String], rule_files: &[&str]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        let rules: String = rule_files.iter().map(|f| format!("  - {f}\n")).collect();
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{rules}scrape_configs:\n  - job_name: ecom-pulse\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new(tool("prometheus", "apt-get install prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus {
+            port,
+            _dir: dir,
+            _proc: Proc {
+                child,
+                name: "prometheus".into(),
+            },
+        };
+        wait_for("prometheus to be ready", Duration::from_secs(30), || {
+            http_get(port, "/-/ready").ok().filter(|(s, _)| *s == 200)
+        });
+        p
+    }
+
+    /// An instant query's result vector (empty if none), or the error Prometheus gave.
+    pub fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}"))
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        if status != 200 || v["status"] != "success" {
+            return Err(format!("{status}: {body}"));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}

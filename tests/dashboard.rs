@@ -1,0 +1,198 @@
+//! The Grafana dashboard against real data: Tansu, the service, the generator and a real
+//! Prometheus (Debian package) with the shipped rule files. Every PromQL query of the
+//! dashboard, template variables substituted, must return data.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/grafana/dashboards/ecom-pulse.json"
+);
+const RULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/prometheus/ecom-pulse.rules.yml"
+);
+
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        out.push(p);
+        if let Some(inner) = p["panels"].as_array() {
+            out.extend(inner);
+        }
+    }
+    out
+}
+
+/// Grafana's variables, as a test substitutes them: every campaign, channel and instance.
+fn substitute(expr: &str) -> String {
+    expr.replace("$window", "1h")
+        .replace("$campaign", ".*")
+        .replace("$channel", ".*")
+        .replace("$instance", ".*")
+        .replace("$__rate_interval", "1m")
+}
+
+/// `label_values(selector, label)` as the equivalent PromQL.
+fn label_values_query(q: &str) -> String {
+    let inner = q
+        .trim()
+        .strip_prefix("label_values(")
+        .and_then(|s| s.strip_suffix(')'))
+        .expect("label_values(...)");
+    let (selector, label) = inner.rsplit_once(',').expect("selector, label");
+    format!("count by ({}) ({})", label.trim(), selector.trim())
+}
+
+#[test]
+fn the_dashboard_is_well_formed() {
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    assert_eq!(d["uid"], "ecom-pulse");
+    let mut ids = BTreeSet::new();
+    for p in panels(&d) {
+        assert!(
+            ids.insert(p["id"].as_i64().unwrap()),
+            "duplicate panel id {}",
+            p["id"]
+        );
+        let g = &p["gridPos"];
+        assert!(
+            g["x"].as_i64().unwrap() + g["w"].as_i64().unwrap() <= 24,
+            "{} overflows the grid",
+            p["title"]
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{} has no query", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            // Ratios are divisions of sums, never averages of ratios.
+            assert!(!expr.contains("avg"), "{expr}");
+        }
+    }
+    let titles: Vec<&str> = panels(&d)
+        .iter()
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for needed in [
+        "ROAS",
+        "Conversion rate",
+        "AOV",
+        "CAC",
+        "CLV",
+        "CLV : CAC",
+        "GMV",
+        "Ad spend",
+        "ROAS by campaign",
+        "Campaigns ranked by ROAS",
+    ] {
+        assert!(titles.contains(&needed), "no panel {needed}");
+    }
+    // The guide's thresholds: ROAS red below 2, amber below 3.
+    let roas = panels(&d)
+        .into_iter()
+        .find(|p| p["title"] == "ROAS")
+        .unwrap();
+    let steps = &roas["fieldConfig"]["defaults"]["thresholds"]["steps"];
+    assert_eq!(steps[1]["value"], 2.0);
+    assert_eq!(steps[2]["value"], 3.0);
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        vars,
+        ["datasource", "window", "campaign", "channel", "instance"]
+    );
+}
+
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    let port = free_port();
+    let _svc = Service::start(
+        &service_config(&tansu.brokers(), &format!("dash-{}", now_ms()), port, ""),
+        port,
+    );
+    let generator = Command::new(env!("CARGO_BIN_EXE_ecom-pulse"))
+        .args([
+            "generate",
+            "--brokers",
+            &tansu.brokers(),
+            "--rate",
+            "1000",
+            "--bad-ratio",
+            "0.01",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _generator = Proc {
+        child: generator,
+        name: "generator".into(),
+    };
+    let prometheus = Prometheus::start(&[format!("127.0.0.1:{port}")], &[RULES]);
+
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for p in panels(&d) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            queries.push((
+                format!("{} [{}]", p["title"], t["refId"]),
+                substitute(t["expr"].as_str().unwrap()),
+            ));
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if v["type"] == "query" {
+            let q = v["query"]["query"].as_str().unwrap();
+            queries.push((
+                format!("variable {}", v["name"]),
+                substitute(&label_values_query(q)),
+            ));
+        }
+    }
+    assert!(queries.len() >= 30, "{} queries", queries.len());
+
+    // Rates need two scrapes, alerts need the guards met: poll until every query has data.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut empty: Vec<(String, String)> = queries.clone();
+    while !empty.is_empty() {
+        empty.retain(|(name, q)| match prometheus.query(q) {
+            Ok(result) => result.is_empty(),
+            Err(e) => panic!("{name}: {q}: {e}"),
+        });
+        if Instant::now() > deadline {
+            panic!("queries without data after 3 minutes:\n{empty:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The ROAS headline equals the fleet recording rule: both are sums divided.
+    let headline = prometheus
+        .query(&substitute(
+            &d["panels"][1]["targets"][0]["expr"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ))
+        .unwrap();
+    let fleet = prometheus
+        .query("fleet:ecom_roas:ratio{window=\"1h\"}")
+        .unwrap();
+    let value = |r: &[Value]| r[0]["value"][1].as_str().unwrap().parse::<f64>().unwrap();
+    assert!((value(&headline) - value(&fleet)).abs() < 1e-9 * value(&fleet).abs().max(1.0));
+}
