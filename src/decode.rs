@@ -155,8 +155,22 @@ impl Decoder {
         payload: &'a [u8],
         fallback_ts_ms: i64,
     ) -> Result<Event<'a>, Rejection> {
+        // The fast path handles the flat events producers send; anything else (escapes,
+        // nested values, odd numbers, errors) goes through serde_json, which has the last word.
+        match fast::parse(payload) {
+            Some(raw) => self.validate(raw, fallback_ts_ms),
+            None => self.decode_general(payload, fallback_ts_ms),
+        }
+    }
+
+    /// Decoding through serde_json alone: the reference the fast path must agree with.
+    fn decode_general<'a>(&self, payload: &'a [u8], fallback_ts_ms: i64) -> Result<Event<'a>, Rejection> {
         let raw: RawEvent<'a> = serde_json::from_slice(payload)
             .map_err(|_| reject(Reason::MalformedJson, "not a JSON object"))?;
+        self.validate(raw, fallback_ts_ms)
+    }
+
+    fn validate<'a>(&self, raw: RawEvent<'a>, fallback_ts_ms: i64) -> Result<Event<'a>, Rejection> {
         if let Some(field) = raw.duplicate {
             return Err(reject(Reason::InvalidValue, field));
         }
@@ -248,14 +262,12 @@ impl Decoder {
     }
 }
 
-/// Hash of (type, event_id). The type is hashed as a prefix byte, not as xxh3's seed: for
-/// short inputs the seed only shifts the hash linearly, so `("ad_spend", "e12")` and
-/// `("visit", "e14")` would collide.
+/// Hash of (type, event_id). For short inputs xxh3's seed only shifts the hash linearly, so
+/// seeds that differ in a few low bits (0, 1, 2) made `("ad_spend", "e12")` and
+/// `("visit", "e14")` collide; seeds that differ in all 64 bits do not.
 fn id_hash(kind: EventType, event_id: &str) -> u64 {
-    let mut buf = [0u8; MAX_EVENT_ID_BYTES + 1];
-    buf[0] = kind as u8;
-    buf[1..=event_id.len()].copy_from_slice(event_id.as_bytes());
-    xxhash_rust::xxh3::xxh3_64(&buf[..=event_id.len()])
+    const SEEDS: [u64; 3] = [0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f, 0x1656_67b1_9e37_79f9];
+    xxhash_rust::xxh3::xxh3_64_with_seed(event_id.as_bytes(), SEEDS[kind.index()])
 }
 
 /// `campaign` / `channel`: absent, null or empty is `None` (the `(none)` label).
@@ -300,9 +312,205 @@ fn is_decimal(s: &str) -> bool {
 
 /// RFC 3339 with any offset, to epoch milliseconds (sub-millisecond digits are truncated).
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.timestamp_millis())
+    fast::rfc3339_ms(s).or_else(|| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
+}
+
+/// A parser for the common case: a flat JSON object of strings without escapes, plain
+/// numbers, booleans and nulls; and the common `YYYY-MM-DDTHH:MM:SS(.fff)(Z|±HH:MM)`
+/// timestamp. It returns `None` for anything else, and the general path takes over.
+mod fast {
+    use std::borrow::Cow;
+
+    use super::{RawEvent, Scalar};
+
+    pub(super) fn parse(bytes: &[u8]) -> Option<RawEvent<'_>> {
+        // One UTF-8 check for the whole value; slices cut at ASCII delimiters stay valid.
+        let text = std::str::from_utf8(bytes).ok()?;
+        let b = text.as_bytes();
+        let mut i = ws(b, 0);
+        if b.get(i) != Some(&b'{') {
+            return None;
+        }
+        let mut raw = RawEvent::default();
+        i = ws(b, i + 1);
+        if b.get(i) == Some(&b'}') {
+            return (ws(b, i + 1) == b.len()).then_some(raw);
+        }
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let (key, next) = string(text, i)?;
+            i = ws(b, next);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let (value, next) = value(text, ws(b, i + 1))?;
+            raw.set(key, value);
+            i = ws(b, next);
+            match b.get(i) {
+                Some(b',') => i = ws(b, i + 1),
+                Some(b'}') => break,
+                _ => return None,
+            }
+        }
+        (ws(b, i + 1) == b.len()).then_some(raw)
+    }
+
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            i += 1;
+        }
+        i
+    }
+
+    /// A string starting at the quote at `i`, if it has no escapes or control characters.
+    fn string(text: &str, i: usize) -> Option<(&str, usize)> {
+        let b = text.as_bytes();
+        let start = i + 1;
+        let mut j = start;
+        loop {
+            match *b.get(j)? {
+                b'"' => return Some((&text[start..j], j + 1)),
+                b'\\' | 0..=0x1f => return None,
+                _ => j += 1,
+            }
+        }
+    }
+
+    fn value(text: &str, i: usize) -> Option<(Scalar<'_>, usize)> {
+        let b = text.as_bytes();
+        match *b.get(i)? {
+            b'"' => string(text, i).map(|(s, next)| (Scalar::Str(Cow::Borrowed(s)), next)),
+            b'0'..=b'9' => number(text, i),
+            b't' if b[i..].starts_with(b"true") => Some((Scalar::Bool(true), i + 4)),
+            b'f' if b[i..].starts_with(b"false") => Some((Scalar::Bool(false), i + 5)),
+            b'n' if b[i..].starts_with(b"null") => Some((Scalar::Null, i + 4)),
+            // Negative numbers, objects, arrays: rare, and the general path's business.
+            _ => None,
+        }
+    }
+
+    /// A non-negative JSON number, with the grammar's rules (no leading zeros).
+    fn number(text: &str, i: usize) -> Option<(Scalar<'_>, usize)> {
+        let b = text.as_bytes();
+        let digits = |mut j: usize| {
+            while b.get(j).is_some_and(u8::is_ascii_digit) {
+                j += 1;
+            }
+            j
+        };
+        let int_end = digits(i);
+        if b[i] == b'0' && int_end > i + 1 {
+            return None;
+        }
+        let mut end = int_end;
+        let mut integral = true;
+        if b.get(end) == Some(&b'.') {
+            let frac_end = digits(end + 1);
+            if frac_end == end + 1 {
+                return None;
+            }
+            end = frac_end;
+            integral = false;
+        }
+        if matches!(b.get(end), Some(b'e' | b'E')) {
+            let mut j = end + 1;
+            if matches!(b.get(j), Some(b'+' | b'-')) {
+                j += 1;
+            }
+            let exp_end = digits(j);
+            if exp_end == j {
+                return None;
+            }
+            end = exp_end;
+            integral = false;
+        }
+        let literal = &text[i..end];
+        let scalar = if integral {
+            // Beyond u64, serde_json reads a float; let it.
+            Scalar::U64(literal.parse().ok()?)
+        } else {
+            Scalar::F64(literal.parse().ok()?)
+        };
+        Some((scalar, end))
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)` to epoch milliseconds.
+    pub(super) fn rfc3339_ms(s: &str) -> Option<i64> {
+        let b = s.as_bytes();
+        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+            return None;
+        }
+        let num = |from: usize, len: usize| -> Option<i64> {
+            b.get(from..from + len)?
+                .iter()
+                .try_fold(0i64, |acc, c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
+        };
+        let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+        let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+        // Leap seconds and anything unusual: the general parser.
+        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        let mut i = 19;
+        let mut millis = 0;
+        if b[i] == b'.' {
+            let start = i + 1;
+            i = start;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            let n = i - start;
+            if n == 0 {
+                return None;
+            }
+            // Truncated to milliseconds, like chrono's timestamp_millis.
+            let ms_digits = n.min(3);
+            millis = num(start, ms_digits)? * 10i64.pow(3 - ms_digits as u32);
+        }
+        let offset_minutes = match b.get(i..)? {
+            [b'Z'] => 0,
+            [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+                let h = num(i + 1, 2)?;
+                let m = num(i + 4, 2)?;
+                let _ = (h1, h2, m1, m2);
+                if h > 23 || m > 59 {
+                    return None;
+                }
+                let total = h * 60 + m;
+                if *sign == b'-' { -total } else { total }
+            }
+            _ => return None,
+        };
+        let days = days_from_civil(year, month, day);
+        let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
+        Some(seconds * 1000 + millis)
+    }
+
+    fn days_in_month(year: i64, month: i64) -> i64 {
+        match month {
+            2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        }
+    }
+
+    /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+        let y = if month <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (month + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
 }
 
 /// Any JSON value, reduced to what validation needs to tell apart.
@@ -389,49 +597,56 @@ struct RawEvent<'a> {
     duplicate: Option<&'static str>,
 }
 
-enum Field {
-    Type,
-    EventId,
-    Timestamp,
-    Campaign,
-    Channel,
-    Amount,
-    Currency,
-    NewCustomer,
-    VisitorId,
-    CustomerId,
-    OrderId,
-    Device,
-    Other,
-}
+/// A key of the event object: one of the known field names, or `None` for any other.
+struct FieldName(Option<&'static str>);
 
-impl<'de> Deserialize<'de> for Field {
+/// The fields of SPEC §2.
+const FIELDS: [&str; 12] = [
+    "type", "event_id", "timestamp", "campaign", "channel", "amount", "currency", "new_customer",
+    "visitor_id", "customer_id", "order_id", "device",
+];
+
+impl<'de> Deserialize<'de> for FieldName {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         struct FieldVisitor;
         impl Visitor<'_> for FieldVisitor {
-            type Value = Field;
+            type Value = FieldName;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a field name")
             }
-            fn visit_str<E>(self, v: &str) -> Result<Field, E> {
-                Ok(match v {
-                    "type" => Field::Type,
-                    "event_id" => Field::EventId,
-                    "timestamp" => Field::Timestamp,
-                    "campaign" => Field::Campaign,
-                    "channel" => Field::Channel,
-                    "amount" => Field::Amount,
-                    "currency" => Field::Currency,
-                    "new_customer" => Field::NewCustomer,
-                    "visitor_id" => Field::VisitorId,
-                    "customer_id" => Field::CustomerId,
-                    "order_id" => Field::OrderId,
-                    "device" => Field::Device,
-                    _ => Field::Other,
-                })
+            fn visit_str<E>(self, v: &str) -> Result<FieldName, E> {
+                Ok(FieldName(FIELDS.iter().find(|f| **f == v).copied()))
             }
         }
         de.deserialize_identifier(FieldVisitor)
+    }
+}
+
+impl<'a> RawEvent<'a> {
+    /// Stores a field's value; unknown fields are ignored, a repeated one is remembered.
+    fn set(&mut self, key: &str, value: Scalar<'a>) {
+        let Some((slot, name)) = self.slot(key) else { return };
+        if slot.replace(value).is_some() {
+            self.duplicate.get_or_insert(name);
+        }
+    }
+
+    fn slot(&mut self, key: &str) -> Option<(&mut Option<Scalar<'a>>, &'static str)> {
+        Some(match key {
+            "type" => (&mut self.kind, "type"),
+            "event_id" => (&mut self.event_id, "event_id"),
+            "timestamp" => (&mut self.timestamp, "timestamp"),
+            "campaign" => (&mut self.campaign, "campaign"),
+            "channel" => (&mut self.channel, "channel"),
+            "amount" => (&mut self.amount, "amount"),
+            "currency" => (&mut self.currency, "currency"),
+            "new_customer" => (&mut self.new_customer, "new_customer"),
+            "visitor_id" => (&mut self.visitor_id, "visitor_id"),
+            "customer_id" => (&mut self.customer_id, "customer_id"),
+            "order_id" => (&mut self.order_id, "order_id"),
+            "device" => (&mut self.device, "device"),
+            _ => return None,
+        })
     }
 }
 
@@ -445,28 +660,12 @@ impl<'de> Deserialize<'de> for RawEvent<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut raw = RawEvent::default();
-                while let Some(field) = map.next_key::<Field>()? {
-                    let (slot, name) = match field {
-                        Field::Type => (&mut raw.kind, "type"),
-                        Field::EventId => (&mut raw.event_id, "event_id"),
-                        Field::Timestamp => (&mut raw.timestamp, "timestamp"),
-                        Field::Campaign => (&mut raw.campaign, "campaign"),
-                        Field::Channel => (&mut raw.channel, "channel"),
-                        Field::Amount => (&mut raw.amount, "amount"),
-                        Field::Currency => (&mut raw.currency, "currency"),
-                        Field::NewCustomer => (&mut raw.new_customer, "new_customer"),
-                        Field::VisitorId => (&mut raw.visitor_id, "visitor_id"),
-                        Field::CustomerId => (&mut raw.customer_id, "customer_id"),
-                        Field::OrderId => (&mut raw.order_id, "order_id"),
-                        Field::Device => (&mut raw.device, "device"),
-                        Field::Other => {
+                while let Some(FieldName(field)) = map.next_key::<FieldName>()? {
+                    match field {
+                        Some(name) => raw.set(name, map.next_value::<Scalar<'de>>()?),
+                        None => {
                             map.next_value::<IgnoredAny>()?;
-                            continue;
                         }
-                    };
-                    let value = map.next_value::<Scalar<'de>>()?;
-                    if slot.replace(value).is_some() {
-                        raw.duplicate.get_or_insert(name);
                     }
                 }
                 Ok(raw)
@@ -815,6 +1014,104 @@ mod tests {
         }
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
+        }
+    }
+
+    mod fast_path {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn field() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(r#""type":"visit""#.to_string()),
+                Just(r#""type":"order""#.to_string()),
+                Just(r#""type":"ad_spend""#.to_string()),
+                Just(r#""type":"click""#.to_string()),
+                "[a-z0-9-]{0,12}".prop_map(|id| format!(r#""event_id":"{id}""#)),
+                r#"[a-z"\\\n]{0,6}"#.prop_map(|c| format!(r#""campaign":{}"#, serde_json::to_string(&c).unwrap())),
+                "[a-z_]{0,8}".prop_map(|c| format!(r#""channel":"{c}""#)),
+                (0u64..10_000_000, 0u32..3).prop_map(|(n, d)| match d {
+                    0 => format!(r#""amount":{n}"#),
+                    1 => format!(r#""amount":{}.{}"#, n / 100, n % 100),
+                    _ => format!(r#""amount":"{}.{:02}""#, n / 100, n % 100),
+                }),
+                (0u64..1e13 as u64).prop_map(|n| format!(r#""amount":{n}e-3"#)),
+                (1_600_000_000_000i64..1_900_000_000_000).prop_map(|ms| format!(r#""timestamp":{ms}"#)),
+                (1_600_000_000_000i64..1_900_000_000_000, 0usize..4).prop_map(|(ms, f)| {
+                    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+                    let text = match f {
+                        0 => t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                        1 => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                        2 => t.format("%Y-%m-%dT%H:%M:%S%.6f+05:30").to_string(),
+                        _ => t.format("%Y-%m-%dt%H:%M:%S-00:00").to_string(),
+                    };
+                    format!(r#""timestamp":"{text}""#)
+                }),
+                Just(r#""currency":"EUR""#.to_string()),
+                Just(r#""currency":"GBP""#.to_string()),
+                any::<bool>().prop_map(|b| format!(r#""new_customer":{b}"#)),
+                Just(r#""new_customer":null"#.to_string()),
+                Just(r#""amount":-5"#.to_string()),
+                Just(r#""amount":01"#.to_string()),
+                Just(r#""extra":{"a":[1,2]}"#.to_string()),
+                Just(r#""n":1.5e+3"#.to_string()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            /// The fast path and serde_json agree on every event, valid or not.
+            #[test]
+            fn fast_and_general_paths_agree(
+                fields in proptest::collection::vec(field(), 0..9),
+                spaces in proptest::collection::vec(prop_oneof![Just(""), Just(" "), Just("\n\t ")], 9),
+                cut in proptest::option::of(0usize..200),
+            ) {
+                let mut json = String::from("{");
+                for (i, f) in fields.iter().enumerate() {
+                    if i > 0 { json.push(','); }
+                    json.push_str(spaces[i]);
+                    json.push_str(f);
+                }
+                json.push('}');
+                if let Some(cut) = cut {
+                    json.truncate(cut.min(json.len()));
+                }
+                let d = decoder();
+                let fast = d.decode(json.as_bytes(), RECORD_TS);
+                let general = d.decode_general(json.as_bytes(), RECORD_TS);
+                prop_assert_eq!(fast, general, "{}", json);
+            }
+
+            /// The fast timestamp parser agrees with chrono wherever it answers.
+            #[test]
+            fn fast_rfc3339_agrees_with_chrono(ms in -2_000_000_000_000i64..5_000_000_000_000, frac in 0usize..10, offset in -1439i64..1439) {
+                let t = chrono::DateTime::from_timestamp_millis(ms).unwrap()
+                    .with_timezone(&chrono::FixedOffset::east_opt((offset * 60) as i32).unwrap());
+                let text = match frac {
+                    0 => t.format("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+                    3 => t.format("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
+                    6 => t.format("%Y-%m-%dT%H:%M:%S%.6f%:z").to_string(),
+                    9 => t.format("%Y-%m-%dT%H:%M:%S%.9f%:z").to_string(),
+                    _ => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                };
+                let chrono_ms = chrono::DateTime::parse_from_rfc3339(&text).ok().map(|t| t.timestamp_millis());
+                if let Some(fast_ms) = fast::rfc3339_ms(&text) {
+                    prop_assert_eq!(Some(fast_ms), chrono_ms, "{}", text);
+                }
+                prop_assert_eq!(parse_rfc3339_ms(&text), chrono_ms, "{}", text);
+            }
+        }
+
+        #[test]
+        fn the_fast_path_takes_the_common_events() {
+            let spec = r#"{"type":"order","event_id":"o-1","timestamp":1763798400000,"order_id":"o-1","customer_id":"c-3","amount":49.9,"currency":"USD","new_customer":true,"campaign":"spring_sale","channel":"paid_social"}"#;
+            assert!(fast::parse(spec.as_bytes()).is_some());
+            assert!(fast::rfc3339_ms("2026-11-22T08:00:05Z").is_some());
+            assert!(fast::rfc3339_ms("2026-11-22T08:00:05.250+01:30").is_some());
+            // Escapes and nesting are left to serde_json.
+            assert!(fast::parse(br#"{"campaign":"a\"b"}"#).is_none());
+            assert!(fast::parse(br#"{"x":{}}"#).is_none());
         }
     }
 }
