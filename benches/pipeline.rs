@@ -41,7 +41,8 @@ fn messages(tag: &str, n: usize) -> Vec<Vec<u8>> {
             let key = i.wrapping_mul(2_654_435_761) % (CAMPAIGNS * CHANNELS.len());
             let campaign = format!("campaign_{:04}", key / CHANNELS.len());
             let channel = CHANNELS[key % CHANNELS.len()];
-            let ts = NOW - (i as i64 % 240_000);
+            // As producers stamp them: within the last two seconds, 1 % up to four minutes late.
+            let ts = if i % 100 == 0 { NOW - (i as i64 % 240_000) } else { NOW - (i as i64 % 2_000) };
             let json = match i % 50 {
                 0..=2 => format!(
                     r#"{{"type":"order","event_id":"{tag}-{i}","timestamp":{ts},"order_id":"o-{i}","customer_id":"c-{i}","amount":"49.90","currency":"USD","new_customer":true,"campaign":"{campaign}","channel":"{channel}"}}"#

@@ -13,6 +13,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use compact_str::CompactString;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -25,15 +26,17 @@ use crate::window::{Cell, Series, Windows};
 /// A (campaign, channel) pair: the identity of every exported series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Key {
-    pub campaign: Arc<str>,
-    pub channel: Arc<str>,
+    // Inline up to 24 bytes each: comparing a key while probing the hash table then reads
+    // the entry itself, not two more heap allocations.
+    pub campaign: CompactString,
+    pub channel: CompactString,
 }
 
 impl Key {
     pub fn new(campaign: &str, channel: &str) -> Key {
         Key {
-            campaign: campaign.into(),
-            channel: channel.into(),
+            campaign: CompactString::new(campaign),
+            channel: CompactString::new(channel),
         }
     }
 }
@@ -61,6 +64,27 @@ impl hashbrown::Equivalent<Key> for KeyRef<'_> {
     }
 }
 
+/// A bucket's contribution to the sums.
+trait Counted: Cell {
+    fn add_to(&self, sums: &mut Sums);
+}
+
+/// Bucket contents for visits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisitCell(u32);
+
+impl Cell for VisitCell {
+    fn merge(&mut self, other: &Self) {
+        self.0 = self.0.saturating_add(other.0);
+    }
+}
+
+impl Counted for VisitCell {
+    fn add_to(&self, sums: &mut Sums) {
+        sums.visits += u64::from(self.0);
+    }
+}
+
 /// Bucket contents for orders.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCell {
@@ -77,12 +101,68 @@ impl Cell for OrderCell {
     }
 }
 
+impl Counted for OrderCell {
+    fn add_to(&self, sums: &mut Sums) {
+        sums.orders += u64::from(self.orders);
+        sums.new_customers += u64::from(self.new_customers);
+        sums.gmv_micros += u128::from(self.gmv_micros);
+    }
+}
+
+/// Bucket contents for ad spend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendCell(u64);
+
+impl Cell for SpendCell {
+    fn merge(&mut self, other: &Self) {
+        self.0 = self.0.saturating_add(other.0);
+    }
+}
+
+impl Counted for SpendCell {
+    fn add_to(&self, sums: &mut Sums) {
+        sums.ad_spend_micros += u128::from(self.0);
+    }
+}
+
+/// Adds a cell to a lazily created series and to the counters; returns the late mask.
+fn count<C: Counted>(
+    series: &mut Option<Box<Series<C>>>,
+    totals: &mut Sums,
+    windows: &Windows,
+    at_ms: i64,
+    now_ms: i64,
+    cell: C,
+) -> u32 {
+    cell.add_to(totals);
+    series
+        .get_or_insert_with(|| Box::new(Series::new(windows)))
+        .add(windows, at_ms, now_ms, &cell)
+}
+
+/// Reads a series of any cell type into sums.
+trait SeriesRead {
+    fn window(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums);
+    fn previous(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums);
+}
+
+impl<C: Counted> SeriesRead for Series<C> {
+    fn window(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums) {
+        self.for_each_in_window(windows, w, now_ms, |c| c.add_to(sums));
+    }
+    fn previous(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums) {
+        self.for_each_in_previous(windows, w, now_ms, |c| c.add_to(sums));
+    }
+}
+
 /// One key's state within one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
-    visits: Option<Series<u32>>,
-    orders: Option<Series<OrderCell>>,
-    ad_spend: Option<Series<u64>>,
+    // Boxed: a key's entry in the partition's hash table stays small, so probing it and
+    // writing the newest buckets touch few cache lines.
+    visits: Option<Box<Series<VisitCell>>>,
+    orders: Option<Box<Series<OrderCell>>>,
+    ad_spend: Option<Box<Series<SpendCell>>>,
     /// Monotonic counters (the `*_total` metrics): every accepted event, whatever its age.
     totals: Sums,
 }
@@ -91,92 +171,69 @@ impl KeyState {
     /// Counts the event and returns the windows it was too late for.
     fn add(&mut self, windows: &Windows, event: &Event<'_>, at_ms: i64, now_ms: i64) -> u32 {
         match event.kind {
-            EventType::Visit => {
-                self.totals.visits += 1;
-                self.visits
-                    .get_or_insert_with(|| Series::new(windows))
-                    .add(windows, at_ms, now_ms, &1)
-            }
+            EventType::Visit => count(&mut self.visits, &mut self.totals, windows, at_ms, now_ms, VisitCell(1)),
             EventType::Order => {
-                let new = u32::from(event.new_customer);
-                self.totals.orders += 1;
-                self.totals.new_customers += u64::from(new);
-                self.totals.gmv_micros += u128::from(event.amount_micros);
                 let cell = OrderCell {
                     orders: 1,
-                    new_customers: new,
+                    new_customers: u32::from(event.new_customer),
                     gmv_micros: event.amount_micros,
                 };
-                self.orders
-                    .get_or_insert_with(|| Series::new(windows))
-                    .add(windows, at_ms, now_ms, &cell)
+                count(&mut self.orders, &mut self.totals, windows, at_ms, now_ms, cell)
             }
             EventType::AdSpend => {
-                self.totals.ad_spend_micros += u128::from(event.amount_micros);
-                self.ad_spend
-                    .get_or_insert_with(|| Series::new(windows))
-                    .add(windows, at_ms, now_ms, &event.amount_micros)
+                let cell = SpendCell(event.amount_micros);
+                count(&mut self.ad_spend, &mut self.totals, windows, at_ms, now_ms, cell)
             }
         }
+    }
+
+    /// Sums `f` reads from each track's series.
+    fn sum(&self, f: impl Fn(&dyn SeriesRead, &mut Sums)) -> Sums {
+        let mut sums = Sums::default();
+        if let Some(s) = &self.visits {
+            f(&**s, &mut sums);
+        }
+        if let Some(s) = &self.orders {
+            f(&**s, &mut sums);
+        }
+        if let Some(s) = &self.ad_spend {
+            f(&**s, &mut sums);
+        }
+        sums
     }
 
     /// Window `w`'s sums at `now_ms`.
     pub fn window_sums(&self, windows: &Windows, w: usize, now_ms: i64) -> Sums {
-        let mut sums = Sums::default();
-        if let Some(s) = &self.visits {
-            s.for_each_in_window(windows, w, now_ms, |c| sums.visits += u64::from(*c));
-        }
-        if let Some(s) = &self.orders {
-            s.for_each_in_window(windows, w, now_ms, |c| {
-                sums.orders += u64::from(c.orders);
-                sums.new_customers += u64::from(c.new_customers);
-                sums.gmv_micros += u128::from(c.gmv_micros);
-            });
-        }
-        if let Some(s) = &self.ad_spend {
-            s.for_each_in_window(windows, w, now_ms, |c| {
-                sums.ad_spend_micros += u128::from(*c)
-            });
-        }
-        sums
+        self.sum(|s, sums| s.window(windows, w, now_ms, sums))
     }
 
     /// Sums of the window preceding window `w` (only for windows kept with their predecessor).
     pub fn previous_sums(&self, windows: &Windows, w: usize, now_ms: i64) -> Sums {
-        let mut sums = Sums::default();
-        if let Some(s) = &self.visits {
-            s.for_each_in_previous(windows, w, now_ms, |c| sums.visits += u64::from(*c));
-        }
-        if let Some(s) = &self.orders {
-            s.for_each_in_previous(windows, w, now_ms, |c| {
-                sums.orders += u64::from(c.orders);
-                sums.new_customers += u64::from(c.new_customers);
-                sums.gmv_micros += u128::from(c.gmv_micros);
-            });
-        }
-        if let Some(s) = &self.ad_spend {
-            s.for_each_in_previous(windows, w, now_ms, |c| {
-                sums.ad_spend_micros += u128::from(*c)
-            });
-        }
-        sums
+        self.sum(|s, sums| s.previous(windows, w, now_ms, sums))
     }
 
+    /// The monotonic counters.
     pub fn totals(&self) -> &Sums {
         &self.totals
     }
 
-    /// Forgets the window rings, keeping the counters (rings saved under another geometry).
-    fn drop_rings(&mut self) {
-        self.visits = None;
-        self.orders = None;
-        self.ad_spend = None;
+    /// Replaces the window rings with empty ones of `windows`' geometry, keeping the counters
+    /// (for rings saved under another geometry).
+    fn reset_rings(&mut self, windows: &Windows) {
+        fn reset<C: Cell>(s: &mut Option<Box<Series<C>>>, windows: &Windows) {
+            if let Some(s) = s {
+                **s = Series::new(windows);
+            }
+        }
+        reset(&mut self.visits, windows);
+        reset(&mut self.orders, windows);
+        reset(&mut self.ad_spend, windows);
     }
 
     fn heap_bytes(&self) -> usize {
-        self.visits.as_ref().map_or(0, Series::heap_bytes)
-            + self.orders.as_ref().map_or(0, Series::heap_bytes)
-            + self.ad_spend.as_ref().map_or(0, Series::heap_bytes)
+        self.visits.as_ref().map_or(0, |s| s.heap_bytes())
+            + self.orders.as_ref().map_or(0, |s| s.heap_bytes())
+            + self.ad_spend.as_ref().map_or(0, |s| s.heap_bytes())
     }
 }
 
@@ -239,7 +296,7 @@ impl PartitionState {
             return true;
         }
         for ks in self.keys.values_mut() {
-            ks.drop_rings();
+            ks.reset_rings(&pipeline.windows);
         }
         false
     }
@@ -515,8 +572,8 @@ pub enum GroupBy {
 
 impl Snapshot {
     /// Rolls rows up by summing (never by averaging ratios). `None` marks a label grouped away.
-    pub fn grouped(&self, by: GroupBy) -> BTreeMap<(Option<Arc<str>>, Option<Arc<str>>), Row> {
-        let mut out: BTreeMap<(Option<Arc<str>>, Option<Arc<str>>), Row> = BTreeMap::new();
+    pub fn grouped(&self, by: GroupBy) -> BTreeMap<(Option<CompactString>, Option<CompactString>), Row> {
+        let mut out: BTreeMap<(Option<CompactString>, Option<CompactString>), Row> = BTreeMap::new();
         for (key, row) in &self.rows {
             let group = match by {
                 GroupBy::CampaignChannel => (Some(key.campaign.clone()), Some(key.channel.clone())),

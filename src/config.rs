@@ -476,8 +476,11 @@ impl Config {
 
     /// The configured windows, parsed, in config order.
     pub fn window_lengths(&self) -> Result<Vec<WindowLength>, ConfigError> {
-        if self.windows.lengths.is_empty() {
-            return Err(invalid("windows.lengths", "must list at least one window"));
+        if self.windows.lengths.is_empty() || self.windows.lengths.len() > crate::window::MAX_WINDOWS {
+            return Err(invalid(
+                "windows.lengths",
+                format!("must list between 1 and {} windows", crate::window::MAX_WINDOWS),
+            ));
         }
         let mut out: Vec<WindowLength> = Vec::new();
         for (i, label) in self.windows.lengths.iter().enumerate() {

@@ -356,7 +356,16 @@ impl CheckpointStore {
             }
             for tp in wanted {
                 if let Some((manifest, payload)) = assembler.newest(&tp) {
-                    let (state, geometry) = super::decode(&payload)?;
+                    // Intact (the checksum matched) but unreadable: written by a version of
+                    // ecom-pulse with another format. Start the partition over rather than
+                    // refuse to consume it.
+                    let (state, geometry) = match super::decode(&payload) {
+                        Ok(decoded) => decoded,
+                        Err(e) => {
+                            tracing::error!(partition = %format!("{}/{}", tp.topic, tp.partition), error = %e, "checkpoint unreadable; the partition starts fresh");
+                            continue;
+                        }
+                    };
                     let seq = manifest.checkpoint_id & 0xffff_ffff;
                     self.written.lock().insert(
                         tp.clone(),
