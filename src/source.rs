@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -395,7 +395,9 @@ impl fmt::Display for Origin<'_> {
     }
 }
 
-type Kafka = StreamConsumer<SourceContext>;
+/// A plain consumer polled from a thread of its own: consuming is CPU-bound, one message per
+/// poll as librdkafka hands them out, with no async wake-ups in between.
+type Kafka = BaseConsumer<SourceContext>;
 
 /// The consuming task and, beside it, the checkpointing task.
 pub struct Source {
@@ -453,20 +455,30 @@ impl Source {
             self.checkpoint_interval,
             shutdown.clone(),
         ));
+        let consuming = shutdown.clone();
+        let source = tokio::task::spawn_blocking(move || {
+            self.consume(&consuming);
+            self
+        });
+        let Ok(source) = source.await else {
+            tracing::error!("the consuming thread panicked");
+            return;
+        };
+        let _ = checkpointer.await;
+        source.close().await;
+    }
+
+    /// The consuming thread: poll, apply, repeat. Rebalance, statistics and error callbacks
+    /// run inside `poll`, on this thread. The timeout bounds how long shutdown waits.
+    fn consume(&self, shutdown: &CancellationToken) {
         let mut handles = Handles::default();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                received = self.consumer.recv() => match received {
-                    Ok(message) => self.handle(&message, &mut handles),
-                    Err(e) => self.consume_error(e),
-                },
+        while !shutdown.is_cancelled() {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => self.handle(&message, &mut handles),
+                Some(Err(e)) => self.consume_error(e),
+                None => {}
             }
         }
-        drop(handles);
-        let _ = checkpointer.await;
-        self.close().await;
     }
 
     fn handle(&self, message: &BorrowedMessage<'_>, handles: &mut Handles) {
