@@ -6,21 +6,11 @@
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ecom_pulse::aggregate::{Outcome, Pipeline};
 use ecom_pulse::decode::Decoder;
+use ecom_pulse::generate::synthetic;
 use ecom_pulse::window::Windows;
 
-const CAMPAIGNS: usize = 2_000;
-const CHANNELS: [&str; 10] = [
-    "paid_social",
-    "paid_search",
-    "email",
-    "display",
-    "affiliate",
-    "organic",
-    "referral",
-    "video",
-    "sms",
-    "push",
-];
+/// Keys: campaign x channel pairs.
+const KEYS: usize = 20_000;
 const BATCH: usize = 100_000;
 const NOW: i64 = 1_795_334_400_000;
 
@@ -34,30 +24,17 @@ fn pipeline() -> Pipeline {
     }
 }
 
-/// A realistic mix: 90 % visits, 6 % orders, 4 % spend; both timestamp and amount forms.
+/// The synthetic load of `ecom_pulse::generate::synthetic`, stamped as producers do: within
+/// the last two seconds, 1 % up to four minutes late.
 fn messages(tag: &str, n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
-            let key = i.wrapping_mul(2_654_435_761) % (CAMPAIGNS * CHANNELS.len());
-            let campaign = format!("campaign_{:04}", key / CHANNELS.len());
-            let channel = CHANNELS[key % CHANNELS.len()];
-            // As producers stamp them: within the last two seconds, 1 % up to four minutes late.
-            let ts = if i % 100 == 0 { NOW - (i as i64 % 240_000) } else { NOW - (i as i64 % 2_000) };
-            let json = match i % 50 {
-                0..=2 => format!(
-                    r#"{{"type":"order","event_id":"{tag}-{i}","timestamp":{ts},"order_id":"o-{i}","customer_id":"c-{i}","amount":"49.90","currency":"USD","new_customer":true,"campaign":"{campaign}","channel":"{channel}"}}"#
-                ),
-                3 => format!(
-                    r#"{{"type":"ad_spend","event_id":"{tag}-{i}","timestamp":"2026-11-22T07:59:05Z","campaign":"{campaign}","channel":"{channel}","amount":12.5,"currency":"EUR"}}"#
-                ),
-                4..=5 => format!(
-                    r#"{{"type":"ad_spend","event_id":"{tag}-{i}","timestamp":{ts},"campaign":"{campaign}","channel":"{channel}","amount":12.5}}"#
-                ),
-                _ => format!(
-                    r#"{{"type":"visit","event_id":"{tag}-{i}","timestamp":{ts},"visitor_id":"u-{i}","campaign":"{campaign}","channel":"{channel}","device":"mobile"}}"#
-                ),
+            let ts = if i % 100 == 0 {
+                NOW - (i as i64 % 240_000)
+            } else {
+                NOW - (i as i64 % 2_000)
             };
-            json.into_bytes()
+            synthetic(i, KEYS, ts, tag).2.into_bytes()
         })
         .collect()
 }
@@ -66,7 +43,7 @@ fn bench(c: &mut Criterion) {
     let p = pipeline();
     // Warm: every key exists, as in a running service.
     let mut warm = p.new_partition();
-    for m in messages("warm", CAMPAIGNS * CHANNELS.len() * 3) {
+    for m in messages("warm", KEYS * 3) {
         p.process(&mut warm, &m, NOW, NOW);
     }
     let batch = messages("bench", BATCH);

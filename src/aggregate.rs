@@ -171,18 +171,39 @@ impl KeyState {
     /// Counts the event and returns the windows it was too late for.
     fn add(&mut self, windows: &Windows, event: &Event<'_>, at_ms: i64, now_ms: i64) -> u32 {
         match event.kind {
-            EventType::Visit => count(&mut self.visits, &mut self.totals, windows, at_ms, now_ms, VisitCell(1)),
+            EventType::Visit => count(
+                &mut self.visits,
+                &mut self.totals,
+                windows,
+                at_ms,
+                now_ms,
+                VisitCell(1),
+            ),
             EventType::Order => {
                 let cell = OrderCell {
                     orders: 1,
                     new_customers: u32::from(event.new_customer),
                     gmv_micros: event.amount_micros,
                 };
-                count(&mut self.orders, &mut self.totals, windows, at_ms, now_ms, cell)
+                count(
+                    &mut self.orders,
+                    &mut self.totals,
+                    windows,
+                    at_ms,
+                    now_ms,
+                    cell,
+                )
             }
             EventType::AdSpend => {
                 let cell = SpendCell(event.amount_micros);
-                count(&mut self.ad_spend, &mut self.totals, windows, at_ms, now_ms, cell)
+                count(
+                    &mut self.ad_spend,
+                    &mut self.totals,
+                    windows,
+                    at_ms,
+                    now_ms,
+                    cell,
+                )
             }
         }
     }
@@ -572,8 +593,12 @@ pub enum GroupBy {
 
 impl Snapshot {
     /// Rolls rows up by summing (never by averaging ratios). `None` marks a label grouped away.
-    pub fn grouped(&self, by: GroupBy) -> BTreeMap<(Option<CompactString>, Option<CompactString>), Row> {
-        let mut out: BTreeMap<(Option<CompactString>, Option<CompactString>), Row> = BTreeMap::new();
+    pub fn grouped(
+        &self,
+        by: GroupBy,
+    ) -> BTreeMap<(Option<CompactString>, Option<CompactString>), Row> {
+        let mut out: BTreeMap<(Option<CompactString>, Option<CompactString>), Row> =
+            BTreeMap::new();
         for (key, row) in &self.rows {
             let group = match by {
                 GroupBy::CampaignChannel => (Some(key.campaign.clone()), Some(key.channel.clone())),

@@ -476,10 +476,15 @@ impl Config {
 
     /// The configured windows, parsed, in config order.
     pub fn window_lengths(&self) -> Result<Vec<WindowLength>, ConfigError> {
-        if self.windows.lengths.is_empty() || self.windows.lengths.len() > crate::window::MAX_WINDOWS {
+        if self.windows.lengths.is_empty()
+            || self.windows.lengths.len() > crate::window::MAX_WINDOWS
+        {
             return Err(invalid(
                 "windows.lengths",
-                format!("must list between 1 and {} windows", crate::window::MAX_WINDOWS),
+                format!(
+                    "must list between 1 and {} windows",
+                    crate::window::MAX_WINDOWS
+                ),
             ));
         }
         let mut out: Vec<WindowLength> = Vec::new();

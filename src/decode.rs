@@ -164,7 +164,11 @@ impl Decoder {
     }
 
     /// Decoding through serde_json alone: the reference the fast path must agree with.
-    fn decode_general<'a>(&self, payload: &'a [u8], fallback_ts_ms: i64) -> Result<Event<'a>, Rejection> {
+    fn decode_general<'a>(
+        &self,
+        payload: &'a [u8],
+        fallback_ts_ms: i64,
+    ) -> Result<Event<'a>, Rejection> {
         let raw: RawEvent<'a> = serde_json::from_slice(payload)
             .map_err(|_| reject(Reason::MalformedJson, "not a JSON object"))?;
         self.validate(raw, fallback_ts_ms)
@@ -266,7 +270,11 @@ impl Decoder {
 /// seeds that differ in a few low bits (0, 1, 2) made `("ad_spend", "e12")` and
 /// `("visit", "e14")` collide; seeds that differ in all 64 bits do not.
 fn id_hash(kind: EventType, event_id: &str) -> u64 {
-    const SEEDS: [u64; 3] = [0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f, 0x1656_67b1_9e37_79f9];
+    const SEEDS: [u64; 3] = [
+        0x9e37_79b9_7f4a_7c15,
+        0xc2b2_ae3d_27d4_eb4f,
+        0x1656_67b1_9e37_79f9,
+    ];
     xxhash_rust::xxh3::xxh3_64_with_seed(event_id.as_bytes(), SEEDS[kind.index()])
 }
 
@@ -443,18 +451,30 @@ mod fast {
     /// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)` to epoch milliseconds.
     pub(super) fn rfc3339_ms(s: &str) -> Option<i64> {
         let b = s.as_bytes();
-        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+        {
             return None;
         }
         let num = |from: usize, len: usize| -> Option<i64> {
-            b.get(from..from + len)?
-                .iter()
-                .try_fold(0i64, |acc, c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
+            b.get(from..from + len)?.iter().try_fold(0i64, |acc, c| {
+                c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+            })
         };
         let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
         let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
         // Leap seconds and anything unusual: the general parser.
-        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59 {
+        if !(1..=12).contains(&month)
+            || day < 1
+            || day > days_in_month(year, month)
+            || hour > 23
+            || minute > 59
+            || second > 59
+        {
             return None;
         }
         let mut i = 19;
@@ -602,8 +622,18 @@ struct FieldName(Option<&'static str>);
 
 /// The fields of SPEC §2.
 const FIELDS: [&str; 12] = [
-    "type", "event_id", "timestamp", "campaign", "channel", "amount", "currency", "new_customer",
-    "visitor_id", "customer_id", "order_id", "device",
+    "type",
+    "event_id",
+    "timestamp",
+    "campaign",
+    "channel",
+    "amount",
+    "currency",
+    "new_customer",
+    "visitor_id",
+    "customer_id",
+    "order_id",
+    "device",
 ];
 
 impl<'de> Deserialize<'de> for FieldName {
@@ -625,7 +655,9 @@ impl<'de> Deserialize<'de> for FieldName {
 impl<'a> RawEvent<'a> {
     /// Stores a field's value; unknown fields are ignored, a repeated one is remembered.
     fn set(&mut self, key: &str, value: Scalar<'a>) {
-        let Some((slot, name)) = self.slot(key) else { return };
+        let Some((slot, name)) = self.slot(key) else {
+            return;
+        };
         if slot.replace(value).is_some() {
             self.duplicate.get_or_insert(name);
         }
@@ -1028,7 +1060,8 @@ mod tests {
                 Just(r#""type":"ad_spend""#.to_string()),
                 Just(r#""type":"click""#.to_string()),
                 "[a-z0-9-]{0,12}".prop_map(|id| format!(r#""event_id":"{id}""#)),
-                r#"[a-z"\\\n]{0,6}"#.prop_map(|c| format!(r#""campaign":{}"#, serde_json::to_string(&c).unwrap())),
+                r#"[a-z"\\\n]{0,6}"#
+                    .prop_map(|c| format!(r#""campaign":{}"#, serde_json::to_string(&c).unwrap())),
                 "[a-z_]{0,8}".prop_map(|c| format!(r#""channel":"{c}""#)),
                 (0u64..10_000_000, 0u32..3).prop_map(|(n, d)| match d {
                     0 => format!(r#""amount":{n}"#),
@@ -1036,7 +1069,8 @@ mod tests {
                     _ => format!(r#""amount":"{}.{:02}""#, n / 100, n % 100),
                 }),
                 (0u64..1e13 as u64).prop_map(|n| format!(r#""amount":{n}e-3"#)),
-                (1_600_000_000_000i64..1_900_000_000_000).prop_map(|ms| format!(r#""timestamp":{ms}"#)),
+                (1_600_000_000_000i64..1_900_000_000_000)
+                    .prop_map(|ms| format!(r#""timestamp":{ms}"#)),
                 (1_600_000_000_000i64..1_900_000_000_000, 0usize..4).prop_map(|(ms, f)| {
                     let t = chrono::DateTime::from_timestamp_millis(ms).unwrap();
                     let text = match f {

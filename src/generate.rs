@@ -338,6 +338,60 @@ impl Generator {
     }
 }
 
+/// Channels of the synthetic load (benchmarks, `bench/`): keys are campaign × channel.
+const LOAD_CHANNELS: [&str; 10] = [
+    "paid_social",
+    "paid_search",
+    "email",
+    "display",
+    "affiliate",
+    "organic",
+    "referral",
+    "video",
+    "sms",
+    "push",
+];
+
+/// The `i`-th event of a synthetic load over `keys` (campaign, channel) pairs, stamped `ts_ms`:
+/// 90 % visits, 6 % orders, 4 % spend, both timestamp and amount forms, the fields real
+/// producers send. Returns the stream, the partitioning key (campaign) and the JSON.
+pub fn synthetic(i: usize, keys: usize, ts_ms: i64, tag: &str) -> (Stream, String, String) {
+    let key = i.wrapping_mul(2_654_435_761) % keys.max(1);
+    let campaign = format!("campaign_{:05}", key / LOAD_CHANNELS.len());
+    let channel = LOAD_CHANNELS[key % LOAD_CHANNELS.len()];
+    let (stream, json) = match i % 50 {
+        0..=2 => (
+            Stream::Orders,
+            format!(
+                r#"{{"type":"order","event_id":"{tag}-{i}","timestamp":{ts_ms},"order_id":"o-{i}","customer_id":"c-{i}","amount":"49.90","currency":"USD","new_customer":true,"campaign":"{campaign}","channel":"{channel}"}}"#
+            ),
+        ),
+        3 => {
+            let t = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap_or_default();
+            (
+                Stream::AdSpend,
+                format!(
+                    r#"{{"type":"ad_spend","event_id":"{tag}-{i}","timestamp":"{}","campaign":"{campaign}","channel":"{channel}","amount":12.5,"currency":"EUR"}}"#,
+                    t.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                ),
+            )
+        }
+        4..=5 => (
+            Stream::AdSpend,
+            format!(
+                r#"{{"type":"ad_spend","event_id":"{tag}-{i}","timestamp":{ts_ms},"campaign":"{campaign}","channel":"{channel}","amount":12.5}}"#
+            ),
+        ),
+        _ => (
+            Stream::Visits,
+            format!(
+                r#"{{"type":"visit","event_id":"{tag}-{i}","timestamp":{ts_ms},"visitor_id":"u-{i}","campaign":"{campaign}","channel":"{channel}","device":"mobile"}}"#
+            ),
+        ),
+    };
+    (stream, campaign, json)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     #[error("cannot create the Kafka producer: {0}")]

@@ -15,9 +15,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
@@ -487,7 +485,7 @@ impl Source {
         if !ctx.health.connected() {
             ctx.set_connected(true);
         }
-        let now = crate::now_ms();
+        let now = crate::coarse_now_ms();
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let origin = Origin {
             topic,

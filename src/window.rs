@@ -204,7 +204,10 @@ pub struct Series<C: Cell> {
 impl<C: Cell> Series<C> {
     pub fn new(windows: &Windows) -> Self {
         Series {
-            heads: [Head { bucket: EMPTY, value: C::default() }; MAX_WINDOWS],
+            heads: [Head {
+                bucket: EMPTY,
+                value: C::default(),
+            }; MAX_WINDOWS],
             cells: vec![C::default(); windows.cells].into_boxed_slice(),
         }
     }
@@ -242,7 +245,10 @@ impl<C: Cell> Series<C> {
                         ring[b.rem_euclid(n) as usize] = C::default();
                     }
                 }
-                *head = Head { bucket, value: *value };
+                *head = Head {
+                    bucket,
+                    value: *value,
+                };
             } else if bucket > head.bucket - n {
                 ring[bucket.rem_euclid(n) as usize].merge(value);
             }

@@ -100,6 +100,7 @@ impl Evaluator {
         }
         if let Some(feed) = &self.feed {
             feed.publish_transitions(&transitions);
+            feed.poll();
         }
         let active: Vec<Alert> = self.engine.active().cloned().collect();
         if let Some(notifier) = &self.notifier {
@@ -126,6 +127,7 @@ impl Evaluator {
         self.history.record(&snapshot, self.windows.len(), now);
         if let Some(feed) = &self.feed {
             feed.publish_snapshot(&snapshot, &self.windows, &self.clv, now);
+            feed.poll();
         }
     }
 }

@@ -4,6 +4,7 @@
 //! a final save on revocation) and on a blocking thread for the periodic saves.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -12,8 +13,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::{
@@ -65,7 +67,7 @@ pub struct CheckpointStore {
     create_partitions: i32,
     replication: i32,
     client_config: ClientConfig,
-    producer: FutureProducer<Quiet>,
+    producer: BaseProducer<Deliveries>,
     reader: Mutex<BaseConsumer<Quiet>>,
     partitions: Mutex<Option<i32>>,
     written: Mutex<HashMap<TopicPartition, Written>>,
@@ -102,14 +104,14 @@ impl CheckpointStore {
         ] {
             base.remove(key);
         }
-        let producer: FutureProducer<Quiet> = base
+        let producer: BaseProducer<Deliveries> = base
             .clone()
             .set("client.id", "ecom-pulse-checkpoints")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "0")
             .set("compression.type", "none")
-            .create_with_context(Quiet)?;
+            .create_with_context(Deliveries::default())?;
         let reader: BaseConsumer<Quiet> = base
             .clone()
             .set("client.id", "ecom-pulse-restore")
@@ -252,23 +254,13 @@ impl CheckpointStore {
         let slot = (seq % 2) as u8;
 
         let parts = chunks(&payload, checkpoint_id, super::MAX_CHUNK_BYTES);
-        let mut deliveries = Vec::with_capacity(parts.len());
-        for (i, part) in parts.iter().enumerate() {
-            let key = chunk_key(&self.group, tp, slot, i as u32);
-            let record = FutureRecord::to(&self.topic)
-                .partition(partition)
-                .key(&key)
-                .payload(part);
-            deliveries.push(self.producer.send_result(record).map_err(|(e, _)| e)?);
-        }
+        let records: Vec<(String, &[u8])> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| (chunk_key(&self.group, tp, slot, i as u32), part.as_slice()))
+            .collect();
         // Every chunk is stored before the manifest that points at them is sent.
-        let mut first_chunk_offset = i64::MAX;
-        for delivery in deliveries {
-            let delivered = futures::executor::block_on(delivery)
-                .map_err(|_| CheckpointError::Timeout("checkpoint producer closed".into()))?
-                .map_err(|(e, _)| e)?;
-            first_chunk_offset = first_chunk_offset.min(delivered.offset);
-        }
+        let first_chunk_offset = self.produce(partition, &records)?;
         let manifest = Manifest {
             version: VERSION,
             checkpoint_id,
@@ -281,15 +273,7 @@ impl CheckpointStore {
             written_at_ms: crate::now_ms(),
         };
         let value = serde_json::to_vec(&manifest).expect("a manifest serialises");
-        let key = manifest_key(&self.group, tp);
-        let record = FutureRecord::to(&self.topic)
-            .partition(partition)
-            .key(&key)
-            .payload(&value);
-        let delivery = self.producer.send_result(record).map_err(|(e, _)| e)?;
-        futures::executor::block_on(delivery)
-            .map_err(|_| CheckpointError::Timeout("checkpoint producer closed".into()))?
-            .map_err(|(e, _)| e)?;
+        self.produce(partition, &[(manifest_key(&self.group, tp), &value)])?;
         self.written
             .lock()
             .insert(tp.clone(), Written { next_offset, seq });
@@ -297,6 +281,45 @@ impl CheckpointStore {
             bytes: payload.len(),
             next_offset,
         }))
+    }
+
+    /// Produces `records` to one checkpoint partition and waits until all are stored; returns
+    /// the lowest offset they got. A plain producer polled here, during the save: no thread of
+    /// its own polling (and waking) between saves.
+    fn produce(&self, partition: i32, records: &[(String, &[u8])]) -> Result<i64, CheckpointError> {
+        let first = self
+            .producer
+            .context()
+            .next
+            .fetch_add(records.len(), Ordering::Relaxed);
+        for (i, (key, payload)) in records.iter().enumerate() {
+            let mut record = BaseRecord::with_opaque_to(&self.topic, first + i)
+                .partition(partition)
+                .key(key)
+                .payload(*payload);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        // Waits for every delivery report (message.timeout.ms bounds it).
+        self.producer.flush(Duration::from_secs(60))?;
+        let mut delivered = self.producer.context().delivered.lock();
+        let mut lowest = i64::MAX;
+        for token in first..first + records.len() {
+            match delivered.remove(&token) {
+                Some(Ok(offset)) => lowest = lowest.min(offset),
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(CheckpointError::Timeout("no delivery report".into())),
+            }
+        }
+        Ok(lowest)
     }
 
     /// Forgets what was saved for partitions this instance gave up.
@@ -442,6 +465,35 @@ impl ClientContext for Quiet {
 }
 
 impl ConsumerContext for Quiet {}
+
+/// The checkpoint producer's delivery reports, by the token each message was sent with.
+#[derive(Default)]
+pub struct Deliveries {
+    next: std::sync::atomic::AtomicUsize,
+    delivered: Mutex<HashMap<usize, Result<i64, KafkaError>>>,
+}
+
+impl ClientContext for Deliveries {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        Quiet.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        Quiet.error(error, reason);
+    }
+}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, token: usize) {
+        let outcome = match result {
+            Ok(message) => Ok(message.offset()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        self.delivered.lock().insert(token, outcome);
+    }
+}
 
 fn remaining(deadline: Instant) -> Result<Duration, CheckpointError> {
     deadline

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientContext;
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use serde::Serialize;
 
 use crate::aggregate::Snapshot;
@@ -54,8 +56,38 @@ pub struct AlertMessage<'a> {
     pub active_since: String,
 }
 
+/// Counts the feed's delivery reports.
+pub struct FeedContext {
+    telemetry: Arc<Telemetry>,
+}
+
+impl ClientContext for FeedContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        Quiet.log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        Quiet.error(error, reason);
+    }
+}
+
+impl ProducerContext for FeedContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) => self.telemetry.feed_message(m.topic(), true),
+            Err((e, m)) => {
+                self.telemetry.feed_message(m.topic(), false);
+                tracing::debug!(error = %e, topic = m.topic(), "feed message not delivered");
+            }
+        }
+    }
+}
+
 pub struct Feed {
-    producer: FutureProducer<Quiet>,
+    /// Polled by the evaluator after each batch it sends: no polling thread of its own.
+    producer: BaseProducer<FeedContext>,
     kpis_topic: String,
     alerts_topic: String,
     currency: String,
@@ -84,7 +116,9 @@ impl Feed {
             .set("client.id", "ecom-pulse-feed")
             .set("acks", "all")
             .set("linger.ms", "50")
-            .create_with_context(Quiet)?;
+            .create_with_context(FeedContext {
+                telemetry: telemetry.clone(),
+            })?;
         Ok(Some(Feed {
             producer,
             kpis_topic: kafka.kpis_topic.clone(),
@@ -95,21 +129,18 @@ impl Feed {
     }
 
     fn send(&self, topic: &str, key: &str, payload: &[u8]) {
-        let record = FutureRecord::to(topic).key(key).payload(payload);
-        match self.producer.send_result(record) {
-            Ok(delivery) => {
-                let telemetry = self.telemetry.clone();
-                let topic = topic.to_string();
-                tokio::spawn(async move {
-                    let ok = matches!(delivery.await, Ok(Ok(_)));
-                    telemetry.feed_message(&topic, ok);
-                });
-            }
-            Err((e, _)) => {
-                self.telemetry.feed_message(topic, false);
-                tracing::debug!(error = %e, topic, "cannot queue a feed message");
-            }
+        if let Err((e, _)) = self
+            .producer
+            .send(BaseRecord::to(topic).key(key).payload(payload))
+        {
+            self.telemetry.feed_message(topic, false);
+            tracing::debug!(error = %e, topic, "cannot queue a feed message");
         }
+    }
+
+    /// Serves delivery reports; call after sending.
+    pub fn poll(&self) {
+        self.producer.poll(std::time::Duration::ZERO);
     }
 
     /// One message per (campaign, channel, window) with data.

@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""End-to-end performance of ecom-pulse, measured side by side with its floor and its
+hand-written alternative, in one run. Called by bench/run.sh (which builds first).
+
+For each broker (Tansu with SQLite storage; librdkafka's mock cluster with many partitions):
+  1. fill the three topics with the synthetic load (bench_fill);
+  2. consume it with the count-only librdkafka consumer (count_consumer): the floor;
+  3. consume it with ecom-pulse (decode, validate, dedup, windows, KPIs, checkpoints);
+  4. consume it with the Python baseline (bench/baseline.py).
+Each gets its own consumer group. Wall time runs from the first event to the last; CPU is
+user + system time of the consuming process over that span (from /proc).
+
+Then, on the mock cluster with 10,000 keys: /metrics latency while ingestion runs at full
+speed, ingestion with and without scraping, restore time after a restart, and RSS.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+ECOM = os.path.join(REL, "ecom-pulse")
+EX = os.path.join(REL, "examples")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait(what, check, timeout=120, every=0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def http(port, path, timeout=10):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+    except OSError:
+        return None, ""
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def metric_sum(text, name):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class Broker:
+    def __init__(self, kind, partitions, groups):
+        self.kind = kind
+        self.dir = tempfile.mkdtemp(prefix=f"bench-{kind}-")
+        if kind == "tansu":
+            port = free_port()
+            url = f"tcp://127.0.0.1:{port}"
+            self.proc = subprocess.Popen(
+                ["tansu", "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "sqlite://tansu.db"],
+                cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+            self.brokers = f"127.0.0.1:{port}"
+            wait("tansu", lambda: self._up(port))
+            for t in ["visits", "orders", "ad-spend"]:
+                subprocess.run(["tansu", "topic", "create", t, "--partitions", str(partitions), "--broker", url],
+                               check=True, stdout=subprocess.DEVNULL)
+        else:
+            self.proc = subprocess.Popen([os.path.join(EX, "mock_broker"), str(partitions), *groups],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self.brokers = self.proc.stdout.readline().strip()
+
+    @staticmethod
+    def _up(port):
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.kind == "mock":
+            self.proc.stdin.close()
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def fill(brokers, events, keys, spread_minutes, tag):
+    t = time.monotonic()
+    subprocess.run([os.path.join(EX, "bench_fill"), brokers, str(events), str(keys), str(spread_minutes), tag],
+                   check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - t
+
+
+def run_count(brokers, group, events):
+    out = subprocess.run([os.path.join(EX, "count_consumer"), brokers, group, str(events)],
+                         check=True, capture_output=True, text=True, timeout=600)
+    return json.loads(out.stdout)
+
+
+def run_python(brokers, group, events):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "baseline.py"), brokers, group, str(events)],
+                         check=True, capture_output=True, text=True, timeout=1200)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class Ecom:
+    """The ecom-pulse binary on its own config and port."""
+
+    def __init__(self, brokers, group, extra=""):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="bench-ecom-")
+        config = os.path.join(self.dir, "config.toml")
+        with open(config, "w") as f:
+            f.write(f'[kafka]\nbrokers = "{brokers}"\ngroup_id = "{group}"\n'
+                    f'[http]\nlisten = "127.0.0.1:{self.port}"\n[log]\nlevel = "warn"\n{extra}')
+        self.log = open(os.path.join(self.dir, "log"), "w")
+        self.proc = subprocess.Popen([ECOM, "--config", config], stdout=subprocess.DEVNULL, stderr=self.log)
+        wait("ecom-pulse to serve", lambda: http(self.port, "/healthz")[0] == 200)
+
+    def seen(self):
+        status, text = http(self.port, "/metrics")
+        if status != 200:
+            return None, ""
+        return (metric_sum(text, "ecom_pulse_events_total") + metric_sum(text, "ecom_pulse_events_rejected_total")
+                + metric_sum(text, "ecom_pulse_events_duplicate_total")), text
+
+    def consume(self, events):
+        """Wall and CPU from the first event to the last. The topics are filled before start,
+        so /readyz turns 200 exactly when every partition reached the end it had when
+        assigned: a cheap probe, unlike /metrics, whose rendering would bill the run."""
+        # Probes cost the service CPU too (HTTP on its workers): keep them sparse.
+        start = wait("the first event", lambda: (self.seen()[0] or 0) > 0 and (time.monotonic(), cpu_seconds(self.proc.pid)),
+                     timeout=300, every=0.02)
+        wait("every event", lambda: http(self.port, "/readyz")[0] == 200, timeout=600, every=0.05)
+        end = (time.monotonic(), cpu_seconds(self.proc.pid))
+        seen = self.seen()[0]
+        if seen != events:
+            raise SystemExit(f"ecom-pulse saw {seen} events, expected {events}")
+        return {"events": events, "wall_s": round(end[0] - start[0], 3), "cpu_s": round(end[1] - start[1], 3)}
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def row(name, r, floor=None):
+    thr = r["events"] / r["wall_s"] if r["wall_s"] > 0 else float("inf")
+    cpu_us = r["cpu_s"] / r["events"] * 1e6
+    s = f"| {name:36} | {thr:12,.0f} | {cpu_us:8.3f} |"
+    if floor:
+        fthr = floor["events"] / floor["wall_s"]
+        fcpu = floor["cpu_s"] / floor["events"] * 1e6
+        s += f" {thr / fthr:6.2f} x | {cpu_us / fcpu:6.2f} x | {cpu_us - fcpu:7.3f} |"
+    else:
+        s += "        |          |         |"
+    return s, thr, cpu_us
+
+
+def compare(broker_kind, partitions, events, keys, out):
+    suffix = str(int(time.time()))
+    groups = {k: f"{k}-{broker_kind}-{suffix}" for k in ["count", "ecom", "py"]}
+    broker = Broker(broker_kind, partitions, [groups["ecom"]])
+    try:
+        fill_s = fill(broker.brokers, events, keys, 60, "c" + suffix)
+        count = run_count(broker.brokers, groups["count"], events)
+        ecom = Ecom(broker.brokers, groups["ecom"])
+        mine = ecom.consume(events)
+        rss = rss_bytes(ecom.proc.pid)
+        ecom.stop()
+        py = run_python(broker.brokers, groups["py"], events)
+    finally:
+        broker.stop()
+    out.append(f"\n{broker_kind}: {events:,} events over {keys:,} keys, {partitions} partitions per topic "
+               f"(filled in {fill_s:.1f} s)\n")
+    out.append("| consumer | events/s (wall) | CPU µs/event | wall vs floor | CPU vs floor | own work µs/event |")
+    out.append("|---|---|---|---|---|---|")
+    line, _, fcpu = row("count-only librdkafka (floor)", count)
+    out.append(line)
+    line, ethr, ecpu = row("ecom-pulse", mine, count)
+    out.append(line)
+    line, _, pcpu = row("Python baseline", py, count)
+    out.append(line)
+    own_e, own_p = ecpu - fcpu, pcpu - fcpu
+    out.append(f"\necom-pulse's own work is {own_e / own_p:.3f} of the Python consumer's own work "
+               f"({own_e:.3f} vs {own_p:.3f} µs/event); RSS at the end {rss / 2**20:.0f} MiB.")
+
+
+def scrapes(events, keys, out):
+    """Scrape latency and its cost to ingestion, and restore time, on the mock cluster."""
+    suffix = str(int(time.time()))
+    quiet, busy = f"quiet-{suffix}", f"busy-{suffix}"
+    broker = Broker("mock", 48, [quiet, busy])
+    try:
+        fill(broker.brokers, events, keys, 60, "s" + suffix)
+        # Ingestion alone (progress probed every second).
+        e = Ecom(broker.brokers, quiet)
+        alone = e.consume(events)
+        e.stop()
+        # Ingestion while /metrics is scraped back to back.
+        e = Ecom(broker.brokers, busy)
+        wait("the first event", lambda: (e.seen()[0] or 0) > 0, every=0.01)
+        t0, c0 = time.monotonic(), cpu_seconds(e.proc.pid)
+        latencies = []
+        keys_seen = 0
+        while True:
+            t = time.monotonic()
+            status, text = http(e.port, "/metrics")
+            latencies.append((time.monotonic() - t) * 1000)
+            seen = (metric_sum(text, "ecom_pulse_events_total") + metric_sum(text, "ecom_pulse_events_rejected_total")
+                    + metric_sum(text, "ecom_pulse_events_duplicate_total"))
+            keys_seen = max(keys_seen, metric_sum(text, "ecom_pulse_tracked_keys"))
+            if seen >= events:
+                break
+        busy_wall = time.monotonic() - t0
+        # Steady state after ingestion: every key in every window.
+        full = []
+        for _ in range(50):
+            t = time.monotonic()
+            http(e.port, "/metrics")
+            full.append((time.monotonic() - t) * 1000)
+        series = sum(1 for line in text.splitlines() if line.startswith("ecom_visits{"))
+        rss = rss_bytes(e.proc.pid)
+        # Restore: stop (final checkpoint), start again in the same group, time to ready.
+        e.stop()
+        t = time.monotonic()
+        r = Ecom(broker.brokers, busy)
+        wait("readiness after restore", lambda: http(r.port, "/readyz")[0] == 200, timeout=300, every=0.02)
+        restore_s = time.monotonic() - t
+        status, text = http(r.port, "/metrics")
+        restored = metric_sum(text, "ecom_visits_total")
+        r.stop()
+    finally:
+        broker.stop()
+    q = statistics.quantiles(latencies, n=100)
+    qf = statistics.quantiles(full, n=100)
+    slow = (busy_wall / alone["wall_s"] - 1) * 100
+    out.append(f"\nmock cluster, {events:,} events over {keys:,} keys (tracked {keys_seen:,.0f}; "
+               f"{series:,} ecom_visits series = keys x windows):\n")
+    out.append(f"- /metrics while ingesting at full speed: {len(latencies)} scrapes, p50 {q[49]:.1f} ms, "
+               f"p99 {q[98]:.1f} ms, max {max(latencies):.1f} ms")
+    out.append(f"- /metrics after ingestion, every key in every window: p50 {qf[49]:.1f} ms, p99 {qf[98]:.1f} ms")
+    out.append(f"- ingestion: {alone['wall_s']:.2f} s alone, {busy_wall:.2f} s while scraped back to back "
+               f"({slow:+.1f} %)")
+    out.append(f"- restart with {keys:,} keys and 1 h of state: ready (restored and caught up) {restore_s:.2f} s "
+               f"after start; visits counted after restore {restored:,.0f}")
+    out.append(f"- RSS with {keys:,} keys: {rss / 2**20:.0f} MiB")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--tansu-events", type=int, default=300_000)
+    p.add_argument("--mock-events", type=int, default=3_000_000)
+    p.add_argument("--keys", type=int, default=1_000)
+    p.add_argument("--scrape-events", type=int, default=2_000_000)
+    p.add_argument("--scrape-keys", type=int, default=10_000)
+    p.add_argument("--skip", action="append", default=[], help="tansu, mock or scrapes")
+    args = p.parse_args()
+    out = []
+    machine = f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    out.append(f"ecom-pulse bench/run.sh, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine}")
+    if "tansu" not in args.skip:
+        compare("tansu", 6, args.tansu_events, args.keys, out)
+    if "mock" not in args.skip:
+        compare("mock", 48, args.mock_events, args.keys, out)
+    if "scrapes" not in args.skip:
+        scrapes(args.scrape_events, args.scrape_keys, out)
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+//! The floor of `bench/run.sh`: a librdkafka consumer that only counts. It joins a consumer
+//! group on the three topics and stops after EVENTS messages, printing JSON with the wall
+//! time from the first message to the last and the process CPU time over the same span.
+//! `cargo run --release --example count_consumer -- BROKERS GROUP EVENTS`
+
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// user + system CPU seconds of this process, from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux /proc");
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let brokers = &args[1];
+    let group = &args[2];
+    let events: u64 = args[3].parse().expect("EVENTS");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&["visits", "orders", "ad-spend"])
+        .unwrap();
+    let mut count = 0u64;
+    let mut bytes = 0usize;
+    let mut start: Option<(Instant, f64)> = None;
+    while count < events {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            use rdkafka::Message;
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            count += 1;
+            start.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
+        }
+    }
+    let (t0, c0) = start.unwrap();
+    println!(
+        "{{\"events\":{count},\"bytes\":{bytes},\"wall_s\":{:.3},\"cpu_s\":{:.3}}}",
+        t0.elapsed().as_secs_f64(),
+        cpu_seconds() - c0
+    );
+}
