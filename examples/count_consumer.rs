@@ -1,7 +1,8 @@
 //! The floor of `bench/run.sh`: a librdkafka consumer that only counts. It joins a consumer
 //! group on the three topics and stops after EVENTS messages, printing JSON with the wall
 //! time from the first message to the last and the process CPU time over the same span.
-//! `cargo run --release --example count_consumer -- BROKERS GROUP EVENTS`
+//! `cargo run --release --example count_consumer -- BROKERS GROUP EVENTS [PROPERTY=VALUE ...]`
+//! (extra librdkafka properties, so the floor runs with the same client tuning).
 
 use std::time::{Duration, Instant};
 
@@ -26,13 +27,17 @@ fn main() {
     let brokers = &args[1];
     let group = &args[2];
     let events: u64 = args[3].parse().expect("EVENTS");
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "true")
-        .create()
-        .expect("consumer");
+        .set("enable.auto.commit", "true");
+    for property in &args[4..] {
+        let (k, v) = property.split_once('=').expect("PROPERTY=VALUE");
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     consumer
         .subscribe(&["visits", "orders", "ad-spend"])
         .unwrap();

@@ -61,6 +61,10 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("statistics.interval.ms", "1000")
         // Topics created after start-up are picked up within seconds, not librdkafka's 5 min.
         .set("topic.metadata.refresh.interval.ms", "10000")
+        // When the fetch queue is full, librdkafka waits this long before fetching again
+        // (default 1 s): a consumer that is a little slower than the broker then stalls
+        // every other half second. Measured on the mock cluster: 190 k -> 1 M events/s.
+        .set("fetch.queue.backoff.ms", "10")
         .set_log_level(RDKafkaLogLevel::Info);
     for (key, value) in &cfg.properties {
         c.set(key, value);
