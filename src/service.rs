@@ -17,7 +17,7 @@ use crate::config::{Config, ConfigError};
 use crate::export::feed::Feed;
 use crate::export::history::History;
 use crate::export::http::{AppState, router};
-use crate::export::metrics::{AlertCollector, KpiCollector, PartitionCollector};
+use crate::export::metrics::{AlertCollector, PartitionCollector};
 use crate::kpi::ClvAssumptions;
 use crate::source::{Source, SourceError};
 use crate::telemetry::{Health, Telemetry};
@@ -72,14 +72,6 @@ impl Service {
             config.kpi.purchases_per_year * config.kpi.lifetime_years,
         ));
         let health = Arc::new(Health::default());
-        telemetry
-            .registry
-            .register(Box::new(KpiCollector::new(
-                store.clone(),
-                pipeline.windows.clone(),
-                clv,
-            )))
-            .expect("KPI metric names are unique");
         telemetry
             .registry
             .register(Box::new(PartitionCollector::new(

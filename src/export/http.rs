@@ -17,6 +17,7 @@ use crate::aggregate::{GroupBy, Store};
 use crate::alert::evaluator::AlertView;
 use crate::alert::notify;
 use crate::export::history::History;
+use crate::export::metrics::render_kpis;
 use crate::kpi::{ClvAssumptions, Sums};
 use crate::telemetry::{Health, Telemetry};
 use crate::window::Windows;
@@ -46,18 +47,22 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    // Reading every partition is CPU work; keep it off the async workers.
+    // Reading every partition and formatting ~10 samples per key is CPU work: keep it off the
+    // async workers. Partition locks are held only while their sums are read, never while
+    // the text is written.
     let rendered = tokio::task::spawn_blocking(move || {
+        let snapshot = state.store.snapshot(&state.windows, crate::now_ms());
+        let mut body = String::with_capacity(snapshot.rows.len() * state.windows.len() * 1200 + 16_384);
+        render_kpis(&mut body, &snapshot, &state.windows, &state.clv);
         state.telemetry.refresh(&state.health);
-        prometheus::TextEncoder::new().encode_to_string(&state.telemetry.registry.gather())
+        let service = prometheus::TextEncoder::new().encode_to_string(&state.telemetry.registry.gather())?;
+        body.push_str(&service);
+        Ok::<_, prometheus::Error>(body)
     })
     .await;
     match rendered {
         Ok(Ok(body)) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
             body,
         )
             .into_response(),
@@ -273,7 +278,7 @@ mod tests {
     use super::*;
     use crate::aggregate::{Pipeline, TopicPartition};
     use crate::decode::Decoder;
-    use crate::export::metrics::{AlertCollector, KpiCollector};
+    use crate::export::metrics::AlertCollector;
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
     use tower::ServiceExt;
@@ -309,14 +314,6 @@ mod tests {
             pipeline.process(&mut part.lock(), json.as_bytes(), now, now);
         }
         let telemetry = Arc::new(Telemetry::new("USD", &["5m", "1h"], 12.0));
-        telemetry
-            .registry
-            .register(Box::new(KpiCollector::new(
-                store.clone(),
-                windows.clone(),
-                clv,
-            )))
-            .unwrap();
         let health = Arc::new(Health::default());
         let alerts = Arc::new(AlertView::default());
         telemetry
