@@ -196,13 +196,14 @@ fn save_and_commit<C: Consumer<SourceContext>>(
     mode: CommitMode,
 ) {
     let ctx = consumer.context();
+    let parts: Vec<_> = tps
+        .iter()
+        .filter_map(|tp| ctx.store.get(tp).map(|state| (tp.clone(), state)))
+        .collect();
     let mut offsets = TopicPartitionList::new();
-    for tp in tps {
-        let Some(state) = ctx.store.get(tp) else {
-            continue;
-        };
-        match ctx.checkpoints.save(tp, &state) {
-            Ok(Some(saved)) => {
+    for (tp, result) in ctx.checkpoints.save_all(&parts) {
+        match result {
+            Ok(saved) => {
                 ctx.telemetry.checkpoint(Some(saved.bytes));
                 let _ = offsets.add_partition_offset(
                     &tp.topic,
@@ -210,7 +211,6 @@ fn save_and_commit<C: Consumer<SourceContext>>(
                     Offset::Offset(saved.next_offset),
                 );
             }
-            Ok(None) => {}
             Err(e) => {
                 ctx.telemetry.checkpoint(None);
                 ctx.warn_limited("checkpoint failed; will retry at the next interval", &e);
@@ -321,9 +321,14 @@ impl ConsumerContext for SourceContext {
         );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.health.assignment_received();
                 let tps = partitions_of(tpl);
-                match self.take_over(consumer, &tps) {
+                tracing::info!(partitions = tps.len(), "assignment received");
+                // Not ready while restoring: the partitions' numbers are not there yet.
+                self.health.set_restoring(true);
+                let taken = self.take_over(consumer, &tps);
+                self.health.assignment_received();
+                self.health.set_restoring(false);
+                match taken {
                     Some(starts) => {
                         for (tp, start) in starts {
                             let _ = tpl.set_partition_offset(&tp.topic, tp.partition, start);

@@ -389,6 +389,8 @@ pub struct Progress {
 #[derive(Debug, Default)]
 pub struct Health {
     connected: AtomicBool,
+    /// Set while newly assigned partitions are being restored.
+    restoring: AtomicBool,
     /// `None` until the group has given this instance its first assignment.
     assignment: Mutex<Option<BTreeMap<TopicPartition, Progress>>>,
 }
@@ -400,6 +402,10 @@ impl Health {
 
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    pub fn set_restoring(&self, restoring: bool) {
+        self.restoring.store(restoring, Ordering::Release);
     }
 
     /// Records newly assigned (and already restored) partitions.
@@ -464,6 +470,9 @@ impl Health {
     pub fn readiness(&self) -> Result<(), String> {
         if !self.connected() {
             return Err("not connected to Kafka".into());
+        }
+        if self.restoring.load(Ordering::Acquire) {
+            return Err("restoring newly assigned partitions from their checkpoints".into());
         }
         if self.assignment.lock().is_none() {
             return Err("waiting for a partition assignment from the consumer group".into());
@@ -562,6 +571,9 @@ mod tests {
         h.caught_up(&tps[0]);
         h.caught_up(&tps[1]);
         assert_eq!(h.readiness(), Ok(()));
+        h.set_restoring(true);
+        assert!(h.readiness().unwrap_err().contains("restoring"));
+        h.set_restoring(false);
         h.revoke(&tps);
         assert_eq!(
             h.readiness(),

@@ -47,6 +47,13 @@ pub struct Loaded {
     pub manifest: Manifest,
 }
 
+/// One message to the checkpoint topic.
+struct Record<'a> {
+    partition: i32,
+    key: String,
+    payload: &'a [u8],
+}
+
 /// What one save wrote.
 #[derive(Debug, Clone, Copy)]
 pub struct Saved {
@@ -233,93 +240,194 @@ impl CheckpointStore {
         Ok(n)
     }
 
-    /// Saves `tp`'s state if it moved since the last save. Returns what was written.
-    pub fn save(
+    /// Saves every partition of `parts` whose state moved since its last save. All chunks
+    /// go out together, then all manifests: two round trips per round, not two per
+    /// partition (with hundreds of partitions that was the difference between milliseconds
+    /// and half a minute). Returns, per partition saved or failed, what happened.
+    pub fn save_all(
         &self,
-        tp: &TopicPartition,
-        state: &SharedPartition,
-    ) -> Result<Option<Saved>, CheckpointError> {
+        parts: &[(TopicPartition, SharedPartition)],
+    ) -> Vec<(TopicPartition, Result<Saved, CheckpointError>)> {
         let _one_at_a_time = self.write_lock.lock();
-        let previous = self.written.lock().get(tp).copied();
-        let (payload, next_offset) = {
-            let st = state.lock();
-            if previous.is_some_and(|w| w.next_offset == st.next_offset()) {
-                return Ok(None);
+        let count = match self.partition_count(Duration::from_secs(10)) {
+            Ok(n) => n,
+            Err(e) => {
+                let message = e.to_string();
+                return parts
+                    .iter()
+                    .map(|(tp, _)| (tp.clone(), Err(CheckpointError::Timeout(message.clone()))))
+                    .collect();
             }
-            (super::encode(&st, &self.windows), st.next_offset())
         };
-        let partition = checkpoint_partition(tp, self.partition_count(Duration::from_secs(10))?);
-        let seq = previous.map_or(1, |w| w.seq + 1);
-        let checkpoint_id = self.id_base | (seq & 0xffff_ffff);
-        let slot = (seq % 2) as u8;
-
-        let parts = chunks(&payload, checkpoint_id, super::MAX_CHUNK_BYTES);
-        let records: Vec<(String, &[u8])> = parts
+        struct Pending {
+            tp: TopicPartition,
+            payload: Vec<u8>,
+            chunks: Vec<Vec<u8>>,
+            next_offset: i64,
+            seq: u64,
+            checkpoint_id: u64,
+            slot: u8,
+            partition: i32,
+        }
+        let mut pending = Vec::new();
+        for (tp, state) in parts {
+            let previous = self.written.lock().get(tp).copied();
+            let (payload, next_offset) = {
+                let st = state.lock();
+                if previous.is_some_and(|w| w.next_offset == st.next_offset()) {
+                    continue;
+                }
+                (super::encode(&st, &self.windows), st.next_offset())
+            };
+            let seq = previous.map_or(1, |w| w.seq + 1);
+            let checkpoint_id = self.id_base | (seq & 0xffff_ffff);
+            pending.push(Pending {
+                tp: tp.clone(),
+                chunks: chunks(&payload, checkpoint_id, super::MAX_CHUNK_BYTES),
+                payload,
+                next_offset,
+                seq,
+                checkpoint_id,
+                slot: (seq % 2) as u8,
+                partition: checkpoint_partition(tp, count),
+            });
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        // Every chunk is stored before the manifest that points at it is sent.
+        let chunk_records: Vec<Vec<Record<'_>>> = pending
             .iter()
-            .enumerate()
-            .map(|(i, part)| (chunk_key(&self.group, tp, slot, i as u32), part.as_slice()))
+            .map(|p| {
+                p.chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| Record {
+                        partition: p.partition,
+                        key: chunk_key(&self.group, &p.tp, p.slot, i as u32),
+                        payload: c,
+                    })
+                    .collect()
+            })
             .collect();
-        // Every chunk is stored before the manifest that points at them is sent.
-        let first_chunk_offset = self.produce(partition, &records)?;
-        let manifest = Manifest {
-            version: VERSION,
-            checkpoint_id,
-            slot,
-            chunks: parts.len() as u32,
-            first_chunk_offset,
-            next_offset,
-            bytes: payload.len() as u64,
-            checksum: xxhash_rust::xxh3::xxh3_64(&payload),
-            written_at_ms: crate::now_ms(),
-        };
-        let value = serde_json::to_vec(&manifest).expect("a manifest serialises");
-        self.produce(partition, &[(manifest_key(&self.group, tp), &value)])?;
-        self.written
-            .lock()
-            .insert(tp.clone(), Written { next_offset, seq });
-        Ok(Some(Saved {
-            bytes: payload.len(),
-            next_offset,
-        }))
+        let firsts = self.produce(&chunk_records);
+        let mut manifests = Vec::new();
+        let mut written = Vec::new();
+        for (p, first) in pending.iter().zip(firsts) {
+            match first {
+                Ok(first_chunk_offset) => {
+                    let manifest = Manifest {
+                        version: VERSION,
+                        checkpoint_id: p.checkpoint_id,
+                        slot: p.slot,
+                        chunks: p.chunks.len() as u32,
+                        first_chunk_offset,
+                        next_offset: p.next_offset,
+                        bytes: p.payload.len() as u64,
+                        checksum: xxhash_rust::xxh3::xxh3_64(&p.payload),
+                        written_at_ms: crate::now_ms(),
+                    };
+                    manifests.push(serde_json::to_vec(&manifest).expect("a manifest serialises"));
+                    written.push(p);
+                }
+                Err(e) => out.push((p.tp.clone(), Err(e))),
+            }
+        }
+        let manifest_records: Vec<Vec<Record<'_>>> = written
+            .iter()
+            .zip(&manifests)
+            .map(|(p, m)| {
+                vec![Record {
+                    partition: p.partition,
+                    key: manifest_key(&self.group, &p.tp),
+                    payload: m,
+                }]
+            })
+            .collect();
+        for (p, result) in written.iter().zip(self.produce(&manifest_records)) {
+            match result {
+                Ok(_) => {
+                    self.written.lock().insert(
+                        p.tp.clone(),
+                        Written {
+                            next_offset: p.next_offset,
+                            seq: p.seq,
+                        },
+                    );
+                    out.push((
+                        p.tp.clone(),
+                        Ok(Saved {
+                            bytes: p.payload.len(),
+                            next_offset: p.next_offset,
+                        }),
+                    ));
+                }
+                Err(e) => out.push((p.tp.clone(), Err(e))),
+            }
+        }
+        out
     }
 
-    /// Produces `records` to one checkpoint partition and waits until all are stored; returns
-    /// the lowest offset they got. A plain producer polled here, during the save: no thread of
-    /// its own polling (and waking) between saves.
-    fn produce(&self, partition: i32, records: &[(String, &[u8])]) -> Result<i64, CheckpointError> {
+    /// Produces groups of records and waits until every one is stored (one flush for all);
+    /// per group, the lowest offset its records got. A plain producer polled here, during the
+    /// save: no thread of its own polling (and waking) between saves.
+    fn produce(&self, groups: &[Vec<Record<'_>>]) -> Vec<Result<i64, CheckpointError>> {
+        let total: usize = groups.iter().map(Vec::len).sum();
         let first = self
             .producer
             .context()
             .next
-            .fetch_add(records.len(), Ordering::Relaxed);
-        for (i, (key, payload)) in records.iter().enumerate() {
-            let mut record = BaseRecord::with_opaque_to(&self.topic, first + i)
-                .partition(partition)
-                .key(key)
-                .payload(*payload);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        self.producer.poll(Duration::from_millis(10));
+            .fetch_add(total, Ordering::Relaxed);
+        let mut token = first;
+        let mut failed: Vec<Option<CheckpointError>> = groups.iter().map(|_| None).collect();
+        for (g, group) in groups.iter().enumerate() {
+            for r in group {
+                let mut record = BaseRecord::with_opaque_to(&self.topic, token)
+                    .partition(r.partition)
+                    .key(&r.key)
+                    .payload(r.payload);
+                token += 1;
+                loop {
+                    match self.producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            self.producer.poll(Duration::from_millis(10));
+                        }
+                        Err((e, _)) => {
+                            failed[g].get_or_insert(e.into());
+                            break;
+                        }
                     }
-                    Err((e, _)) => return Err(e.into()),
                 }
             }
         }
         // Waits for every delivery report (message.timeout.ms bounds it).
-        self.producer.flush(Duration::from_secs(60))?;
+        let flushed = self.producer.flush(Duration::from_secs(60));
         let mut delivered = self.producer.context().delivered.lock();
-        let mut lowest = i64::MAX;
-        for token in first..first + records.len() {
-            match delivered.remove(&token) {
-                Some(Ok(offset)) => lowest = lowest.min(offset),
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(CheckpointError::Timeout("no delivery report".into())),
-            }
-        }
-        Ok(lowest)
+        let mut token = first;
+        groups
+            .iter()
+            .zip(failed)
+            .map(|(group, failed)| {
+                let mut lowest = Ok(i64::MAX);
+                for _ in group {
+                    let report = delivered.remove(&token);
+                    token += 1;
+                    lowest = match (lowest, report) {
+                        (Err(e), _) => Err(e),
+                        (Ok(low), Some(Ok(offset))) => Ok(low.min(offset)),
+                        (Ok(_), Some(Err(e))) => Err(e.into()),
+                        (Ok(_), None) => Err(match &flushed {
+                            Err(e) => CheckpointError::Kafka(e.clone()),
+                            Ok(()) => CheckpointError::Timeout("no delivery report".into()),
+                        }),
+                    };
+                }
+                match failed {
+                    Some(e) => Err(e),
+                    None => lowest,
+                }
+            })
+            .collect()
     }
 
     /// Forgets what was saved for partitions this instance gave up.

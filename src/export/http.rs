@@ -52,17 +52,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
     // the text is written.
     let rendered = tokio::task::spawn_blocking(move || {
         let snapshot = state.store.snapshot(&state.windows, crate::now_ms());
-        let mut body = String::with_capacity(snapshot.rows.len() * state.windows.len() * 1200 + 16_384);
+        let mut body =
+            String::with_capacity(snapshot.rows.len() * state.windows.len() * 1200 + 16_384);
         render_kpis(&mut body, &snapshot, &state.windows, &state.clv);
         state.telemetry.refresh(&state.health);
-        let service = prometheus::TextEncoder::new().encode_to_string(&state.telemetry.registry.gather())?;
+        let service =
+            prometheus::TextEncoder::new().encode_to_string(&state.telemetry.registry.gather())?;
         body.push_str(&service);
         Ok::<_, prometheus::Error>(body)
     })
     .await;
     match rendered {
         Ok(Ok(body)) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             body,
         )
             .into_response(),

@@ -423,7 +423,12 @@ mod tests {
             purchases_per_year: 4.0,
             lifetime_years: 3.0,
         };
-        render_kpis(&mut out, snapshot, &Windows::from_labels(&["5m", "1h"], 60), &clv);
+        render_kpis(
+            &mut out,
+            snapshot,
+            &Windows::from_labels(&["5m", "1h"], 60),
+            &clv,
+        );
         out
     }
 
