@@ -1,26 +1,54 @@
 //! Remembers event ids for a horizon of event time, in bounded memory.
 //!
 //! At-least-once delivery and producer retries both re-send events; an id seen again within the
-//! horizon is a duplicate and must not be counted twice. Ids are kept as 64-bit hashes (with a
-//! million ids held, a new event is mistaken for a duplicate with probability 5·10⁻¹⁴), tagged
-//! with a coarse generation of their event time (`horizon / 4`): 16 bytes per entry. When the newest generation advances, ids more than a horizon older are
-//! swept in one pass, so lookups stay a single hash probe. Working in event time, not arrival
-//! time, makes the outcome depend only on the events, not on when they were read.
+//! horizon is a duplicate and must not be counted twice. Ids are kept as 56-bit hashes (with a
+//! million ids held, a new event is mistaken for a duplicate with probability 1.4·10⁻¹¹), each
+//! packed into one `u64` with the low 8 bits of a coarse generation of its event time
+//! (`horizon / 4`): 8 bytes per entry plus hashbrown's control byte, half what a
+//! `HashMap<u64, u32>` takes, which matters because this table is most of the service's memory
+//! at high event rates. Live generations never span more than five, so 8 bits name them
+//! unambiguously relative to the newest. When the newest generation advances, ids more than a
+//! horizon older are swept in one pass, so lookups stay a single hash probe. Working in event
+//! time, not arrival time, makes the outcome depend only on the events, not on when they were
+//! read.
 //!
 //! Memory is capped at `max_ids`: past it, the oldest generation is forgotten early and
 //! counted as evictions, which shrinks the effective horizon instead of growing without bound.
+//! A table left mostly empty by a sweep (a burst that has passed) is shrunk, so resident memory
+//! follows the ids actually held rather than the largest burst ever seen.
 
-use std::hash::{BuildHasherDefault, Hasher};
+use hashbrown::HashTable;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Generations per horizon: the sweep granularity.
 const GENERATIONS: u32 = 4;
 /// Generations are at least a second long, so their numbers fit in `u32` until 2106.
 const MIN_GENERATION_MS: i64 = 1000;
+/// Bits of an entry that hold the generation.
+const GEN_BITS: u32 = 8;
+const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// An id hash and its generation in one word: id bits above, generation bits below.
+fn pack(id: u64, generation: u32) -> u64 {
+    (id << GEN_BITS) | (u64::from(generation) & GEN_MASK)
+}
+
+/// The part of an entry that identifies the id.
+fn id_bits(entry: u64) -> u64 {
+    entry >> GEN_BITS
+}
+
+/// Where an entry lives in the table: the id bits, spread over all 64 bits because hashbrown
+/// takes the bucket from the low bits and its tag from the top ones.
+fn slot(entry: u64) -> u64 {
+    id_bits(entry).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dedup {
-    /// id hash → generation of its event time.
-    seen: hashbrown::HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    /// Packed (id hash, generation) entries.
+    #[serde(serialize_with = "save_entries", deserialize_with = "load_entries")]
+    seen: HashTable<u64>,
     generation_ms: i64,
     max_ids: usize,
     /// Newest generation seen.
@@ -33,7 +61,7 @@ pub struct Dedup {
 impl Dedup {
     pub fn new(horizon_ms: i64, max_ids: usize) -> Self {
         Dedup {
-            seen: Default::default(),
+            seen: HashTable::new(),
             generation_ms: (horizon_ms / GENERATIONS as i64).max(MIN_GENERATION_MS),
             max_ids: max_ids.max(1),
             newest: 0,
@@ -46,43 +74,72 @@ impl Dedup {
         u32::try_from(ts_ms.max(0) / self.generation_ms).unwrap_or(u32::MAX)
     }
 
+    /// The full generation of an entry, given that every live entry lies within 255
+    /// generations at or below `newest`.
+    fn generation_of(newest: u32, entry: u64) -> u32 {
+        let behind = (newest as u64).wrapping_sub(entry) & GEN_MASK;
+        newest.saturating_sub(behind as u32)
+    }
+
     /// Records `id` at event time `ts_ms`. Returns false if it was already seen (a duplicate).
     pub fn insert(&mut self, id: u64, ts_ms: i64) -> bool {
         let generation = self.generation(ts_ms);
         if generation > self.newest {
-            self.newest = generation;
             let cutoff = generation.saturating_sub(GENERATIONS);
             if cutoff > self.oldest_kept {
-                self.oldest_kept = cutoff;
-                let keep = self.oldest_kept;
-                self.seen.retain(|_, g| *g >= keep);
+                // Decode against the old newest: every entry lies at or below it.
+                self.sweep(cutoff);
             }
+            self.newest = generation;
         }
         let generation = generation.max(self.oldest_kept);
-        match self.seen.get_mut(&id) {
-            Some(g) if *g >= self.oldest_kept => false,
-            Some(g) => {
-                *g = generation;
+        let probe = pack(id, 0);
+        let (newest, oldest_kept) = (self.newest, self.oldest_kept);
+        match self
+            .seen
+            .find_mut(slot(probe), |e| id_bits(*e) == id_bits(probe))
+        {
+            Some(e) if Self::generation_of(newest, *e) >= oldest_kept => false,
+            Some(e) => {
+                *e = pack(id, generation);
                 true
             }
             None => {
                 if self.seen.len() >= self.max_ids {
                     self.make_room();
                 }
-                self.seen.insert(id, generation);
+                self.seen
+                    .insert_unique(slot(probe), pack(id, generation), |e| slot(*e));
                 true
             }
+        }
+    }
+
+    /// Drops entries older than generation `keep`, and gives back memory a burst left behind.
+    fn sweep(&mut self, keep: u32) {
+        self.oldest_kept = keep;
+        let newest = self.newest;
+        self.seen
+            .retain(|e| Self::generation_of(newest, *e) >= keep);
+        // Shrink only well below capacity, so a steady stream (whose table breathes between
+        // four and five generations of ids) never reallocates.
+        if self.seen.len() < self.seen.capacity() / 4 {
+            self.seen.shrink_to(self.seen.len() * 2, |e| slot(*e));
         }
     }
 
     /// Forgets the oldest generation still held (or everything, if only one is left).
     fn make_room(&mut self) {
         let before = self.seen.len();
-        let oldest = self.seen.values().copied().min().unwrap_or(self.newest);
-        if oldest < self.newest {
-            self.oldest_kept = oldest + 1;
-            let keep = self.oldest_kept;
-            self.seen.retain(|_, g| *g >= keep);
+        let newest = self.newest;
+        let oldest = self
+            .seen
+            .iter()
+            .map(|e| Self::generation_of(newest, *e))
+            .min()
+            .unwrap_or(newest);
+        if oldest < newest {
+            self.sweep(oldest + 1);
         } else {
             self.seen.clear();
         }
@@ -96,6 +153,16 @@ impl Dedup {
 
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
+    }
+
+    /// Bytes the table holds (entries and control bytes), for memory accounting.
+    pub fn table_bytes(&self) -> usize {
+        let buckets = if self.seen.capacity() == 0 {
+            0
+        } else {
+            (self.seen.capacity() * 8 / 7).next_power_of_two()
+        };
+        buckets * (std::mem::size_of::<u64>() + 1)
     }
 
     /// Ids forgotten early because of `max_ids`, since creation.
@@ -115,24 +182,18 @@ impl Dedup {
     }
 }
 
-/// The keys are already uniform hashes: use their low bits as they are.
-#[derive(Default)]
-pub struct IdHasher(u64);
+/// Checkpoints hold the packed entries as a plain sequence.
+fn save_entries<S: Serializer>(table: &HashTable<u64>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(table.iter())
+}
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
+fn load_entries<'de, D: Deserializer<'de>>(d: D) -> Result<HashTable<u64>, D::Error> {
+    let entries = Vec::<u64>::deserialize(d)?;
+    let mut table = HashTable::with_capacity(entries.len());
+    for e in entries {
+        table.insert_unique(slot(e), e, |e| slot(*e));
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -193,5 +254,58 @@ mod tests {
         }
         assert!(d.len() <= 1000);
         assert_eq!(d.evicted() + d.len() as u64, 3000);
+    }
+
+    #[test]
+    fn generations_are_told_apart_across_the_8_bit_wrap() {
+        let generation = 15 * MIN / 4;
+        // Generation numbers around a multiple of 256, where the packed bits wrap.
+        let base = 255 * generation * 1000;
+        let mut d = Dedup::new(15 * MIN, 1000);
+        for step in 0..12i64 {
+            let ts = base + step * generation;
+            assert!(d.insert(100 + step as u64, ts), "step {step}");
+            // The ids of the last horizon are known, older ones were swept.
+            for back in 0..=step {
+                let known = !d.insert(
+                    100 + (step - back) as u64,
+                    base + (step - back) * generation,
+                );
+                assert_eq!(known, back <= 4, "step {step}, {back} generations back");
+            }
+        }
+    }
+
+    #[test]
+    fn a_passed_burst_gives_its_memory_back() {
+        let mut d = Dedup::new(15 * MIN, 1_000_000);
+        for i in 0..200_000u64 {
+            d.insert(i, T0);
+        }
+        let burst = d.table_bytes();
+        // Quiet traffic for two horizons: the burst's ids are swept and the table shrinks.
+        for i in 0..100u64 {
+            d.insert(1_000_000 + i, T0 + 30 * MIN + i as i64 * 1000);
+        }
+        assert!(
+            d.table_bytes() * 100 < burst,
+            "{} of {burst}",
+            d.table_bytes()
+        );
+    }
+
+    #[test]
+    fn a_checkpointed_table_reads_back_the_same() {
+        let mut d = Dedup::new(15 * MIN, 1000);
+        for i in 0..500u64 {
+            d.insert(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), T0 + i as i64 * 1000);
+        }
+        let bytes = postcard::to_allocvec(&d).unwrap();
+        let mut back: Dedup = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.len(), d.len());
+        for i in 0..500u64 {
+            let id = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            assert_eq!(back.insert(id, T0 + 499_000), d.insert(id, T0 + 499_000));
+        }
     }
 }

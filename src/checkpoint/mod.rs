@@ -25,7 +25,7 @@ use crate::aggregate::{PartitionState, TopicPartition};
 use crate::window::Windows;
 
 /// Format version of both the encoded state and the manifest.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Largest chunk value: well under Kafka's default 1 MB message limit.
 pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
 const CHUNK_MAGIC: &[u8; 4] = b"EPCK";
