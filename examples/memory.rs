@@ -6,6 +6,11 @@
 //! ring of every window exists, on 3 topics x 6 partitions as the default deployment would
 //! hold them (a key's three event types arrive on three partitions). De-duplication memory
 //! is included: ids of the last 15 minutes of event time, as in production.
+//!
+//! `cargo run --release --example memory -- 10000 --stream 50000000` instead streams the
+//! synthetic load of `bench/` over those keys at 800 events per second of event time (69 M
+//! a day) and prints resident memory as the event count grows: once the de-duplication
+//! horizon has filled (about 900 k events at that rate), memory must stay flat.
 
 use ecom_pulse::aggregate::{Pipeline, Store, TopicPartition};
 use ecom_pulse::config::Config;
@@ -25,6 +30,13 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("a key count"))
         .unwrap_or(10_000);
+    if let Some(total) = std::env::args()
+        .skip_while(|a| a != "--stream")
+        .nth(1)
+        .map(|a| a.parse::<usize>().expect("an event count"))
+    {
+        return stream(keys, total);
+    }
     let config = Config::load(None).expect("default config");
     let pipeline = Pipeline::from_config(&config).expect("valid");
     let store = Store::default();
@@ -88,4 +100,56 @@ fn main() {
         (after - before) as f64 / 1048576.0,
         ring_bytes as f64 / 1048576.0,
     );
+}
+
+/// Events at a steady rate over a fixed key set: resident memory at growing event counts.
+fn stream(keys: usize, total: usize) {
+    use ecom_pulse::generate::{Stream, synthetic};
+    let config = Config::load(None).expect("default config");
+    let pipeline = Pipeline::from_config(&config).expect("valid");
+    let store = Store::default();
+    let partitions = 6u64;
+    let start = ecom_pulse::now_ms() - 86_400_000;
+    // 800 events per second of event time.
+    let per_event_us = 1_250i64;
+    let marks = [
+        1_000_000, 2_000_000, 5_000_000, 10_000_000, 20_000_000, 50_000_000,
+    ];
+    let mut first = None;
+    let mut worst: f64 = 0.0;
+    for i in 0..total {
+        let ts = start + i as i64 * per_event_us / 1000;
+        let (kind, campaign, json) = synthetic(i, keys, ts, "m");
+        let topic = match kind {
+            Stream::Visits => "visits",
+            Stream::Orders => "orders",
+            Stream::AdSpend => "ad-spend",
+        };
+        let partition = (xxhash_rust::xxh3::xxh3_64(campaign.as_bytes()) % partitions) as i32;
+        let state = store.get_or_insert(&TopicPartition::new(topic, partition), || {
+            pipeline.new_partition()
+        });
+        pipeline.process(&mut state.lock(), json.as_bytes(), ts, ts);
+        if marks.contains(&(i + 1)) {
+            let rss = rss_bytes();
+            let base = *first.get_or_insert(rss);
+            let change = (rss as f64 / base as f64 - 1.0) * 100.0;
+            worst = worst.max(change.abs());
+            let (dedup_ids, dedup_bytes) = store
+                .partitions()
+                .iter()
+                .map(|(_, p)| {
+                    let p = p.lock();
+                    (p.dedup().len(), p.dedup().table_bytes())
+                })
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            println!(
+                "events={:>10} keys={keys} rss={:.1}MiB ({change:+.1} % of the 1 M figure) dedup_ids={dedup_ids} dedup_tables={:.1}MiB",
+                i + 1,
+                rss as f64 / 1048576.0,
+                dedup_bytes as f64 / 1048576.0
+            );
+        }
+    }
+    println!("largest change from the 1 M figure: {worst:.1} %");
 }
