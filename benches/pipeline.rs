@@ -4,9 +4,11 @@
 //! is the steady state of a running service rather than the cost of creating keys.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use ecom_pulse::aggregate::{Outcome, Pipeline};
+use ecom_pulse::aggregate::{Outcome, Pipeline, Store, TopicPartition};
 use ecom_pulse::decode::Decoder;
+use ecom_pulse::export::metrics::render_kpis;
 use ecom_pulse::generate::synthetic;
+use ecom_pulse::kpi::ClvAssumptions;
 use ecom_pulse::window::Windows;
 
 /// Keys: campaign x channel pairs.
@@ -76,9 +78,69 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// A scrape's work with 10,000 keys, three windows full of data and each key's three event
+/// types on three partitions (as the default topics place them): reading the sums out of the
+/// partitions, and writing the exposition text.
+fn scrape(c: &mut Criterion) {
+    const SCRAPE_KEYS: usize = 10_000;
+    let p = pipeline();
+    let store = Store::default();
+    // One event of each type per key every 24 minutes over the last day and every minute
+    // over the last hour: every bucket of every window holds data.
+    let ages = (0..60)
+        .map(|i| 86_400_000 - i * 1_440_000 - 1)
+        .chain((0..60).map(|i| i * 60_000));
+    let mut seq = 0;
+    for age in ages {
+        let ts = NOW - age;
+        for k in 0..SCRAPE_KEYS {
+            let (campaign, channel) = (format!("campaign_{:05}", k / 10), k % 10);
+            for topic in ["visits", "orders", "ad-spend"] {
+                seq += 1;
+                let json = match topic {
+                    "visits" => format!(
+                        r#"{{"type":"visit","event_id":"s{seq}","timestamp":{ts},"campaign":"{campaign}","channel":"ch{channel}"}}"#
+                    ),
+                    "orders" => format!(
+                        r#"{{"type":"order","event_id":"s{seq}","timestamp":{ts},"campaign":"{campaign}","channel":"ch{channel}","amount":49.9,"new_customer":true}}"#
+                    ),
+                    _ => format!(
+                        r#"{{"type":"ad_spend","event_id":"s{seq}","timestamp":{ts},"campaign":"{campaign}","channel":"ch{channel}","amount":12.5}}"#
+                    ),
+                };
+                let state = store
+                    .get_or_insert(&TopicPartition::new(topic, (k % 6) as i32), || {
+                        p.new_partition()
+                    });
+                p.process(&mut state.lock(), json.as_bytes(), ts, NOW);
+            }
+        }
+    }
+    let clv = ClvAssumptions {
+        purchases_per_year: 4.0,
+        lifetime_years: 3.0,
+    };
+    let snapshot = store.snapshot(&p.windows, NOW);
+    let mut body = String::new();
+    render_kpis(&mut body, &snapshot, &p.windows, &clv);
+    let mut group = c.benchmark_group("scrape");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("snapshot (10k keys x 3 windows)", |b| {
+        b.iter(|| store.snapshot(&p.windows, NOW).rows.len())
+    });
+    group.bench_function("render (10k keys x 3 windows)", |b| {
+        b.iter(|| {
+            body.clear();
+            render_kpis(&mut body, &snapshot, &p.windows, &clv);
+            body.len()
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench
+    targets = bench, scrape
 }
 criterion_main!(benches);

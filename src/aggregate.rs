@@ -531,8 +531,14 @@ impl Store {
 
     /// Merges every partition into one row per key, read at `now_ms`.
     pub fn snapshot(&self, windows: &Windows, now_ms: i64) -> Snapshot {
-        let mut rows: BTreeMap<Key, Row> = BTreeMap::new();
-        for (_, partition) in self.partitions() {
+        // Merged in a hash map and sorted once at the end: a B-tree lookup per key and
+        // partition, comparing strings all the way down, took a third of a 10k-key scrape.
+        let partitions = self.partitions();
+        // Sized up front (for the worst case, every key in one partition only): growing a map
+        // of rows moves them all, several times over.
+        let at_most: usize = partitions.iter().map(|(_, p)| p.lock().keys.len()).sum();
+        let mut rows: hashbrown::HashMap<Key, Row> = hashbrown::HashMap::with_capacity(at_most);
+        for (_, partition) in partitions {
             let state = partition.lock();
             for (key, ks) in state.keys() {
                 let row = match rows.get_mut(key) {
@@ -552,7 +558,12 @@ impl Store {
                 row.totals += ks.totals();
             }
         }
-        Snapshot { rows }
+        let mut sorted: Vec<(Key, Row)> = rows.into_iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // From sorted input, the B-tree is built in one linear pass.
+        Snapshot {
+            rows: sorted.into_iter().collect(),
+        }
     }
 }
 
