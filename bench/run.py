@@ -56,7 +56,7 @@ def http(port, path, timeout=10):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
-        return e.code, ""
+        return e.code, e.read().decode(errors="replace")
     except OSError:
         return None, ""
 
@@ -277,8 +277,22 @@ def scrapes(events, keys, out):
         e.stop()
         t = time.monotonic()
         r = Ecom(broker.brokers, busy, MOCK_EXTRA)
-        wait("readiness after restore", lambda: http(r.port, "/readyz")[0] == 200, timeout=300, every=0.02)
-        restore_s = time.monotonic() - t
+        # /readyz says which phase it is in: waiting for the group (on the mock, until the old
+        # member's session times out), restoring, catching up, ready.
+        assigned = None
+        while True:
+            status, why = http(r.port, "/readyz")
+            now = time.monotonic()
+            if assigned is None and status is not None and "not connected" not in why \
+                    and "waiting for a partition assignment" not in why:
+                assigned = now
+            if status == 200:
+                break
+            if now - t > 300:
+                raise SystemExit("no readiness after restore")
+            time.sleep(0.02)
+        restore_s = now - t
+        restore_own_s = now - assigned
         status, text = http(r.port, "/metrics")
         restored = metric_sum(text, "ecom_visits_total")
         r.stop()
@@ -297,8 +311,9 @@ def scrapes(events, keys, out):
                f"{render_cpu_ms / 1000 * 100:.1f} % at 1 s)")
     out.append(f"- ingestion: {alone['wall_s']:.2f} s alone, {busy_wall:.2f} s while scraped back to back "
                f"({slow:+.1f} %)")
-    out.append(f"- restart with {keys:,} keys and 1 h of state: ready (restored and caught up) {restore_s:.2f} s "
-               f"after start; visits counted after restore {restored:,.0f}")
+    out.append(f"- restart with {keys:,} keys and 1 h of state: ready (restored and caught up) {restore_own_s:.2f} s "
+               f"after the partitions were assigned, {restore_s:.2f} s after start (the mock hands partitions "
+               f"over only when the old member's session times out); visits counted after restore {restored:,.0f}")
     out.append(f"- RSS with {keys:,} keys: {rss / 2**20:.0f} MiB")
 
 

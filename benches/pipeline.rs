@@ -120,13 +120,13 @@ fn scrape(c: &mut Criterion) {
         purchases_per_year: 4.0,
         lifetime_years: 3.0,
     };
-    let snapshot = store.snapshot(&p.windows, NOW);
+    let snapshot = store.snapshot_current(&p.windows, NOW);
     let mut body = String::new();
     render_kpis(&mut body, &snapshot, &p.windows, &clv);
     let mut group = c.benchmark_group("scrape");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("snapshot (10k keys x 3 windows)", |b| {
-        b.iter(|| store.snapshot(&p.windows, NOW).rows.len())
+        b.iter(|| store.snapshot_current(&p.windows, NOW).rows.len())
     });
     group.bench_function("render (10k keys x 3 windows)", |b| {
         b.iter(|| {

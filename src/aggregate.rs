@@ -531,6 +531,16 @@ impl Store {
 
     /// Merges every partition into one row per key, read at `now_ms`.
     pub fn snapshot(&self, windows: &Windows, now_ms: i64) -> Snapshot {
+        self.snapshot_with(windows, now_ms, true)
+    }
+
+    /// As `snapshot`, without the preceding windows (all zero): what `/metrics` and the API
+    /// show, for a quarter less reading per scrape.
+    pub fn snapshot_current(&self, windows: &Windows, now_ms: i64) -> Snapshot {
+        self.snapshot_with(windows, now_ms, false)
+    }
+
+    fn snapshot_with(&self, windows: &Windows, now_ms: i64, previous: bool) -> Snapshot {
         // Merged in a hash map and sorted once at the end: a B-tree lookup per key and
         // partition, comparing strings all the way down, took a third of a 10k-key scrape.
         let partitions = self.partitions();
@@ -551,7 +561,7 @@ impl Store {
                     *sums += &ks.window_sums(windows, w, now_ms);
                 }
                 for (w, spec) in windows.specs().iter().enumerate() {
-                    if spec.has_previous() {
+                    if previous && spec.has_previous() {
                         row.previous[w] += &ks.previous_sums(windows, w, now_ms);
                     }
                 }
@@ -823,6 +833,31 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[&(None, None)].windows[0].orders, 8);
         assert_eq!(snap.grouped(GroupBy::Channel).len(), 2);
+    }
+
+    #[test]
+    fn the_current_snapshot_is_the_full_one_without_preceding_windows() {
+        let p = Pipeline {
+            windows: Windows::with_previous(&["5m", "1h", "24h"], 60, &["1h"]),
+            ..pipeline()
+        };
+        let store = Store::default();
+        let shared = store.get_or_insert(&TopicPartition::new("visits", 0), || p.new_partition());
+        // One visit in the preceding hour, two in the current one.
+        for (i, age) in [90 * MIN, 30 * MIN, MIN].into_iter().enumerate() {
+            let m = visit(&format!("v{i}"), T0 - age, "a");
+            p.process(&mut shared.lock(), m.as_bytes(), T0 - age, T0);
+        }
+        let full = store.snapshot(&p.windows, T0);
+        let current = store.snapshot_current(&p.windows, T0);
+        let (f, c) = (
+            &full.rows[&Key::new("a", "email")],
+            &current.rows[&Key::new("a", "email")],
+        );
+        assert_eq!(f.previous[1].visits, 1);
+        assert_eq!(c.previous[1].visits, 0);
+        assert_eq!((&f.windows, &f.totals), (&c.windows, &c.totals));
+        assert_eq!(c.windows[1].visits, 2);
     }
 
     #[test]

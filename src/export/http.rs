@@ -51,7 +51,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
     // async workers. Partition locks are held only while their sums are read, never while
     // the text is written.
     let rendered = tokio::task::spawn_blocking(move || {
-        let snapshot = state.store.snapshot(&state.windows, crate::now_ms());
+        let snapshot = state
+            .store
+            .snapshot_current(&state.windows, crate::now_ms());
         let mut body =
             String::with_capacity(snapshot.rows.len() * state.windows.len() * 1200 + 16_384);
         render_kpis(&mut body, &snapshot, &state.windows, &state.clv);
@@ -157,7 +159,9 @@ async fn kpis(State(state): State<AppState>, Query(q): Query<KpiQuery>) -> Respo
         },
     };
     let rows = tokio::task::spawn_blocking(move || {
-        let snapshot = state.store.snapshot(&state.windows, crate::now_ms());
+        let snapshot = state
+            .store
+            .snapshot_current(&state.windows, crate::now_ms());
         let mut rows = Vec::new();
         for ((campaign, channel), row) in snapshot.grouped(group_by) {
             for &w in &selected {
