@@ -490,14 +490,13 @@ impl Store {
             return p.clone();
         }
         let mut partitions = self.partitions.write();
-        let p = partitions
+        partitions
             .entry(tp.clone())
             .or_insert_with(|| {
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 Arc::new(Mutex::new(make()))
             })
-            .clone();
-        p
+            .clone()
     }
 
     /// Installs the state of a partition just taken over (restored or fresh), replacing any.

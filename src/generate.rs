@@ -531,10 +531,7 @@ mod tests {
                 assert_eq!(ratio < 3.0, retargeting, "{key:?}: CLV:CAC {ratio}");
             }
         }
-        assert_eq!(
-            kinds[EventType::Visit.index()] > kinds[EventType::Order.index()],
-            true
-        );
+        assert!(kinds[EventType::Visit.index()] > kinds[EventType::Order.index()]);
     }
 
     #[test]

@@ -28,6 +28,9 @@
 //! Everything from `decode` to `kpi` is pure and synchronous; I/O lives in `source`,
 //! `export` and `service`.
 
+// No `unsafe` here: the speed comes from data layout, not from unchecked code.
+#![forbid(unsafe_code)]
+
 pub mod aggregate;
 pub mod alert;
 pub mod checkpoint;

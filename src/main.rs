@@ -1,6 +1,8 @@
 //! The `ecom-pulse` binary: command line, configuration, logging and signals. Everything else
 //! lives in the library.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

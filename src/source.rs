@@ -217,14 +217,14 @@ fn save_and_commit<C: Consumer<SourceContext>>(
             }
         }
     }
-    if offsets.count() > 0 {
-        if let Err(e) = consumer.commit(&offsets, mode) {
-            ctx.telemetry.kafka_error("commit");
-            ctx.warn_limited(
-                "offset commit failed; the next checkpoint commits again",
-                &e,
-            );
-        }
+    if offsets.count() > 0
+        && let Err(e) = consumer.commit(&offsets, mode)
+    {
+        ctx.telemetry.kafka_error("commit");
+        ctx.warn_limited(
+            "offset commit failed; the next checkpoint commits again",
+            &e,
+        );
     }
 }
 

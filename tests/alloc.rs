@@ -54,7 +54,7 @@ const HORIZON_MS: i64 = 60_000;
 /// to four minutes late: it crosses bucket boundaries of every window and dedup generations.
 fn message(i: usize) -> (i64, Vec<u8>) {
     let now = T0 + i as i64;
-    let ts = if i % 100 == 0 {
+    let ts = if i.is_multiple_of(100) {
         now - (i as i64 * 7919 % 240_000)
     } else {
         now - (i as i64 % 2_000)

@@ -184,10 +184,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     // The ROAS headline equals the fleet recording rule: both are sums divided.
     let headline = prometheus
         .query(&substitute(
-            &d["panels"][1]["targets"][0]["expr"]
-                .as_str()
-                .unwrap()
-                .to_string(),
+            d["panels"][1]["targets"][0]["expr"].as_str().unwrap(),
         ))
         .unwrap();
     let fleet = prometheus

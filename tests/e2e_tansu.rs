@@ -16,7 +16,7 @@ fn group(name: &str) -> String {
 
 fn visit(id: &str, ts: i64, campaign: &str, channel: &str) -> Msg {
     // Alternate the two timestamp forms.
-    let ts = if id.len() % 2 == 0 {
+    let ts = if id.len().is_multiple_of(2) {
         ts.to_string()
     } else {
         format!("\"{}\"", rfc3339(ts))
@@ -145,7 +145,9 @@ fn worked_examples_come_out_exact_in_every_window() {
     );
     assert_eq!(accepted(&m), expected, "{}", svc.log());
 
-    let cases: &[(&str, &str, &[(&str, Option<f64>)])] = &[
+    /// (campaign, channel, expected samples)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, Option<f64>)]);
+    let cases: &[Case] = &[
         (
             "cvr_aov",
             "paid_search",

@@ -586,7 +586,7 @@ mod tests {
                     p.process(&mut state, log[next].as_bytes(), now, now);
                     state.applied(next as i64);
                     next += 1;
-                    if next % checkpoint_every == 0 {
+                    if next.is_multiple_of(checkpoint_every) {
                         saved = (encode(&state, &p.windows), next);
                     }
                     if crashes.peek().is_some_and(|c| *c <= next) {

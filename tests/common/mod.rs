@@ -492,7 +492,7 @@ impl Traffic {
             let (topic, json) = match s % 20 {
                 0 | 1 => {
                     let cents = 1_000 + (s * 37) % 9_000;
-                    let new = s % 3 == 0;
+                    let new = s.is_multiple_of(3);
                     e.orders += 1;
                     e.new_customers += u64::from(new);
                     e.gmv_micros += cents as u128 * 10_000;
