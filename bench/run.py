@@ -28,7 +28,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
-ECOM = os.path.join(REL, "ecom-pulse")
+# ECOM_BIN: another build of the service, for A/B runs against an older commit.
+ECOM = os.environ.get("ECOM_BIN") or os.path.join(REL, "ecom-pulse")
 EX = os.path.join(REL, "examples")
 
 

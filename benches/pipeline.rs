@@ -23,6 +23,7 @@ fn pipeline() -> Pipeline {
         max_future_skew_ms: 60_000,
         dedup_horizon_ms: 15 * 60_000,
         dedup_max_ids: 1_000_000,
+        limits: Default::default(),
     }
 }
 

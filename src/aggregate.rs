@@ -8,6 +8,7 @@
 //! Within a partition each key holds one lazily created [`Series`] per event type, so a key
 //! that only ever sees visits (the common case for a `visits` topic) pays 4 bytes per bucket.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -251,6 +252,21 @@ impl KeyState {
         reset(&mut self.ad_spend, windows);
     }
 
+    /// True when no window of any of its series holds anything at `now_ms`.
+    fn is_idle(&self, windows: &Windows, now_ms: i64) -> bool {
+        self.visits
+            .as_ref()
+            .is_none_or(|s| s.is_idle(windows, now_ms))
+            && self
+                .orders
+                .as_ref()
+                .is_none_or(|s| s.is_idle(windows, now_ms))
+            && self
+                .ad_spend
+                .as_ref()
+                .is_none_or(|s| s.is_idle(windows, now_ms))
+    }
+
     fn heap_bytes(&self) -> usize {
         self.visits.as_ref().map_or(0, |s| s.heap_bytes())
             + self.orders.as_ref().map_or(0, |s| s.heap_bytes())
@@ -322,15 +338,42 @@ impl PartitionState {
         false
     }
 
-    fn key_mut(&mut self, campaign: &str, channel: &str) -> &mut KeyState {
-        // Two probes on a miss, none allocating on a hit: new keys are rare.
+    /// The state of an event's key, created if need be within `limits`; true when the event
+    /// was folded into campaign "(other)" because the partition holds `max_keys` already.
+    fn key_mut(&mut self, campaign: &str, channel: &str, limits: &Limits) -> (&mut KeyState, bool) {
+        // A hit needs no cleaning: stored names are clean, so a raw name that matches one is.
+        // Nothing allocates on a hit; new keys are rare.
+        if self.keys.contains_key(&KeyRef(campaign, channel)) {
+            let ks = self.keys.get_mut(&KeyRef(campaign, channel));
+            return (ks.expect("present"), false);
+        }
+        let campaign = clean_label(campaign, limits.max_label_bytes);
+        let channel = clean_label(channel, limits.max_label_bytes);
+        let (campaign, channel, folded): (&str, &str, bool) = if self.keys.len() < limits.max_keys
+            || self.keys.contains_key(&KeyRef(&campaign, &channel))
+        {
+            (&campaign, &channel, false)
+        } else if self.keys.len() < limits.max_keys + OTHER_CHANNELS
+            || self.keys.contains_key(&KeyRef(OTHER, &channel))
+        {
+            (OTHER, &channel, true)
+        } else {
+            (OTHER, OTHER, true)
+        };
         if !self.keys.contains_key(&KeyRef(campaign, channel)) {
             self.keys
                 .insert(Key::new(campaign, channel), KeyState::default());
         }
-        self.keys
-            .get_mut(&KeyRef(campaign, channel))
-            .expect("inserted above")
+        let ks = self.keys.get_mut(&KeyRef(campaign, channel));
+        (ks.expect("inserted above"), folded)
+    }
+
+    /// Drops the keys whose windows have all emptied at `now_ms`, so that their places under
+    /// `limits.max_keys` free up. Their `*_total` counters go with them. Returns how many.
+    pub fn evict_idle(&mut self, windows: &Windows, now_ms: i64) -> usize {
+        let before = self.keys.len();
+        self.keys.retain(|_, ks| !ks.is_idle(windows, now_ms));
+        before - self.keys.len()
     }
 
     /// Approximate heap bytes of the window rings (not counting hash-table overhead).
@@ -348,10 +391,12 @@ impl PartitionState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// `late` has bit `w` set when the event was too old for window `w`.
+    /// `folded` when the event counted under campaign "(other)" (`limits.max_keys`).
     Accepted {
         kind: EventType,
         timestamp_ms: i64,
         late: u32,
+        folded: bool,
     },
     Duplicate,
     Rejected(Rejection),
@@ -365,6 +410,49 @@ pub struct Pipeline {
     pub max_future_skew_ms: i64,
     pub dedup_horizon_ms: i64,
     pub dedup_max_ids: usize,
+    pub limits: Limits,
+}
+
+/// Cardinality limits, applied when a new key appears (config section `limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Keys per partition before new ones fold into campaign "(other)".
+    pub max_keys: usize,
+    /// Longest campaign or channel name kept, in bytes.
+    pub max_label_bytes: usize,
+}
+
+impl Default for Limits {
+    /// The defaults of `config/default.toml`.
+    fn default() -> Self {
+        Limits {
+            max_keys: 10_000,
+            max_label_bytes: 128,
+        }
+    }
+}
+
+/// The campaign (and, past `OTHER_CHANNELS`, the channel) of events over `limits.max_keys`.
+pub const OTHER: &str = "(other)";
+/// How many "(other)" keys beyond `max_keys` keep their channel apart: channels are few by
+/// nature, and a flood of made-up channels must stay bounded too.
+const OTHER_CHANNELS: usize = 16;
+
+/// A name as it is kept and exported: control characters removed and cut to `max` bytes (at
+/// a character boundary). Borrowed when already clean, the common case.
+pub fn clean_label(value: &str, max: usize) -> Cow<'_, str> {
+    let printable_ascii = value.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if value.len() <= max && (printable_ascii || !value.chars().any(char::is_control)) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len().min(max));
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
 }
 
 impl Pipeline {
@@ -408,15 +496,14 @@ impl Pipeline {
         }
         // Within the allowed skew, a future event counts as arriving now.
         let at = ts.min(now_ms);
-        let late =
-            state
-                .key_mut(&event.campaign, &event.channel)
-                .add(&self.windows, event, at, now_ms);
+        let (key, folded) = state.key_mut(&event.campaign, &event.channel, &self.limits);
+        let late = key.add(&self.windows, event, at, now_ms);
         state.watermark_ms = state.watermark_ms.max(ts);
         Outcome::Accepted {
             kind: event.kind,
             timestamp_ms: ts,
             late,
+            folded,
         }
     }
 }
@@ -443,6 +530,10 @@ impl Pipeline {
             max_future_skew_ms: config.windows.max_future_skew.as_millis() as i64,
             dedup_horizon_ms: config.dedup.horizon.as_millis() as i64,
             dedup_max_ids: config.dedup.max_ids_per_partition,
+            limits: Limits {
+                max_keys: config.limits.max_keys,
+                max_label_bytes: config.limits.max_label_bytes,
+            },
         })
     }
 }
@@ -656,6 +747,7 @@ mod tests {
             max_future_skew_ms: MIN,
             dedup_horizon_ms: 15 * MIN,
             dedup_max_ids: 100_000,
+            limits: Default::default(),
         }
     }
 
@@ -857,6 +949,103 @@ mod tests {
         assert_eq!(c.previous[1].visits, 0);
         assert_eq!((&f.windows, &f.totals), (&c.windows, &c.totals));
         assert_eq!(c.windows[1].visits, 2);
+    }
+
+    #[test]
+    fn names_lose_control_characters_and_are_cut_at_a_character_boundary() {
+        assert!(matches!(clean_label("spring_sale", 128), Cow::Borrowed(_)));
+        assert!(matches!(
+            clean_label("Été \"50%\" \\", 128),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(clean_label("a\nb\u{1b}[31mc\u{85}", 128), "ab[31mc");
+        // 'é' is two bytes: a cut never splits it.
+        assert_eq!(clean_label("ééé", 5), "éé");
+        assert_eq!(clean_label(&"x".repeat(300), 128).len(), 128);
+    }
+
+    #[test]
+    fn keys_beyond_the_limit_fold_into_other_and_nothing_is_lost() {
+        let p = Pipeline {
+            limits: Limits {
+                max_keys: 3,
+                max_label_bytes: 16,
+            },
+            ..pipeline()
+        };
+        let mut state = p.new_partition();
+        let mut folded = 0;
+        for i in 0..100 {
+            let m = visit(&format!("v{i}"), T0, &format!("campaign-{}", i % 10));
+            match p.process(&mut state, m.as_bytes(), T0, T0) {
+                Outcome::Accepted { folded: f, .. } => folded += usize::from(f),
+                other => panic!("{other:?}"),
+            }
+        }
+        // campaign-0..2 keep their keys; the 70 events of the others count under "(other)".
+        assert_eq!(folded, 70);
+        let keys: Vec<(String, u64)> = state
+            .keys()
+            .map(|(k, ks)| (k.campaign.to_string(), ks.totals().visits))
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("(other)".to_string(), 70),
+                ("campaign-0".to_string(), 10),
+                ("campaign-1".to_string(), 10),
+                ("campaign-2".to_string(), 10),
+            ]
+        );
+        // A flood of made-up channels stays bounded too.
+        for i in 0..1000 {
+            let m = format!(
+                r#"{{"type":"visit","event_id":"c{i}","timestamp":{T0},"campaign":"x{i}","channel":"ch{i}"}}"#
+            );
+            p.process(&mut state, m.as_bytes(), T0, T0);
+        }
+        assert!(state.keys().count() <= 3 + OTHER_CHANNELS + 1);
+        let visits: u64 = state.keys().map(|(_, ks)| ks.totals().visits).sum();
+        assert_eq!(visits, 1100);
+    }
+
+    #[test]
+    fn idle_keys_are_evicted_and_their_place_freed() {
+        let p = Pipeline {
+            limits: Limits {
+                max_keys: 2,
+                max_label_bytes: 128,
+            },
+            ..pipeline()
+        };
+        let mut state = p.new_partition();
+        p.process(&mut state, visit("a", T0, "old").as_bytes(), T0, T0);
+        let later = T0 + 23 * 60 * MIN;
+        p.process(
+            &mut state,
+            visit("b", later, "recent").as_bytes(),
+            later,
+            later,
+        );
+        // Within the 24h window of its event, the old key stays.
+        assert_eq!(state.evict_idle(&p.windows, later), 0);
+        let next_day = T0 + 25 * 60 * MIN;
+        assert_eq!(state.evict_idle(&p.windows, next_day), 1);
+        let campaigns: Vec<&str> = state.keys().map(|(k, _)| &*k.campaign).collect();
+        assert_eq!(campaigns, ["recent"]);
+        // The freed place goes to a new key rather than to "(other)".
+        let outcome = p.process(
+            &mut state,
+            visit("c", next_day, "new").as_bytes(),
+            next_day,
+            next_day,
+        );
+        assert!(
+            matches!(outcome, Outcome::Accepted { folded: false, .. }),
+            "{outcome:?}"
+        );
     }
 
     #[test]

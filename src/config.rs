@@ -40,6 +40,7 @@ pub struct Config {
     pub windows: WindowsConfig,
     pub kpi: KpiConfig,
     pub dedup: DedupConfig,
+    pub limits: LimitsConfig,
     pub checkpoint: CheckpointConfig,
     pub log: LogConfig,
     pub alerting: AlertingConfig,
@@ -100,6 +101,18 @@ pub struct KpiConfig {
     /// Reporting-currency units per unit of each other currency.
     #[serde(default)]
     pub currency_rates: BTreeMap<String, f64>,
+}
+
+/// Cardinality governance: what one noisy producer can cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// (campaign, channel) keys held per input partition; events of further new keys are
+    /// counted under campaign "(other)".
+    pub max_keys: usize,
+    /// Longest campaign or channel name kept, in bytes; longer ones are cut (at a character
+    /// boundary).
+    pub max_label_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -329,6 +342,18 @@ impl Config {
                 format!(
                     "must be at least 1000, got {}",
                     self.dedup.max_ids_per_partition
+                ),
+            ));
+        }
+        if self.limits.max_keys == 0 {
+            return Err(invalid("limits.max_keys", "must be at least 1"));
+        }
+        if !(16..=1024).contains(&self.limits.max_label_bytes) {
+            return Err(invalid(
+                "limits.max_label_bytes",
+                format!(
+                    "must be between 16 and 1024, got {}",
+                    self.limits.max_label_bytes
                 ),
             ));
         }
@@ -818,6 +843,8 @@ mod tests {
                 "[dedup]\nmax_ids_per_partition = 10\n",
                 "dedup.max_ids_per_partition",
             ),
+            ("[limits]\nmax_keys = 0\n", "limits.max_keys"),
+            ("[limits]\nmax_label_bytes = 4\n", "limits.max_label_bytes"),
             ("[http]\nlisten = \"not an address\"\n", "http.listen"),
             ("[kafka]\nbrokers = \"\"\n", "kafka.brokers"),
             ("[kafka]\ntopics = [\"a\", \" \"]\n", "kafka.topics[1]"),

@@ -488,6 +488,7 @@ mod tests {
             max_future_skew_ms: 60_000,
             dedup_horizon_ms: 900_000,
             dedup_max_ids: 10_000_000,
+            limits: Default::default(),
         };
         let store = Store::default();
         let part = store.get_or_insert(&TopicPartition::new("t", 0), || pipeline.new_partition());
@@ -543,6 +544,7 @@ mod tests {
             max_future_skew_ms: 60_000,
             dedup_horizon_ms: 900_000,
             dedup_max_ids: 1_000_000,
+            limits: Default::default(),
         };
         let mut state = pipeline.new_partition();
         let (mut rejected, mut duplicates) = (0, 0);

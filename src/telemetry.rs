@@ -20,6 +20,8 @@ pub struct Telemetry {
     events: Vec<IntCounter>,
     rejected: Vec<IntCounter>,
     duplicates: IntCounter,
+    keys_overflow: IntCounter,
+    keys_evicted: IntCounter,
     last_event_timestamp: Gauge,
     ready: IntGauge,
     kafka_connected: IntGauge,
@@ -78,6 +80,19 @@ impl Telemetry {
         ))
         .unwrap();
         register(Box::new(duplicates.clone()));
+
+        let keys_overflow = IntCounter::with_opts(opts(
+            "keys_overflow_total",
+            "Events counted under campaign \"(other)\" because their partition already held limits.max_keys keys.",
+        ))
+        .unwrap();
+        register(Box::new(keys_overflow.clone()));
+        let keys_evicted = IntCounter::with_opts(opts(
+            "keys_evicted_total",
+            "Keys dropped because all their windows had emptied.",
+        ))
+        .unwrap();
+        register(Box::new(keys_evicted.clone()));
 
         let last_event_timestamp = Gauge::with_opts(opts(
             "last_event_timestamp_seconds",
@@ -246,6 +261,8 @@ impl Telemetry {
             events,
             rejected,
             duplicates,
+            keys_overflow,
+            keys_evicted,
             last_event_timestamp,
             ready,
             kafka_connected,
@@ -268,14 +285,23 @@ impl Telemetry {
     }
 
     /// Counts one message's outcome; logs rejections, at most one line per reason per 10 s.
+    /// Keys dropped by `PartitionState::evict_idle`.
+    pub fn keys_evicted(&self, n: usize) {
+        self.keys_evicted.inc_by(n as u64);
+    }
+
     pub fn record(&self, outcome: &Outcome, origin: &dyn std::fmt::Display) {
         match outcome {
             Outcome::Accepted {
                 kind,
                 timestamp_ms,
                 late,
+                folded,
             } => {
                 self.events[kind.index()].inc();
+                if *folded {
+                    self.keys_overflow.inc();
+                }
                 if *late != 0 {
                     for (w, counter) in self.late.iter().enumerate() {
                         if late & (1 << w) != 0 {
@@ -592,6 +618,7 @@ mod tests {
                 kind: EventType::Order,
                 timestamp_ms: 5_000,
                 late: 0b01,
+                folded: true,
             },
             &"here",
         );
@@ -612,6 +639,7 @@ mod tests {
         );
         assert!(text.contains("ecom_pulse_events_total{event_type=\"visit\"} 0"));
         assert!(text.contains("ecom_pulse_events_duplicate_total 1"));
+        assert!(text.contains("ecom_pulse_keys_overflow_total 1"), "{text}");
         assert!(text.contains("ecom_pulse_events_rejected_total{reason=\"too_late\"} 1"));
         assert!(text.contains("ecom_pulse_events_rejected_total{reason=\"malformed_json\"} 0"));
         assert!(text.contains("ecom_pulse_last_event_timestamp_seconds 5"));

@@ -70,6 +70,7 @@ fn processing_an_event_of_a_known_key_allocates_nothing() {
         max_future_skew_ms: 60_000,
         dedup_horizon_ms: HORIZON_MS,
         dedup_max_ids: 1_000_000,
+        limits: Default::default(),
     };
     let mut state = pipeline.new_partition();
     // Warm-up: every key, three horizons of ids (the table's size oscillates within a horizon).

@@ -531,7 +531,16 @@ fn bad_input_is_counted_by_reason_and_good_traffic_stays_exact() {
         assert_eq!(w("ecom_gmv"), Some(599.7));
         assert_eq!(w("ecom_ad_spend"), Some(199.98));
         assert_eq!(w("ecom_cvr_ratio"), Some(0.1));
-        let h = |name| m.get(&windowed(name, hostile, "paid_social", window));
+        // Quotes and backslashes survive (escaped); the newline, a control character, is
+        // removed from the name (limits.max_label_bytes and friends).
+        let h = |name| {
+            m.get(&windowed(
+                name,
+                &hostile.replace('\n', ""),
+                "paid_social",
+                window,
+            ))
+        };
         assert_eq!(h("ecom_visits"), Some(300.0), "{}", m.text);
         assert_eq!(h("ecom_gmv"), Some(300.0));
         assert_eq!(h("ecom_roas_ratio"), Some(2.0));

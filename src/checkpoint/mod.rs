@@ -282,6 +282,7 @@ mod tests {
             max_future_skew_ms: 60_000,
             dedup_horizon_ms: 900_000,
             dedup_max_ids: 100_000,
+            limits: Default::default(),
         }
     }
 

@@ -304,6 +304,7 @@ mod tests {
             max_future_skew_ms: 60_000,
             dedup_horizon_ms: 900_000,
             dedup_max_ids: 10_000,
+            limits: Default::default(),
         };
         let store = Arc::new(Store::default());
         let now = crate::now_ms();
