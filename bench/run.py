@@ -299,8 +299,8 @@ def scrapes(events, keys, out):
         r.stop()
     finally:
         broker.stop()
-    q = statistics.quantiles(latencies, n=100)
-    qf = statistics.quantiles(full, n=100)
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    qf = statistics.quantiles(full, n=100, method="inclusive")
     slow = (busy_wall / alone["wall_s"] - 1) * 100
     out.append(f"\nmock cluster, {events:,} events over {keys:,} keys (tracked {keys_seen:,.0f}; "
                f"{series:,} ecom_visits series = keys x windows):\n")
