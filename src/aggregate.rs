@@ -452,6 +452,10 @@ pub fn clean_label(value: &str, max: usize) -> Cow<'_, str> {
         }
         out.push(c);
     }
+    if out.is_empty() {
+        // Nothing but control characters: as if the name were empty.
+        return Cow::Borrowed(crate::decode::NONE_LABEL);
+    }
     Cow::Owned(out)
 }
 
@@ -962,6 +966,7 @@ mod tests {
         // 'é' is two bytes: a cut never splits it.
         assert_eq!(clean_label("ééé", 5), "éé");
         assert_eq!(clean_label(&"x".repeat(300), 128).len(), 128);
+        assert_eq!(clean_label("\n\t", 128), "(none)");
     }
 
     #[test]
