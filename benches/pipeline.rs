@@ -4,7 +4,7 @@
 //! is the steady state of a running service rather than the cost of creating keys.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use ecom_pulse::aggregate::{Outcome, Pipeline, Store, TopicPartition};
+use ecom_pulse::aggregate::{Limits, Outcome, Pipeline, Store, TopicPartition};
 use ecom_pulse::decode::Decoder;
 use ecom_pulse::export::metrics::render_kpis;
 use ecom_pulse::generate::synthetic;
@@ -23,7 +23,11 @@ fn pipeline() -> Pipeline {
         max_future_skew_ms: 60_000,
         dedup_horizon_ms: 15 * 60_000,
         dedup_max_ids: 1_000_000,
-        limits: Default::default(),
+        // Room for every key: the measured path is that of known keys, none folded.
+        limits: Limits {
+            max_keys: 100_000,
+            ..Limits::default()
+        },
     }
 }
 

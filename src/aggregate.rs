@@ -368,11 +368,19 @@ impl PartitionState {
         (ks.expect("inserted above"), folded)
     }
 
-    /// Drops the keys whose windows have all emptied at `now_ms`, so that their places under
-    /// `limits.max_keys` free up. Their `*_total` counters go with them. Returns how many.
-    pub fn evict_idle(&mut self, windows: &Windows, now_ms: i64) -> usize {
+    /// When the partition holds `limits.max_keys` keys or more, drops those whose windows
+    /// have all emptied at `now_ms`, so that their places go to new keys rather than to
+    /// "(other)". Returns how many. Only under that pressure: an evicted key's `*_total`
+    /// counters go with it, and where the same key lives in several partitions (the
+    /// "(other)" keys always do) the merged counter would step down, which Prometheus reads
+    /// as a reset. For the same reason the "(other)" keys themselves are never evicted.
+    pub fn evict_idle(&mut self, windows: &Windows, limits: &Limits, now_ms: i64) -> usize {
+        if self.keys.len() < limits.max_keys {
+            return 0;
+        }
         let before = self.keys.len();
-        self.keys.retain(|_, ks| !ks.is_idle(windows, now_ms));
+        self.keys
+            .retain(|k, ks| &*k.campaign == OTHER || !ks.is_idle(windows, now_ms));
         before - self.keys.len()
     }
 
@@ -1035,9 +1043,15 @@ mod tests {
             later,
         );
         // Within the 24h window of its event, the old key stays.
-        assert_eq!(state.evict_idle(&p.windows, later), 0);
+        assert_eq!(state.evict_idle(&p.windows, &p.limits, later), 0);
         let next_day = T0 + 25 * 60 * MIN;
-        assert_eq!(state.evict_idle(&p.windows, next_day), 1);
+        // Below the limit, idle keys stay: evicting costs their counters.
+        let roomy = Limits {
+            max_keys: 3,
+            ..p.limits
+        };
+        assert_eq!(state.evict_idle(&p.windows, &roomy, next_day), 0);
+        assert_eq!(state.evict_idle(&p.windows, &p.limits, next_day), 1);
         let campaigns: Vec<&str> = state.keys().map(|(k, _)| &*k.campaign).collect();
         assert_eq!(campaigns, ["recent"]);
         // The freed place goes to a new key rather than to "(other)".

@@ -271,7 +271,7 @@ mod tests {
     fn generations_are_told_apart_across_the_8_bit_wrap() {
         let generation = 15 * MIN / 4;
         // Generation numbers around a multiple of 256, where the packed bits wrap.
-        let base = 255 * generation * 1000;
+        let base = 255 * generation;
         let mut d = Dedup::new(15 * MIN, 1000);
         for step in 0..12i64 {
             let ts = base + step * generation;
@@ -313,7 +313,11 @@ mod tests {
         let mut sizes = Vec::new();
         for i in 0..8 * 3600 * 100u64 {
             let id = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
-            d.insert(id, T0 + i as i64 * 10);
+            // Every id is new: none may be taken for a duplicate, whatever the sweeps did.
+            assert!(
+                d.insert(id, T0 + i as i64 * 10),
+                "id {i} taken for a duplicate"
+            );
             if i % (60 * 100) == 0 {
                 sizes.push(d.table_bytes());
             }

@@ -200,10 +200,12 @@ fn save_and_commit<C: Consumer<SourceContext>>(
         .iter()
         .filter_map(|tp| ctx.store.get(tp).map(|state| (tp.clone(), state)))
         .collect();
-    // Keys whose windows have all emptied make room under limits.max_keys, and are not saved.
+    // In a partition at limits.max_keys, keys whose windows have all emptied make room.
     let now = crate::now_ms();
     for (_, state) in &parts {
-        let evicted = state.lock().evict_idle(&ctx.pipeline.windows, now);
+        let evicted = state
+            .lock()
+            .evict_idle(&ctx.pipeline.windows, &ctx.pipeline.limits, now);
         ctx.telemetry.keys_evicted(evicted);
     }
     let mut offsets = TopicPartitionList::new();

@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ecom_pulse::aggregate::{Outcome, Pipeline};
+use ecom_pulse::aggregate::{Limits, Outcome, Pipeline};
 use ecom_pulse::decode::Decoder;
 use ecom_pulse::generate::synthetic;
 use ecom_pulse::window::Windows;
@@ -70,7 +70,11 @@ fn processing_an_event_of_a_known_key_allocates_nothing() {
         max_future_skew_ms: 60_000,
         dedup_horizon_ms: HORIZON_MS,
         dedup_max_ids: 1_000_000,
-        limits: Default::default(),
+        // Room for every key: the measured path is that of known keys, none folded.
+        limits: Limits {
+            max_keys: 100_000,
+            ..Limits::default()
+        },
     };
     let mut state = pipeline.new_partition();
     // Warm-up: every key, three horizons of ids (the table's size oscillates within a horizon).
@@ -89,7 +93,8 @@ fn processing_an_event_of_a_known_key_allocates_nothing() {
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     let mut accepted = 0;
     for (now, m) in &messages[warm..] {
-        if let Outcome::Accepted { .. } = pipeline.process(&mut state, m, *now, *now) {
+        if let Outcome::Accepted { folded: false, .. } = pipeline.process(&mut state, m, *now, *now)
+        {
             accepted += 1;
         }
     }

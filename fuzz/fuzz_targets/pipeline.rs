@@ -29,15 +29,18 @@ fuzz_target!(|data: &[u8]| {
     let mut state = pipeline.new_partition();
     let mut now = NOW;
     for (offset, message) in data.split(|b| *b == b'\n').enumerate() {
-        now += 997 * offset as i64;
+        // A little under a second between messages: buckets roll over, dedup generations too.
+        now = NOW + 997 * offset as i64;
         pipeline.process(&mut state, message, now - 1000, now);
         state.applied(offset as i64);
     }
-    state.evict_idle(&pipeline.windows, now);
+    state.evict_idle(&pipeline.windows, &pipeline.limits, now);
 
     let bytes = checkpoint::encode(&state, &pipeline.windows);
     let (restored, _) = checkpoint::decode(&bytes).expect("a checkpoint reads back");
     assert!(restored.same_aggregates(&state));
+    assert_eq!(restored.dedup().len(), state.dedup().len());
+    assert_eq!(restored.next_offset(), state.next_offset());
 
     let store = Store::default();
     store.install(TopicPartition::new("visits", 0), state);

@@ -1,0 +1,183 @@
+//! The soak: a steady stream through Tansu for half an hour with `/metrics` scraped every
+//! second. Not part of the regular run (it takes as long as it says):
+//!
+//! ```text
+//! cargo test --test soak -- --ignored --nocapture
+//! SOAK_SECONDS=120 SOAK_RATE=500 cargo test --test soak -- --ignored --nocapture   # a short one
+//! ```
+//!
+//! Nothing is logged at WARN or ERROR once the service is ready; resident memory is flat over
+//! the last third of the run (within 5 %), after the de-duplication memory has filled its
+//! 15-minute horizon; consumer lag stays under five seconds of traffic; and at the end every
+//! counter and the 1h and 24h windows equal the ledger of produced events exactly.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CHANNELS: &[&str] = &["email", "paid_social", "display", "affiliate"];
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse().expect("a number"))
+        .unwrap_or(default)
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[test]
+#[ignore = "runs for SOAK_SECONDS (default 1800); see the module docs"]
+fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
+    let seconds = env_or("SOAK_SECONDS", 1800);
+    let rate = env_or("SOAK_RATE", 1000) as usize;
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    let port = free_port();
+    let config = service_config(&tansu.brokers(), &format!("soak-{}", now_ms()), port, "");
+    let svc = Service::start(&config, port);
+    svc.wait_ready(Duration::from_secs(60));
+    let quiet_from = svc.log().len();
+    let pid = svc.proc.child.id();
+
+    // The producer: one batch per second, stamped with the time it is made.
+    let brokers = tansu.brokers();
+    let producer = std::thread::spawn(move || {
+        let mut traffic = Traffic::new("soak", 40, CHANNELS);
+        let start = Instant::now();
+        for second in 0..seconds {
+            let batch = traffic.next(rate, now_ms());
+            produce(&brokers, &batch);
+            // Pacing to the rate, not synchronisation.
+            let next = start + Duration::from_secs(second + 1);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        traffic
+    });
+
+    // The scraper: every second, as an aggressive Prometheus would.
+    let mut samples: Vec<(Duration, u64, f64, Duration)> = Vec::new(); // (at, rss, lag, latency)
+    let start = Instant::now();
+    while !producer.is_finished() {
+        let t = Instant::now();
+        let m = svc.metrics();
+        let latency = t.elapsed();
+        samples.push((
+            start.elapsed(),
+            rss_bytes(pid),
+            m.sum("ecom_pulse_consumer_lag"),
+            latency,
+        ));
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
+    }
+    let traffic = producer.join().unwrap();
+    assert!(
+        samples.iter().all(|s| s.2.is_finite()),
+        "lag samples are numbers"
+    );
+    let expected = traffic.total();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let m = loop {
+        let m = svc.metrics();
+        let got = counter_totals(&[&m]);
+        if got == expected {
+            break m;
+        }
+        if Instant::now() > deadline {
+            let log = svc.log();
+            let noisy: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            panic!(
+                "not exact after the run:\nexpected {expected:?}\ngot      {got:?}\n\
+                 accepted {}, duplicates {:?}, rejected {}, restores {:?}\nWARN/ERROR lines:\n{}",
+                m.sum("ecom_pulse_events_total"),
+                m.get("ecom_pulse_events_duplicate_total"),
+                m.sum("ecom_pulse_events_rejected_total"),
+                m.names_with_prefix("ecom_pulse_restores_total")
+                    .iter()
+                    .map(|n| (n.to_string(), m.get(n)))
+                    .collect::<Vec<_>>(),
+                noisy.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_exact(&traffic.ledger, &[&m], &["1h", "24h"]);
+    // The lag figures below are real series, one per owned partition.
+    assert_eq!(
+        m.text
+            .lines()
+            .filter(|l| l.starts_with("ecom_pulse_consumer_lag{"))
+            .count(),
+        9
+    );
+    promtool_check(&m.text);
+
+    let log = svc.log();
+    let noisy: Vec<&str> = log[quiet_from..]
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "logged while running:\n{}",
+        noisy.join("\n")
+    );
+
+    let last_third: Vec<u64> = samples
+        .iter()
+        .filter(|s| s.0.as_secs() >= seconds * 2 / 3)
+        .map(|s| s.1)
+        .collect();
+    let (lo, hi) = (
+        *last_third.iter().min().unwrap(),
+        *last_third.iter().max().unwrap(),
+    );
+    let max_lag = samples.iter().map(|s| s.2).fold(0.0, f64::max);
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.3).collect();
+    latencies.sort();
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!(
+        "soak: {seconds} s at {rate} events/s, {} events, {} keys, {} scrapes (p50 {:?}, max {:?}); \
+         RSS {:.1} MiB after 1 min, {:.1}..{:.1} MiB over the last third, {:.1} MiB at the end; \
+         max lag {max_lag} messages; exact at the end; nothing logged at WARN or ERROR",
+        seconds as usize * rate,
+        traffic.ledger.len(),
+        samples.len(),
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap(),
+        mib(samples
+            .iter()
+            .find(|s| s.0.as_secs() >= 60)
+            .map_or(0, |s| s.1)),
+        mib(lo),
+        mib(hi),
+        mib(samples.last().unwrap().1),
+    );
+    // The de-duplication memory fills for one horizon and a quarter (15 to 19 minutes):
+    // flatness is only asked of runs whose last third starts after that.
+    if seconds >= 1500 {
+        assert!(
+            hi as f64 <= lo as f64 * 1.05,
+            "RSS not flat over the last third: {:.1}..{:.1} MiB",
+            mib(lo),
+            mib(hi)
+        );
+    }
+    assert!(
+        max_lag < (5 * rate) as f64,
+        "lag reached {max_lag} messages"
+    );
+}
