@@ -51,6 +51,22 @@ impl Telemetry {
         let register = |c: Box<dyn prometheus::core::Collector>| {
             registry.register(c).expect("metric names are unique");
         };
+        // The unlabelled metrics: made, registered and handed back in one step.
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(opts(name, help)).unwrap();
+            register(Box::new(c.clone()));
+            c
+        };
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(opts(name, help)).unwrap();
+            register(Box::new(g.clone()));
+            g
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = Gauge::with_opts(opts(name, help)).unwrap();
+            register(Box::new(g.clone()));
+            g
+        };
 
         let events_vec = IntCounterVec::new(
             opts("events_total", "Events accepted and aggregated, by type."),
@@ -74,46 +90,34 @@ impl Telemetry {
             .collect();
         register(Box::new(rejected_vec));
 
-        let duplicates = IntCounter::with_opts(opts(
+        let duplicates = counter(
             "events_duplicate_total",
             "Events whose event_id was already seen within the dedup horizon; counted once.",
-        ))
-        .unwrap();
-        register(Box::new(duplicates.clone()));
+        );
 
-        let keys_overflow = IntCounter::with_opts(opts(
+        let keys_overflow = counter(
             "keys_overflow_total",
             "Events counted under campaign \"(other)\" because their partition already held limits.max_keys keys.",
-        ))
-        .unwrap();
-        register(Box::new(keys_overflow.clone()));
-        let keys_evicted = IntCounter::with_opts(opts(
+        );
+        let keys_evicted = counter(
             "keys_evicted_total",
-            "Keys dropped because all their windows had emptied.",
-        ))
-        .unwrap();
-        register(Box::new(keys_evicted.clone()));
+            "Keys dropped, in a partition at limits.max_keys, because all their windows had emptied.",
+        );
 
-        let last_event_timestamp = Gauge::with_opts(opts(
+        let last_event_timestamp = gauge(
             "last_event_timestamp_seconds",
             "Event time of the newest accepted event, Unix seconds.",
-        ))
-        .unwrap();
-        register(Box::new(last_event_timestamp.clone()));
+        );
 
-        let ready = IntGauge::with_opts(opts(
+        let ready = int_gauge(
             "ready",
             "1 when partitions are assigned and caught up (what /readyz answers), else 0.",
-        ))
-        .unwrap();
-        register(Box::new(ready.clone()));
+        );
 
-        let kafka_connected = IntGauge::with_opts(opts(
+        let kafka_connected = int_gauge(
             "kafka_connected",
             "1 while at least one broker connection is up, else 0.",
-        ))
-        .unwrap();
-        register(Box::new(kafka_connected.clone()));
+        );
 
         let consumer_lag = IntGaugeVec::new(
             opts(
@@ -149,12 +153,10 @@ impl Telemetry {
             .collect();
         register(Box::new(late_vec));
 
-        let replayed = IntCounter::with_opts(opts(
+        let replayed = counter(
             "restore_events_replayed_total",
             "Events applied while their partition was catching up after being restored or assigned.",
-        ))
-        .unwrap();
-        register(Box::new(replayed.clone()));
+        );
 
         let restores = IntCounterVec::new(
             opts(
@@ -182,12 +184,10 @@ impl Telemetry {
         }
         register(Box::new(checkpoints.clone()));
 
-        let checkpoint_bytes = IntCounter::with_opts(opts(
+        let checkpoint_bytes = counter(
             "checkpoint_written_bytes_total",
             "Encoded state bytes written to the checkpoint topic.",
-        ))
-        .unwrap();
-        register(Box::new(checkpoint_bytes.clone()));
+        );
 
         let alert_transitions = IntCounterVec::new(
             opts(
@@ -243,13 +243,11 @@ impl Telemetry {
         info.with_label_values(&[reporting_currency]).set(1);
         register(Box::new(info));
 
-        let clv = Gauge::with_opts(opts(
+        gauge(
             "clv_factor",
             "Purchases per year x customer lifetime in years (kpi.*): CLV = AOV x this.",
-        ))
-        .unwrap();
-        clv.set(clv_factor);
-        register(Box::new(clv));
+        )
+        .set(clv_factor);
 
         #[cfg(target_os = "linux")]
         register(Box::new(
