@@ -74,6 +74,11 @@ pub struct KafkaConfig {
 pub struct HttpConfig {
     /// Listen address of the HTTP endpoints.
     pub listen: SocketAddr,
+    /// A web config file in Prometheus' exporter-toolkit format (TLS, basic auth, bearer
+    /// tokens); empty: plain HTTP, no authentication.
+    pub web_config_file: String,
+    /// Whether `/healthz` answers without credentials when the web config asks for them.
+    pub open_healthz: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,6 +18,7 @@ use crate::export::feed::Feed;
 use crate::export::history::History;
 use crate::export::http::{AppState, router};
 use crate::export::metrics::{AlertCollector, PartitionCollector};
+use crate::export::web::{Web, WebConfigError, protect};
 use crate::kpi::ClvAssumptions;
 use crate::source::{Source, SourceError};
 use crate::telemetry::{Health, Telemetry};
@@ -42,11 +43,14 @@ pub enum ServiceError {
     Alertmanager(#[source] reqwest::Error),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Web(#[from] WebConfigError),
 }
 
 /// A service whose listener is bound and whose consumer is created, not yet running.
 pub struct Service {
     listener: TcpListener,
+    web: Web,
     state: AppState,
     source: Source,
     evaluator: Evaluator,
@@ -89,6 +93,7 @@ impl Service {
                 .map_err(ServiceError::Checkpoint)?,
         );
 
+        let web = Web::load(&config.http.web_config_file, config.http.open_healthz)?;
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -112,9 +117,10 @@ impl Service {
         )
         .map_err(ServiceError::Feed)?
         .map(Arc::new);
+        let scheme = if web.tls.is_some() { "https" } else { "http" };
         let external_url = if config.alerting.external_url.is_empty() {
             format!(
-                "http://{}",
+                "{scheme}://{}",
                 listener
                     .local_addr()
                     .map_err(|source| ServiceError::Listen { addr, source })?
@@ -174,6 +180,7 @@ impl Service {
         };
         Ok(Service {
             listener,
+            web,
             state,
             source,
             evaluator,
@@ -195,18 +202,23 @@ impl Service {
             outer.cancelled().await;
             inner.cancel();
         });
-        tracing::info!(url = %format!("http://{}/metrics", self.local_addr()), "serving");
-        let app = router(self.state);
+        let scheme = if self.web.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(
+            url = %format!("{scheme}://{}/metrics", self.local_addr()),
+            authentication = self.web.auth.is_some(),
+            "serving"
+        );
+        let app = protect(router(self.state), &self.web);
         let evaluator = tokio::spawn(self.evaluator.run(shutdown.clone()));
         let notifier = self
             .notifier
             .map(|(notifier, updates)| tokio::spawn(notifier.run(updates, shutdown.clone())));
         let http_shutdown = shutdown.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(self.listener, app)
-                .with_graceful_shutdown(http_shutdown.cancelled_owned())
-                .await
-        });
+        let http = tokio::spawn(serve(self.listener, self.web.tls, app, http_shutdown));
         self.source.run(shutdown.clone()).await;
         // The source only returns on shutdown; make sure the rest follows in any case.
         shutdown.cancel();
@@ -219,4 +231,35 @@ impl Service {
             Err(join) => Err(ServiceError::Http(std::io::Error::other(join))),
         }
     }
+}
+
+/// Serves `app` on `listener` until `shutdown`, over TLS when the web config asks for it, and
+/// then lets in-flight requests finish.
+async fn serve(
+    listener: TcpListener,
+    tls: Option<crate::export::web::Tls>,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    };
+    let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls.config.clone());
+    tokio::spawn(tls.reload_on_change(
+        rustls.clone(),
+        std::time::Duration::from_secs(10),
+        shutdown.clone(),
+    ));
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
 }

@@ -5,3 +5,4 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod page;
+pub mod web;

@@ -223,6 +223,18 @@ level = "info,librdkafka=warn"
 
 impl Service {
     pub fn start(config_toml: &str, http_port: u16) -> Service {
+        let s = Service::spawn(config_toml, http_port);
+        wait_for(
+            "ecom-pulse to serve /healthz",
+            Duration::from_secs(30),
+            || s.get("/healthz").ok().filter(|(status, _)| *status == 200),
+        );
+        s
+    }
+
+    /// Starts the process without waiting for it to serve (for servers that plain HTTP
+    /// cannot probe).
+    pub fn spawn(config_toml: &str, http_port: u16) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ecom-pulse.toml");
         std::fs::write(&path, config_toml).unwrap();
@@ -235,20 +247,14 @@ impl Service {
             .stderr(log)
             .spawn()
             .expect("start ecom-pulse");
-        let s = Service {
+        Service {
             http_port,
             dir,
             proc: Proc {
                 child,
                 name: "ecom-pulse".into(),
             },
-        };
-        wait_for(
-            "ecom-pulse to serve /healthz",
-            Duration::from_secs(30),
-            || s.get("/healthz").ok().filter(|(status, _)| *status == 200),
-        );
-        s
+        }
     }
 
     /// GET `path`: (status, body).
@@ -758,15 +764,25 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(targets: &[String], rule_files: &[&str]) -> Prometheus {
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        Self::start_with(
+            &format!(
+                "  - job_name: ecom-pulse\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+            rule_files,
+        )
+    }
+
+    /// Like `start`, with the `scrape_configs` list written out (YAML, indented by two).
+    pub fn start_with(scrape_configs: &str, rule_files: &[&str]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         let rules: String = rule_files.iter().map(|f| format!("  - {f}\n")).collect();
-        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{rules}scrape_configs:\n  - job_name: ecom-pulse\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{rules}scrape_configs:\n{scrape_configs}"
             ),
         )
         .unwrap();
@@ -814,5 +830,104 @@ impl Prometheus {
             return Err(format!("{status}: {body}"));
         }
         Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// A throw-away certificate authority made with the `openssl` command: `ca.pem` signs
+/// `server.pem` (localhost, 127.0.0.1) and `client.pem`; `other-ca.pem` signs `server2.pem`
+/// (a certificate to rotate to).
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let (key, pem, subj) = (
+                format!("{ca}.key"),
+                format!("{ca}.pem"),
+                format!("/CN=test {ca}"),
+            );
+            let mut args = vec![
+                "req", "-x509", "-days", "2", "-subj", &subj, "-keyout", &key, "-out", &pem,
+            ];
+            args.extend(ec);
+            openssl(&args);
+        }
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("server2.ext"),
+            std::fs::read(dir.path().join("server.ext")).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("client.ext"),
+            "extendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        for (name, cn, ca) in [
+            ("server", "localhost", "ca"),
+            ("client", "prometheus", "ca"),
+            ("server2", "localhost", "other-ca"),
+        ] {
+            let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+            let (key, csr, pem, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            let subj = format!("/CN={cn}");
+            let mut args = vec!["req", "-subj", &subj, "-keyout", &key, "-out", &csr];
+            args.extend(ec);
+            openssl(&args);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_pem,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &pem,
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Pki { dir }
+    }
+
+    /// The absolute path of one of the files, as text for config files.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
     }
 }
