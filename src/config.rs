@@ -65,8 +65,152 @@ pub struct KafkaConfig {
     /// Topic for KPI snapshots (not implemented yet).
     pub kpis_topic: String,
     /// librdkafka properties, flattened to dotted names; applied after ecom-pulse's own.
+    /// Values may be `${file:PATH}` or `${env:NAME}` (resolved at load).
     #[serde(default, deserialize_with = "flatten_properties")]
-    pub properties: BTreeMap<String, String>,
+    pub properties: KafkaProperties,
+}
+
+/// librdkafka properties, with the values that are secrets remembered, so that no log line,
+/// error message or debug print shows them.
+#[derive(Clone, Default)]
+pub struct KafkaProperties {
+    map: BTreeMap<String, String>,
+    /// Values of secret properties (by name) and of every `${file:}` / `${env:}` reference.
+    secrets: Vec<String>,
+}
+
+/// Shown instead of a secret.
+pub const REDACTED: &str = "[redacted]";
+
+/// Whether a librdkafka property holds a secret by its name (`sasl.password`,
+/// `ssl.key.password`, `ssl.keystore.password`, `sasl.oauthbearer.client.secret`,
+/// `ssl.key.pem`, `sasl.oauthbearer.config`, ...).
+fn is_secret_name(name: &str) -> bool {
+    name.contains("password")
+        || name.contains("secret")
+        || name.contains("token")
+        || name == "ssl.key.pem"
+        || name == "sasl.oauthbearer.config"
+}
+
+impl KafkaProperties {
+    fn insert(&mut self, name: String, value: String) {
+        if is_secret_name(&name) && !value.is_empty() {
+            self.secrets.push(value.clone());
+        }
+        self.map.insert(name, value);
+    }
+
+    /// Sets `name` unless the user did.
+    pub fn set_default(&mut self, name: &str, value: &str) {
+        if !self.map.contains_key(name) {
+            self.insert(name.to_string(), value.to_string());
+        }
+    }
+
+    /// Replaces `${file:PATH}` (the file's content, without a final newline) and
+    /// `${env:NAME}` (the variable, from `env` when given, else the process environment).
+    fn resolve_references(
+        &mut self,
+        env: Option<&BTreeMap<String, String>>,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in self.map.iter_mut() {
+            let key = || format!("kafka.properties.{name}");
+            let resolved = if let Some(path) = reference(value, "file") {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid(key(), format!("cannot read {path}: {e}")))?;
+                text.strip_suffix('\n')
+                    .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                    .unwrap_or(&text)
+                    .to_string()
+            } else if let Some(var) = reference(value, "env") {
+                let found = match env {
+                    Some(env) => env.get(var).cloned(),
+                    None => std::env::var(var).ok(),
+                };
+                found.ok_or_else(|| {
+                    invalid(key(), format!("environment variable {var} is not set"))
+                })?
+            } else {
+                continue;
+            };
+            if !resolved.is_empty() {
+                self.secrets.push(resolved.clone());
+            }
+            *value = resolved;
+        }
+        // Longest first, so that a secret containing another is replaced whole.
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.secrets.dedup();
+        Ok(())
+    }
+
+    /// `text` with every secret value replaced by [`REDACTED`]: for messages that may quote
+    /// a property (librdkafka's "Unsupported value ..." does).
+    pub fn redact(&self, text: &str) -> String {
+        self.redactor().apply(text)
+    }
+
+    /// What [`KafkaProperties::redact`] does, cheap to clone into long-lived callbacks.
+    pub fn redactor(&self) -> Redactor {
+        Redactor(self.secrets.clone().into())
+    }
+}
+
+/// `${kind:rest}` → `rest`.
+fn reference<'a>(value: &'a str, kind: &str) -> Option<&'a str> {
+    value
+        .strip_prefix("${")?
+        .strip_suffix('}')?
+        .strip_prefix(kind)?
+        .strip_prefix(':')
+        .filter(|rest| !rest.is_empty())
+}
+
+/// Replaces known secret values in text; see [`KafkaProperties::redactor`].
+#[derive(Clone, Default)]
+pub struct Redactor(std::sync::Arc<[String]>);
+
+impl Redactor {
+    pub fn apply(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in self.0.iter() {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+}
+
+impl std::ops::Deref for KafkaProperties {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaProperties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.map.iter()
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.map.iter().map(|(k, v)| {
+                let shown = if self.secrets.iter().any(|s| s == v) || is_secret_name(k) {
+                    REDACTED
+                } else {
+                    v.as_str()
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,10 +411,11 @@ impl Config {
             .separator("__")
             // Values stay text (a group id "0042" must not become 42); typed fields parse it.
             .try_parsing(false);
-        if let Some(vars) = env {
-            environment = environment.source(Some(vars.into_iter().collect()));
+        if let Some(vars) = &env {
+            environment = environment.source(Some(vars.clone().into_iter().collect()));
         }
-        let config: Config = builder.add_source(environment).build()?.try_deserialize()?;
+        let mut config: Config = builder.add_source(environment).build()?.try_deserialize()?;
+        config.kafka.properties.resolve_references(env.as_ref())?;
         config.validate()?;
         Ok(config)
     }
@@ -599,15 +744,11 @@ enum PropertyValue {
     Table(BTreeMap<String, PropertyValue>),
 }
 
-fn flatten_properties<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Error>
+fn flatten_properties<'de, D>(de: D) -> Result<KafkaProperties, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
-    fn walk(
-        prefix: &str,
-        table: BTreeMap<String, PropertyValue>,
-        out: &mut BTreeMap<String, String>,
-    ) {
+    fn walk(prefix: &str, table: BTreeMap<String, PropertyValue>, out: &mut KafkaProperties) {
         for (key, value) in table {
             // librdkafka names never contain `_`, environment variable names cannot contain `.`.
             let key = key.replace('_', ".");
@@ -630,7 +771,7 @@ where
         }
     }
     let table = BTreeMap::<String, PropertyValue>::deserialize(de)?;
-    let mut out = BTreeMap::new();
+    let mut out = KafkaProperties::default();
     walk("", table, &mut out);
     Ok(out)
 }
@@ -734,6 +875,68 @@ mod tests {
         assert_eq!(c.windows.lengths, ["10s", "2m"]);
         assert_eq!(c.kafka.topics, ["a", "b"]);
         assert_eq!(c.kafka.properties.get("sasl.password").unwrap(), "secret");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_the_environment_and_are_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("password");
+        std::fs::write(&pw, "from-a-file-s3cret\n").unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[kafka.properties]\n\"sasl.password\" = \"${{file:{}}}\"\n\"sasl.username\" = \"${{env:KAFKA_USER}}\"\n\"ssl.key.password\" = \"plain-s3cret\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n",
+                pw.display()
+            ),
+        )
+        .unwrap();
+        let c =
+            Config::load_with_env(Some(&path), env(&[("KAFKA_USER", "env-user-s3cret")])).unwrap();
+        let p = &c.kafka.properties;
+        assert_eq!(
+            p["sasl.password"], "from-a-file-s3cret",
+            "final newline dropped"
+        );
+        assert_eq!(p["sasl.username"], "env-user-s3cret");
+        let shown = format!("{c:?}");
+        for secret in ["from-a-file-s3cret", "env-user-s3cret", "plain-s3cret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+            let message = format!("Unsupported value \"{secret}\" for a property");
+            assert_eq!(
+                p.redact(&message),
+                "Unsupported value \"[redacted]\" for a property"
+            );
+        }
+        assert!(
+            shown.contains("SCRAM-SHA-512"),
+            "ordinary values stay visible"
+        );
+        assert_eq!(p.redact("nothing secret"), "nothing secret");
+
+        // A reference that cannot be resolved names the key, not a value.
+        std::fs::write(
+            &path,
+            "[kafka.properties]\n\"sasl.password\" = \"${file:/nonexistent/pw}\"\n",
+        )
+        .unwrap();
+        let err = Config::load_with_env(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.properties.sasl.password"), "{err}");
+        assert!(err.contains("/nonexistent/pw"), "{err}");
+        std::fs::write(
+            &path,
+            "[kafka.properties]\n\"sasl.password\" = \"${env:NOT_SET_ANYWHERE}\"\n",
+        )
+        .unwrap();
+        let err = Config::load_with_env(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kafka.properties.sasl.password") && err.contains("NOT_SET_ANYWHERE"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -44,8 +44,7 @@ pub async fn run(
     config
         .kafka
         .properties
-        .entry("session.timeout.ms".into())
-        .or_insert_with(|| "6000".into());
+        .set_default("session.timeout.ms", "6000");
 
     let service = Service::start(&config).await?;
     let addr = service.local_addr();

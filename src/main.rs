@@ -91,18 +91,48 @@ fn stop_on_signal(token: CancellationToken) {
     });
 }
 
-fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ecom-pulse: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(run(Cli::parse()));
     // A librdkafka call stuck on an unreachable broker must not hold up exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    result
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ecom-pulse: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// The error and its causes on one line, each cause only if the message before it does not
+/// already quote it (most of ours do).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+/// Loads the configuration and runs the command; an error comes back as the message to
+/// print, with secrets redacted.
+async fn run(cli: Cli) -> Result<(), String> {
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -122,9 +152,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             None => print!("{rules}"),
             Some(dir) => {
-                std::fs::write(dir.join("ecom-pulse.rules.yml"), rules)?;
+                let write = |name: &str, text: String| {
+                    std::fs::write(dir.join(name), text)
+                        .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))
+                };
+                write("ecom-pulse.rules.yml", rules)?;
                 let tests = ecom_pulse::rules::render_tests(&config, "ecom-pulse.rules.yml");
-                std::fs::write(dir.join("ecom-pulse.rules.test.yml"), tests)?;
+                write("ecom-pulse.rules.test.yml", tests)?;
                 eprintln!(
                     "wrote {0}/ecom-pulse.rules.yml and {0}/ecom-pulse.rules.test.yml",
                     dir.display()
@@ -134,10 +168,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     init_tracing(&config);
+    // Errors may quote librdkafka, which may quote a property: never show a secret.
+    let redactor = config.kafka.properties.redactor();
+    execute(cli.command, config)
+        .await
+        .map_err(|e| redactor.apply(&one_line(&e)))
+}
+
+async fn execute(command: Option<Command>, config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone());
 
-    match cli.command.unwrap_or(Command::Run) {
+    match command.unwrap_or(Command::Run) {
         Command::Rules { .. } => unreachable!("handled above"),
         Command::Run => {
             let service = Service::start(&config).await.context("start-up failed")?;
@@ -152,8 +194,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bad_ratio,
         } => {
             let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
-            let properties: Vec<(String, String)> =
-                config.kafka.properties.clone().into_iter().collect();
+            let properties: Vec<(String, String)> = config
+                .kafka
+                .properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             let topics = config.kafka.topics.clone();
             let sent = tokio::task::spawn_blocking(move || {
                 ecom_pulse::generate::run(&brokers, &topics, rate, bad_ratio, &properties, shutdown)

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Outcome, Pipeline, SharedPartition, Store, TopicPartition};
 use crate::checkpoint::kafka::CheckpointStore;
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, Redactor};
 use crate::decode::{Reason, Rejection};
 use crate::telemetry::{Health, Progress, RateLimit, Telemetry};
 
@@ -81,6 +81,8 @@ pub struct SourceContext {
     checkpoints: Arc<CheckpointStore>,
     shutdown: CancellationToken,
     error_log: RateLimit,
+    /// librdkafka's messages pass through it, in case one quotes a secret property.
+    redactor: Redactor,
     /// Last connection state logged (0 none yet, 1 down, 2 up), so each change is logged once.
     logged_state: AtomicU8,
 }
@@ -252,6 +254,7 @@ fn describe(tps: &[TopicPartition]) -> String {
 
 impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let message = self.redactor.apply(message);
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -310,7 +313,11 @@ impl ClientContext for SourceContext {
             self.set_connected(false);
         }
         self.telemetry.kafka_error(&code_label(code));
-        self.warn_limited(&format!("Kafka client error: {reason}"), &error);
+        let error = self.redactor.apply(&error.to_string());
+        self.warn_limited(
+            &format!("Kafka client error: {}", self.redactor.apply(reason)),
+            &error,
+        );
     }
 }
 
@@ -443,6 +450,7 @@ impl Source {
             checkpoints,
             shutdown,
             error_log: RateLimit::new(Duration::from_secs(10)),
+            redactor: cfg.properties.redactor(),
             logged_state: AtomicU8::new(0),
         };
         let consumer: Kafka = client_config(cfg)

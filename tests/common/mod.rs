@@ -74,7 +74,16 @@ pub struct Tansu {
     pub port: u16,
     pub dir: tempfile::TempDir,
     proc: Option<Proc>,
+    /// SASL (SCRAM) required of clients.
+    authentication: bool,
+    /// The port advertised to clients when it is not `port` (a TLS terminator's).
+    advertised: Option<u16>,
+    /// stunnel terminating TLS in front of the broker.
+    tls: Option<Proc>,
 }
+
+/// A SCRAM user to create in a secured Tansu: name, password, `scram256` or `scram512`.
+pub type ScramUser<'a> = (&'a str, &'a str, &'a str);
 
 impl Tansu {
     pub fn start() -> Tansu {
@@ -87,13 +96,75 @@ impl Tansu {
             port,
             dir,
             proc: None,
+            authentication: false,
+            advertised: None,
+            tls: None,
         };
         t.restart();
         t
     }
 
+    /// A broker that requires SASL/SCRAM of every client, with `users` and `topics` (3
+    /// partitions) made first. With `tls`, clients reach it only through stunnel, which
+    /// presents `server.pem` of that authority: Tansu 0.6.0 cannot do TLS itself (its
+    /// `--cert` and `--key` are mutually exclusive options, and the acceptor it builds is
+    /// never used).
+    pub fn start_secured(users: &[ScramUser], topics: &[&str], tls: Option<&Pki>) -> Tansu {
+        let mut t = Tansu::start();
+        // Users can only be made while authentication is off: the `tansu user` client
+        // cannot authenticate. The SQLite file keeps them over the restart.
+        for (name, password, mechanism) in users {
+            let status = Command::new(tool("tansu", "see above"))
+                .args(["user", "create", name, password, "--mechanism", mechanism])
+                .args(["--broker", &format!("tcp://127.0.0.1:{}", t.port)])
+                .stdout(Stdio::null())
+                .status()
+                .expect("run tansu user create");
+            assert!(status.success(), "creating user {name} failed");
+        }
+        t.create_topics(topics, 3);
+        t.stop();
+        t.authentication = true;
+        if let Some(pki) = tls {
+            let port = free_port();
+            let conf = t.dir.path().join("stunnel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{}\ncert = {}\nkey = {}\n",
+                    t.port,
+                    pki.path("server.pem"),
+                    pki.path("server.key"),
+                ),
+            )
+            .unwrap();
+            let child = Command::new(tool("stunnel4", "apt-get install stunnel4"))
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start stunnel");
+            t.tls = Some(Proc {
+                child,
+                name: "stunnel".into(),
+            });
+            wait_for("stunnel to listen", Duration::from_secs(30), || {
+                TcpStream::connect(("127.0.0.1", port)).ok()
+            });
+            t.advertised = Some(port);
+        }
+        t.restart();
+        t
+    }
+
+    /// Where clients connect: the TLS terminator if there is one.
+    pub fn client_brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.advertised.unwrap_or(self.port))
+    }
+
     pub fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let child = Command::new(tool(
             "tansu",
             "cargo install --locked tansu --version 0.6.0 --features dynostore,libsql",
@@ -103,9 +174,10 @@ impl Tansu {
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
         .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(self.authentication.then_some("--authentication"))
         .current_dir(self.dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -168,12 +240,20 @@ impl Msg {
 
 /// Produces all messages and waits until the broker acknowledged every one.
 pub fn produce(brokers: &str, messages: &[Msg]) {
-    let producer: BaseProducer = ClientConfig::new()
+    produce_with(brokers, &[], messages)
+}
+
+/// Like `produce`, with more librdkafka properties (security settings).
+pub fn produce_with(brokers: &str, properties: &[(&str, &str)], messages: &[Msg]) {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
+        .set("linger.ms", "5");
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    let producer: BaseProducer = config.create().expect("producer");
     for m in messages {
         let mut record = BaseRecord::to(m.topic).key(&m.key);
         if let Some(v) = &m.value {
@@ -235,6 +315,11 @@ impl Service {
     /// Starts the process without waiting for it to serve (for servers that plain HTTP
     /// cannot probe).
     pub fn spawn(config_toml: &str, http_port: u16) -> Service {
+        Service::spawn_with_env(config_toml, http_port, &[])
+    }
+
+    /// Like `spawn`, with environment variables added.
+    pub fn spawn_with_env(config_toml: &str, http_port: u16, env: &[(&str, &str)]) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ecom-pulse.toml");
         std::fs::write(&path, config_toml).unwrap();
@@ -243,6 +328,7 @@ impl Service {
             .arg("--config")
             .arg(&path)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
