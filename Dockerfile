@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build: compile with the Rust toolchain (librdkafka is built from source and
-# linked statically, against the system OpenSSL for TLS and SASL/SCRAM), run on distroless as
-# a non-root user. The runtime image holds the binary, glibc and libssl3, nothing else.
+# linked statically, with OpenSSL built from source for TLS and SASL/SCRAM), run on distroless
+# as a non-root user. The runtime image holds the binary and glibc, nothing else.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
