@@ -322,6 +322,17 @@ pub struct AlertmanagerConfig {
     /// Per request.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// PEM file of the authority that signed Alertmanager's certificate, trusted besides the
+    /// system's.
+    pub ca_file: String,
+    /// Client certificate and its key (PEM), for an Alertmanager that requires one.
+    pub cert_file: String,
+    pub key_file: String,
+    /// Basic auth: the user, and a file holding the password (read at every push).
+    pub basic_auth_username: String,
+    pub basic_auth_password_file: String,
+    /// A file holding a bearer token (read at every push).
+    pub bearer_token_file: String,
 }
 
 /// One `[[alerts]]` rule.
@@ -561,6 +572,25 @@ impl Config {
             return Err(invalid(
                 "alertmanager.url",
                 "must start with http:// or https://",
+            ));
+        }
+        let am = &self.alertmanager;
+        if am.cert_file.is_empty() != am.key_file.is_empty() {
+            return Err(invalid(
+                "alertmanager.cert_file",
+                "cert_file and key_file go together",
+            ));
+        }
+        if am.basic_auth_username.is_empty() != am.basic_auth_password_file.is_empty() {
+            return Err(invalid(
+                "alertmanager.basic_auth_password_file",
+                "basic_auth_username and basic_auth_password_file go together",
+            ));
+        }
+        if !am.basic_auth_username.is_empty() && !am.bearer_token_file.is_empty() {
+            return Err(invalid(
+                "alertmanager.bearer_token_file",
+                "use basic auth or a bearer token, not both",
             ));
         }
         let windows = self.window_lengths()?;

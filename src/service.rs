@@ -39,8 +39,8 @@ pub enum ServiceError {
     Checkpoint(#[source] crate::checkpoint::CheckpointError),
     #[error("kafka.kpis_topic / kafka.alerts_topic producer: {0}")]
     Feed(#[source] rdkafka::error::KafkaError),
-    #[error("alertmanager.url client: {0}")]
-    Alertmanager(#[source] reqwest::Error),
+    #[error("Alertmanager client: {0}")]
+    Alertmanager(#[source] crate::alert::notify::NotifyError),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
     #[error(transparent)]
@@ -136,9 +136,7 @@ impl Service {
             (None, None)
         } else {
             let notifier = Notifier::new(
-                &config.alertmanager.url,
-                config.alertmanager.timeout,
-                config.alertmanager.resend_interval,
+                &config.alertmanager,
                 format!("{external_url}/api/v1/alerts"),
                 telemetry.clone(),
             )

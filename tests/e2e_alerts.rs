@@ -265,3 +265,113 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
         "{stdout}"
     );
 }
+
+/// Alertmanager behind TLS and basic auth (its own `--web.config.file`): ecom-pulse pushes with
+/// the CA, a client certificate and the password from a file; a second service with the
+/// wrong password is refused and says so.
+#[test]
+fn alerts_reach_an_alertmanager_behind_tls_and_basic_auth() {
+    let pki = Pki::new();
+    let password = "am-Pa55word-in-a-file";
+    std::fs::write(pki.dir.path().join("am-password"), format!("{password}\n")).unwrap();
+    std::fs::write(pki.dir.path().join("wrong-password"), "not-it").unwrap();
+    let am = Alertmanager::start_with_web_config(&format!(
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\nbasic_auth_users:\n  ecom-pulse: {}\n",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+        bcrypt::hash(password, 6).unwrap(),
+    ));
+    let api = format!("https://127.0.0.1:{}/api/v2/alerts", am.port);
+    let curl = |user: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--fail",
+                "--max-time",
+                "10",
+                "--cacert",
+                &pki.path("ca.pem"),
+            ])
+            .args([
+                "--cert",
+                &pki.path("client.pem"),
+                "--key",
+                &pki.path("client.key"),
+            ])
+            .args(["-u", user, &api])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap())
+    };
+    let user = format!("ecom-pulse:{password}");
+    wait_for("alertmanager to serve TLS", Duration::from_secs(30), || {
+        curl(&user)
+    });
+    assert!(
+        curl("ecom-pulse:not-it").is_none(),
+        "Alertmanager checks the password"
+    );
+
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    let rules = RULES.replace(
+        "url = \"ALERTMANAGER\"",
+        &format!(
+            "url = \"https://127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nbasic_auth_username = \"ecom-pulse\"\nbasic_auth_password_file = \"PASSWORD_FILE\"",
+            am.port,
+            pki.path("ca.pem"),
+            pki.path("client.pem"),
+            pki.path("client.key"),
+        ),
+    );
+    let start = |password_file: &str| {
+        let port = free_port();
+        let config = service_config(
+            &tansu.brokers(),
+            &format!("secured-am-{}", free_port()),
+            port,
+            &rules.replace("PASSWORD_FILE", password_file),
+        );
+        Service::start(&config, port)
+    };
+    let svc = start(&pki.path("am-password"));
+    let wrong = start(&pki.path("wrong-password"));
+    // ROAS 1.5 straight away.
+    let ts = now_ms() - 1_000;
+    let mut batch: Vec<Msg> = (0..15).map(|i| order(&format!("o{i}"), ts, 100)).collect();
+    batch.extend((0..4).map(|i| spend(&format!("s{i}"), ts, 250)));
+    produce(&tansu.brokers(), &batch);
+    let listed = wait_for(
+        "the alert to reach Alertmanager",
+        Duration::from_secs(60),
+        || {
+            curl(&user)?
+                .into_iter()
+                .find(|a| a["labels"]["alertname"] == "RoasBelowBreakEven")
+        },
+    );
+    assert_eq!(listed["labels"]["campaign"], "promo");
+    let m = svc.metrics();
+    assert!(
+        m.get("ecom_pulse_alertmanager_notifications_total{result=\"ok\"}")
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        m.text
+    );
+    // The one with the wrong password fails its pushes, counts and logs them.
+    wait_for(
+        "the refused pushes to be counted",
+        Duration::from_secs(60),
+        || {
+            let m = wrong.metrics();
+            (m.get("ecom_pulse_alertmanager_notifications_total{result=\"failed\"}")? >= 1.0)
+                .then_some(())
+        },
+    );
+    assert!(wrong.log().contains("401"), "{}", wrong.log());
+    assert!(!wrong.log().contains("not-it"), "{}", wrong.log());
+}

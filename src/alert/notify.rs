@@ -4,6 +4,7 @@
 //! once with `endsAt` set to when it resolved, and failed sends are retried with back-off.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Alert;
+use crate::config::AlertmanagerConfig;
 use crate::telemetry::{RateLimit, Telemetry};
 
 /// What the evaluator tells the notifier after each evaluation.
@@ -97,24 +99,104 @@ pub fn am_alert(alert: &Alert, ends_at_ms: i64, generator_url: &str) -> AmAlert 
 pub struct Notifier {
     client: reqwest::Client,
     endpoint: String,
+    credentials: Credentials,
     resend: Duration,
     generator_url: String,
     telemetry: std::sync::Arc<Telemetry>,
     error_log: RateLimit,
 }
 
+/// How pushes authenticate. Secrets stay in their files and are read at every push, as
+/// Prometheus does with `password_file` and `credentials_file`, so they can be rotated.
+enum Credentials {
+    None,
+    Basic {
+        user: String,
+        password_file: PathBuf,
+    },
+    Bearer {
+        token_file: PathBuf,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("alertmanager.{key}: cannot read {path}: {source}")]
+    File {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("alertmanager.{key}: {message}")]
+    Tls { key: &'static str, message: String },
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+}
+
+fn read(key: &'static str, path: &str) -> Result<Vec<u8>, NotifyError> {
+    std::fs::read(path).map_err(|source| NotifyError::File {
+        key,
+        path: path.into(),
+        source,
+    })
+}
+
+/// A secret file's content without the final newline an editor adds.
+fn secret(key: &'static str, path: &std::path::Path) -> Result<String, NotifyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| NotifyError::File {
+        key,
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
 impl Notifier {
     pub fn new(
-        url: &str,
-        timeout: Duration,
-        resend: Duration,
+        config: &AlertmanagerConfig,
         generator_url: String,
         telemetry: std::sync::Arc<Telemetry>,
-    ) -> Result<Notifier, reqwest::Error> {
+    ) -> Result<Notifier, NotifyError> {
+        let mut client = reqwest::Client::builder().timeout(config.timeout);
+        if !config.ca_file.is_empty() {
+            let ca = reqwest::Certificate::from_pem(&read("ca_file", &config.ca_file)?).map_err(
+                |e| NotifyError::Tls {
+                    key: "ca_file",
+                    message: e.to_string(),
+                },
+            )?;
+            client = client.add_root_certificate(ca);
+        }
+        if !config.cert_file.is_empty() {
+            let mut pem = read("cert_file", &config.cert_file)?;
+            pem.extend(read("key_file", &config.key_file)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| NotifyError::Tls {
+                key: "key_file",
+                message: e.to_string(),
+            })?;
+            client = client.identity(identity);
+        }
+        let credentials = if !config.basic_auth_username.is_empty() {
+            let password_file = PathBuf::from(&config.basic_auth_password_file);
+            // Read once now so that a wrong path fails start-up, not the first alert.
+            secret("basic_auth_password_file", &password_file)?;
+            Credentials::Basic {
+                user: config.basic_auth_username.clone(),
+                password_file,
+            }
+        } else if !config.bearer_token_file.is_empty() {
+            let token_file = PathBuf::from(&config.bearer_token_file);
+            secret("bearer_token_file", &token_file)?;
+            Credentials::Bearer { token_file }
+        } else {
+            Credentials::None
+        };
         Ok(Notifier {
-            client: reqwest::Client::builder().timeout(timeout).build()?,
-            endpoint: format!("{}/api/v2/alerts", url.trim_end_matches('/')),
-            resend,
+            client: client.build()?,
+            endpoint: format!("{}/api/v2/alerts", config.url.trim_end_matches('/')),
+            credentials,
+            resend: config.resend_interval,
             generator_url,
             telemetry,
             error_log: RateLimit::new(Duration::from_secs(30)),
@@ -170,11 +252,7 @@ impl Notifier {
         }
     }
 
-    async fn send(
-        &self,
-        firing: &[Alert],
-        resolved: &[(Alert, i64)],
-    ) -> Result<(), reqwest::Error> {
+    async fn send(&self, firing: &[Alert], resolved: &[(Alert, i64)]) -> Result<(), NotifyError> {
         let now = crate::now_ms();
         // Like Prometheus: a firing alert's endsAt lies a few resends ahead.
         let ends = now + 4 * self.resend.as_millis() as i64;
@@ -187,12 +265,21 @@ impl Notifier {
                     .map(|(a, at)| am_alert(a, *at, &self.generator_url)),
             )
             .collect();
-        self.client
-            .post(&self.endpoint)
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?;
+        let request = self.client.post(&self.endpoint).json(&body);
+        let request = match &self.credentials {
+            Credentials::None => request,
+            Credentials::Basic {
+                user,
+                password_file,
+            } => request.basic_auth(
+                user,
+                Some(secret("basic_auth_password_file", password_file)?),
+            ),
+            Credentials::Bearer { token_file } => {
+                request.bearer_auth(secret("bearer_token_file", token_file)?)
+            }
+        };
+        request.send().await?.error_for_status()?;
         Ok(())
     }
 }

@@ -759,7 +759,26 @@ impl Alertmanager {
     }
 
     pub fn start_on(port: u16) -> Alertmanager {
+        let am = Self::spawn(port, None);
+        wait_for("alertmanager to be ready", Duration::from_secs(30), || {
+            http_get(port, "/-/ready").ok().filter(|(s, _)| *s == 200)
+        });
+        am
+    }
+
+    /// Started with `--web.config.file` holding `web_yaml` (TLS, basic auth); the caller
+    /// waits for it with the right credentials.
+    pub fn start_with_web_config(web_yaml: &str) -> Alertmanager {
+        Self::spawn(free_port(), Some(web_yaml))
+    }
+
+    fn spawn(port: u16, web_yaml: Option<&str>) -> Alertmanager {
         let dir = tempfile::tempdir().unwrap();
+        let web = web_yaml.map(|yaml| {
+            let path = dir.path().join("web.yml");
+            std::fs::write(&path, yaml).unwrap();
+            format!("--web.config.file={}", path.display())
+        });
         let config = dir.path().join("alertmanager.yml");
         std::fs::write(
             &config,
@@ -777,22 +796,19 @@ impl Alertmanager {
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--cluster.listen-address=")
+        .args(web)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start alertmanager");
-        let am = Alertmanager {
+        Alertmanager {
             port,
             _dir: dir,
             _proc: Proc {
                 child,
                 name: "alertmanager".into(),
             },
-        };
-        wait_for("alertmanager to be ready", Duration::from_secs(30), || {
-            http_get(port, "/-/ready").ok().filter(|(s, _)| *s == 200)
-        });
-        am
+        }
     }
 
     /// Active alerts, as Alertmanager's v2 API lists them.
