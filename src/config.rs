@@ -970,6 +970,27 @@ mod tests {
     }
 
     #[test]
+    fn alertmanager_security_settings_go_together() {
+        for (toml, key) in [
+            (
+                "[alertmanager]\ncert_file = \"c.pem\"\n",
+                "alertmanager.cert_file",
+            ),
+            (
+                "[alertmanager]\nbasic_auth_username = \"u\"\n",
+                "alertmanager.basic_auth_password_file",
+            ),
+            (
+                "[alertmanager]\nbasic_auth_username = \"u\"\nbasic_auth_password_file = \"p\"\nbearer_token_file = \"t\"\n",
+                "alertmanager.bearer_token_file",
+            ),
+        ] {
+            let err = error_of(toml);
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
     fn environment_text_stays_text_and_numbers_still_parse() {
         let c = Config::load_with_env(
             None,
