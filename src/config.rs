@@ -25,6 +25,24 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+impl ConfigError {
+    /// The message without the lines of the file a parse error quotes: the line may hold a
+    /// secret (`sasl.password = hunter2`, unquoted), and the line and column say enough.
+    pub fn without_source_lines(&self) -> String {
+        self.to_string()
+            .lines()
+            .filter(|line| {
+                let t = line.trim_start();
+                let quotes_source = t.split_once('|').is_some_and(|(n, _)| {
+                    !n.trim().is_empty() && n.trim().bytes().all(|b| b.is_ascii_digit())
+                });
+                !quotes_source
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -84,12 +102,14 @@ pub const REDACTED: &str = "[redacted]";
 
 /// Whether a librdkafka property holds a secret by its name (`sasl.password`,
 /// `ssl.key.password`, `ssl.keystore.password`, `sasl.oauthbearer.client.secret`,
-/// `ssl.key.pem`, `sasl.oauthbearer.config`, ...).
+/// `ssl.key.pem`, `sasl.oauthbearer.assertion.private.key.pem`, `sasl.oauthbearer.config`,
+/// ...).
 fn is_secret_name(name: &str) -> bool {
     name.contains("password")
+        || name.contains("passphrase")
         || name.contains("secret")
         || name.contains("token")
-        || name == "ssl.key.pem"
+        || name.ends_with("key.pem")
         || name == "sasl.oauthbearer.config"
 }
 
@@ -171,10 +191,14 @@ fn reference<'a>(value: &'a str, kind: &str) -> Option<&'a str> {
 #[derive(Clone, Default)]
 pub struct Redactor(std::sync::Arc<[String]>);
 
+/// Secrets shorter than this are not searched for: "x" or "kafka" would turn every such
+/// substring of ordinary messages into [`REDACTED`] and say more than it hides.
+pub const MIN_REDACTED_LEN: usize = 6;
+
 impl Redactor {
     pub fn apply(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for secret in self.0.iter() {
+        for secret in self.0.iter().filter(|s| s.len() >= MIN_REDACTED_LEN) {
             if out.contains(secret.as_str()) {
                 out = out.replace(secret.as_str(), REDACTED);
             }
@@ -183,10 +207,18 @@ impl Redactor {
     }
 }
 
-impl std::ops::Deref for KafkaProperties {
-    type Target = BTreeMap<String, String>;
-    fn deref(&self) -> &Self::Target {
-        &self.map
+// No `Deref` to the map: printing it whole would show the secrets.
+impl KafkaProperties {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.map.get(name).map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.map.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -925,10 +957,11 @@ mod tests {
             Config::load_with_env(Some(&path), env(&[("KAFKA_USER", "env-user-s3cret")])).unwrap();
         let p = &c.kafka.properties;
         assert_eq!(
-            p["sasl.password"], "from-a-file-s3cret",
+            p.get("sasl.password").unwrap(),
+            "from-a-file-s3cret",
             "final newline dropped"
         );
-        assert_eq!(p["sasl.username"], "env-user-s3cret");
+        assert_eq!(p.get("sasl.username").unwrap(), "env-user-s3cret");
         let shown = format!("{c:?}");
         for secret in ["from-a-file-s3cret", "env-user-s3cret", "plain-s3cret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
@@ -970,6 +1003,30 @@ mod tests {
     }
 
     #[test]
+    fn a_parse_error_does_not_quote_the_line_it_is_about() {
+        let err =
+            load_toml("[kafka.properties]\n\"sasl.password\" = hunter2-secret\n").unwrap_err();
+        assert!(
+            err.to_string().contains("hunter2-secret"),
+            "the parser quotes it"
+        );
+        let shown = err.without_source_lines();
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("line 2"), "{shown}");
+    }
+
+    #[test]
+    fn short_secrets_are_not_searched_for() {
+        let c = Config::load_with_env(
+            None,
+            env(&[("ECOM_PULSE__KAFKA__PROPERTIES__SASL_PASSWORD", "x")]),
+        )
+        .unwrap();
+        let m = "increase receive.message.max.bytes";
+        assert_eq!(c.kafka.properties.redact(m), m);
+    }
+
+    #[test]
     fn alertmanager_security_settings_go_together() {
         for (toml, key) in [
             (
@@ -1004,8 +1061,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.kafka.group_id, "0042");
-        assert_eq!(c.kafka.properties["sasl.username"], "007");
-        assert_eq!(c.kafka.properties["sasl.password"], "1e3");
+        assert_eq!(c.kafka.properties.get("sasl.username").unwrap(), "007");
+        assert_eq!(c.kafka.properties.get("sasl.password").unwrap(), "1e3");
         assert_eq!(c.kpi.purchases_per_year, 5.5);
         assert_eq!(c.windows.buckets, 30);
     }

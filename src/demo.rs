@@ -4,6 +4,7 @@
 //! port), the generator produces shop traffic into it, and the service consumes it exactly as
 //! it would a production cluster.
 
+use crate::config::KafkaProperties;
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
@@ -58,7 +59,7 @@ pub async fn run(
             &topics,
             visits_per_sec,
             0.002,
-            &[],
+            &KafkaProperties::default(),
             generator_stop,
         )
     });

@@ -8,6 +8,8 @@
 //! the rejection counters have something to count too. Messages are keyed by campaign, which
 //! co-partitions the three topics.
 
+use crate::checkpoint::kafka::Quiet;
+use crate::config::KafkaProperties;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -408,7 +410,7 @@ pub fn run(
     topics: &[String],
     visits_per_sec: f64,
     bad_ratio: f64,
-    properties: &[(String, String)],
+    properties: &KafkaProperties,
     shutdown: CancellationToken,
 ) -> Result<u64, GenerateError> {
     let topic_for = |s: Stream| -> Option<&str> {
@@ -428,7 +430,12 @@ pub fn run(
     for (k, v) in properties {
         config.set(k, v);
     }
-    let producer: BaseProducer = config.create().map_err(GenerateError::Producer)?;
+    let producer: BaseProducer<Quiet> = config
+        .create_with_context(Quiet {
+            client: "generator",
+            redactor: properties.redactor(),
+        })
+        .map_err(GenerateError::Producer)?;
     let seed = crate::now_ms() as u64;
     let mut generator = Generator::new(seed, crate::now_ms(), bad_ratio);
     let tick = Duration::from_millis(100);

@@ -136,7 +136,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ecom-pulse: {e}");
+            eprintln!("ecom-pulse: {}", e.without_source_lines());
             std::process::exit(2);
         }
     };
@@ -194,12 +194,7 @@ async fn execute(command: Option<Command>, config: Config) -> anyhow::Result<()>
             bad_ratio,
         } => {
             let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
-            let properties: Vec<(String, String)> = config
-                .kafka
-                .properties
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let properties = config.kafka.properties.clone();
             let topics = config.kafka.topics.clone();
             let sent = tokio::task::spawn_blocking(move || {
                 ecom_pulse::generate::run(&brokers, &topics, rate, bad_ratio, &properties, shutdown)

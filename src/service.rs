@@ -254,7 +254,7 @@ async fn serve(
     let stopper = handle.clone();
     tokio::spawn(async move {
         shutdown.cancelled().await;
-        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        stopper.graceful_shutdown(None);
     });
     axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
         .handle(handle)

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -23,7 +22,7 @@ use super::{
     manifest_key,
 };
 use crate::aggregate::{PartitionState, SharedPartition, TopicPartition};
-use crate::config::{CheckpointConfig, KafkaConfig};
+use crate::config::{CheckpointConfig, KafkaConfig, Redactor};
 use crate::window::Windows;
 
 /// Settings of `kafka.properties` that only the group consumer understands.
@@ -74,6 +73,8 @@ pub struct CheckpointStore {
     create_partitions: i32,
     replication: i32,
     client_config: ClientConfig,
+    /// For the admin client's messages.
+    redactor: Redactor,
     producer: BaseProducer<Deliveries>,
     reader: Mutex<BaseConsumer<Quiet>>,
     partitions: Mutex<Option<i32>>,
@@ -118,7 +119,14 @@ impl CheckpointStore {
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "0")
             .set("compression.type", "none")
-            .create_with_context(Deliveries::default())?;
+            .create_with_context(Deliveries {
+                next: Default::default(),
+                delivered: Default::default(),
+                quiet: Quiet {
+                    client: "checkpoints",
+                    redactor: kafka.properties.redactor(),
+                },
+            })?;
         let reader: BaseConsumer<Quiet> = base
             .clone()
             .set("client.id", "ecom-pulse-restore")
@@ -127,13 +135,17 @@ impl CheckpointStore {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .create_with_context(Quiet)?;
+            .create_with_context(Quiet {
+                client: "restore",
+                redactor: kafka.properties.redactor(),
+            })?;
         Ok(CheckpointStore {
             group: kafka.group_id.clone(),
             topic: cfg.topic_name(&kafka.group_id),
             create_partitions: cfg.partitions,
             replication: cfg.replication_factor,
             client_config: base,
+            redactor: kafka.properties.redactor(),
             producer,
             reader: Mutex::new(reader),
             partitions: Mutex::new(None),
@@ -178,7 +190,11 @@ impl CheckpointStore {
 
     /// True if the topic was created or already exists.
     async fn create_topic(&self, timeout: Duration) -> bool {
-        let admin: AdminClient<DefaultClientContext> = match self.client_config.create() {
+        let quiet = Quiet {
+            client: "admin",
+            redactor: self.redactor.clone(),
+        };
+        let admin: AdminClient<Quiet> = match self.client_config.create_with_context(quiet) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create an admin client for the checkpoint topic");
@@ -556,38 +572,55 @@ impl CheckpointStore {
     }
 }
 
-/// The checkpoint clients' callbacks. Broker trouble is already reported by the main
-/// consumer (metrics, readiness, one warning per change); these clients' copies of it go to
-/// debug level instead of repeating it.
-pub struct Quiet;
+/// The callbacks of the clients besides the main consumer (checkpoints, admin, feed,
+/// generator). Broker trouble is already reported by the main consumer (metrics, readiness,
+/// one warning per change); these clients' copies of it go to debug level instead of
+/// repeating it. Messages pass through the redactor, like the consumer's.
+pub struct Quiet {
+    pub client: &'static str,
+    pub redactor: Redactor,
+}
 
 impl ClientContext for Quiet {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         // Failures that matter here surface as save/load errors, logged by their callers.
-        tracing::debug!(target: "librdkafka", client = "checkpoints", ?level, facility = fac, "{message}");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let message = self.redactor.apply(message);
+            tracing::debug!(target: "librdkafka", client = self.client, ?level, facility = fac, "{message}");
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(error = %error, client = "checkpoints", "{reason}");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let error = self.redactor.apply(&error.to_string());
+            let reason = self.redactor.apply(reason);
+            tracing::debug!(error = %error, client = self.client, "{reason}");
+        }
     }
 }
 
 impl ConsumerContext for Quiet {}
 
+/// The generator's producer ignores delivery reports: its rate is what it is.
+impl ProducerContext for Quiet {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
 /// The checkpoint producer's delivery reports, by the token each message was sent with.
-#[derive(Default)]
 pub struct Deliveries {
     next: std::sync::atomic::AtomicUsize,
     delivered: Mutex<HashMap<usize, Result<i64, KafkaError>>>,
+    quiet: Quiet,
 }
 
 impl ClientContext for Deliveries {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        Quiet.log(level, fac, message);
+        self.quiet.log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        Quiet.error(error, reason);
+        self.quiet.error(error, reason);
     }
 }
 

@@ -59,15 +59,16 @@ pub struct AlertMessage<'a> {
 /// Counts the feed's delivery reports.
 pub struct FeedContext {
     telemetry: Arc<Telemetry>,
+    quiet: Quiet,
 }
 
 impl ClientContext for FeedContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        Quiet.log(level, fac, message);
+        self.quiet.log(level, fac, message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        Quiet.error(error, reason);
+        self.quiet.error(error, reason);
     }
 }
 
@@ -118,6 +119,10 @@ impl Feed {
             .set("linger.ms", "50")
             .create_with_context(FeedContext {
                 telemetry: telemetry.clone(),
+                quiet: Quiet {
+                    client: "feed",
+                    redactor: kafka.properties.redactor(),
+                },
             })?;
         Ok(Some(Feed {
             producer,

@@ -131,7 +131,7 @@ impl Web {
         } else {
             serde_yaml_ng::from_str(&text).map_err(|e| WebConfigError::Parse {
                 path: path.to_owned(),
-                message: e.to_string(),
+                message: without_quoted_values(&e.to_string()),
             })?
         };
         let tls = file.tls_server_config.map(Tls::new).transpose()?;
@@ -147,34 +147,48 @@ impl Web {
     }
 }
 
+/// The parser's message with every quoted value blanked: a typo in the file may make a hash
+/// or a token land where a key was expected, and the message would quote it.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if quoted {
+                out.push_str("...\"");
+            } else {
+                out.push('"');
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A TLS server configuration, and the files it came from so that it can be reloaded.
 #[derive(Clone)]
 pub struct Tls {
     file: Arc<TlsFile>,
+    /// What the files looked like just before `config` was read from them.
+    seen: Vec<FileId>,
     pub config: Arc<rustls::ServerConfig>,
 }
 
+/// Enough of a file's metadata to notice it was replaced or rewritten, whatever its new
+/// timestamp: modification time, size and inode.
+type FileId = Option<(SystemTime, u64, u64)>;
+
 impl Tls {
     fn new(file: TlsFile) -> Result<Tls, WebConfigError> {
+        let seen = file_ids(&file);
         let config = Arc::new(build_tls(&file)?);
         Ok(Tls {
             file: Arc::new(file),
+            seen,
             config,
         })
-    }
-
-    /// The newest modification time of the files behind this configuration.
-    fn files_changed_at(&self) -> Option<SystemTime> {
-        let f = &self.file;
-        [
-            Some(&f.cert_file),
-            Some(&f.key_file),
-            f.client_ca_file.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .max()
     }
 
     /// Re-reads the certificate, key and client CA whenever one of the files changes, until
@@ -186,14 +200,14 @@ impl Tls {
         every: Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        let mut seen = self.files_changed_at();
+        let mut seen = self.seen.clone();
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = self.files_changed_at();
+            let now = file_ids(&self.file);
             if now == seen {
                 continue;
             }
@@ -211,7 +225,30 @@ impl Tls {
     }
 }
 
+fn file_ids(file: &TlsFile) -> Vec<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    [
+        Some(&file.cert_file),
+        Some(&file.key_file),
+        file.client_ca_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len(), m.ino()))
+    })
+    .collect()
+}
+
 fn build_tls(file: &TlsFile) -> Result<rustls::ServerConfig, WebConfigError> {
+    // As exporter-toolkit: a CA without a policy is a mistake, not "no client certificates".
+    if file.client_auth_type == ClientAuth::NoClientCert && file.client_ca_file.is_some() {
+        return Err(invalid(
+            "tls_server_config.client_auth_type",
+            "client_ca_file is set: say RequireAndVerifyClientCert or VerifyClientCertIfGiven",
+        ));
+    }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&file.cert_file)
         .and_then(|certs| certs.collect::<Result<_, _>>())
         .map_err(|e| {
@@ -305,14 +342,13 @@ pub struct Auth {
     /// costs ~50 ms by design, which a scrape every few seconds must not pay each time
     /// (exporter-toolkit caches the same way).
     verified: Mutex<HashSet<[u8; 32]>>,
+    /// A bcrypt hash of a random password at the highest cost configured: unknown users are
+    /// checked against it so that they take as long to refuse as known ones.
+    dummy_hash: String,
+    /// Held during a bcrypt check: one at a time, so a flood of wrong passwords costs at most
+    /// one core, not the consumer's (exporter-toolkit serialises them too).
+    bcrypt_gate: Mutex<()>,
 }
-
-/// A bcrypt hash of a random password: unknown users are checked against it so that they
-/// take as long to refuse as known ones.
-static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let password: [u8; 16] = rand::random();
-    bcrypt::hash(password, bcrypt::DEFAULT_COST).expect("bcrypt of 16 bytes")
-});
 
 /// Cached verified credentials at most; past it the cache starts over.
 const MAX_CACHED: usize = 1024;
@@ -341,6 +377,14 @@ impl Auth {
                 ));
             }
         }
+        let cost = users
+            .values()
+            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
+            .map(|h| h.get_cost())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let password: [u8; 16] = rand::random();
+        let dummy_hash = bcrypt::hash(password, cost).expect("bcrypt of 16 bytes");
         let mut token_hashes = Vec::new();
         for (i, path) in token_files.iter().enumerate() {
             let key = format!("bearer_token_files[{i}]");
@@ -363,6 +407,8 @@ impl Auth {
             token_hashes,
             open_healthz,
             verified: Mutex::new(HashSet::new()),
+            dummy_hash,
+            bcrypt_gate: Mutex::new(()),
         }))
     }
 
@@ -402,7 +448,7 @@ impl Auth {
         };
         let (hash, known) = match self.users.get(&user) {
             Some(h) => (h.as_str(), true),
-            None => (DUMMY_HASH.as_str(), false),
+            None => (self.dummy_hash.as_str(), false),
         };
         let mut key = Sha256::new();
         for part in [user.as_bytes(), hash.as_bytes(), password.as_bytes()] {
@@ -413,7 +459,10 @@ impl Auth {
         if known && self.verified.lock().contains(&key) {
             return true;
         }
-        let ok = bcrypt::verify(&password, hash).unwrap_or(false) && known;
+        let ok = {
+            let _one_at_a_time = self.bcrypt_gate.lock();
+            bcrypt::verify(&password, hash).unwrap_or(false) && known
+        };
         if ok {
             let mut cache = self.verified.lock();
             if cache.len() >= MAX_CACHED {
@@ -556,6 +605,15 @@ mod tests {
         check(
             "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: Sometimes\n",
             "client_auth_type",
+        );
+        check(
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: c\n",
+            "tls_server_config.client_auth_type",
+        );
+        // A missing space makes the hash part of a string where a map belongs.
+        check(
+            "basic_auth_users: prometheus:not-a-hash-secret\n",
+            "basic_auth_users",
         );
         let missing = Web::load("/nonexistent/web.yml", false).unwrap_err();
         assert!(missing.to_string().contains("http.web_config_file"));

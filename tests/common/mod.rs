@@ -72,14 +72,15 @@ impl Drop for Proc {
 /// A Tansu broker on its own port, storing into SQLite in its own directory.
 pub struct Tansu {
     pub port: u16,
-    pub dir: tempfile::TempDir,
+    // Fields drop in order: the processes stop before their directory goes.
     proc: Option<Proc>,
+    /// stunnel terminating TLS in front of the broker.
+    tls: Option<Proc>,
+    pub dir: tempfile::TempDir,
     /// SASL (SCRAM) required of clients.
     authentication: bool,
     /// The port advertised to clients when it is not `port` (a TLS terminator's).
     advertised: Option<u16>,
-    /// stunnel terminating TLS in front of the broker.
-    tls: Option<Proc>,
 }
 
 /// A SCRAM user to create in a secured Tansu: name, password, `scram256` or `scram512`.
