@@ -10,6 +10,12 @@
 //! the last third of the run (within 5 %), after the de-duplication memory has filled its
 //! 15-minute horizon; consumer lag stays under five seconds of traffic; and at the end every
 //! counter and the 1h and 24h windows equal the ledger of produced events exactly.
+//!
+//! The consumer group keeps librdkafka's default session timeout (45 s), as a deployment
+//! would: the 6 s of the other tests is for fast rebalances, and Tansu's storage maintenance
+//! (every 10 minutes, a SQLite VACUUM among other things) can hold the broker longer than
+//! that. The service's log is kept in `target/tmp/soak-service.log`, and the rebalances and
+//! readiness changes are printed.
 
 mod common;
 
@@ -44,7 +50,8 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
     let tansu = Tansu::start();
     tansu.create_topics(&TOPICS, 3);
     let port = free_port();
-    let config = service_config(&tansu.brokers(), &format!("soak-{}", now_ms()), port, "");
+    let config = service_config(&tansu.brokers(), &format!("soak-{}", now_ms()), port, "")
+        .replace("\"session.timeout.ms\" = \"6000\"\n", "");
     let svc = Service::start(&config, port);
     svc.wait_ready(Duration::from_secs(60));
     let quiet_from = svc.log().len();
@@ -66,7 +73,7 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
     });
 
     // The scraper: every second, as an aggressive Prometheus would.
-    let mut samples: Vec<(Duration, u64, f64, Duration)> = Vec::new(); // (at, rss, lag, latency)
+    let mut samples: Vec<(Duration, u64, f64, Duration, bool)> = Vec::new(); // (at, rss, lag, latency, ready)
     let start = Instant::now();
     while !producer.is_finished() {
         let t = Instant::now();
@@ -77,6 +84,7 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
             rss_bytes(pid),
             m.sum("ecom_pulse_consumer_lag"),
             latency,
+            m.get("ecom_pulse_ready") == Some(1.0),
         ));
         std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
     }
@@ -86,7 +94,35 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
         "lag samples are numbers"
     );
     let expected = traffic.total();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let log_copy = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("soak-service.log");
+    let keep_log = || std::fs::write(&log_copy, svc.log()).unwrap();
+    // What happened to the group, with when: printed at the end whatever the outcome.
+    let timeline = || -> String {
+        svc.log()
+            .lines()
+            .filter(|l| {
+                l.contains("assignment")
+                    || l.contains("revoked")
+                    || l.contains("caught up")
+                    || l.contains(" WARN ")
+                    || l.contains(" ERROR ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let not_ready: Vec<u64> = samples
+        .iter()
+        .filter(|s| !s.4)
+        .map(|s| s.0.as_secs())
+        .collect();
+    println!(
+        "soak: not ready at {} of {} scrapes (seconds into the run: {:?})",
+        not_ready.len(),
+        samples.len(),
+        &not_ready[..not_ready.len().min(50)]
+    );
+    let settle = Instant::now();
+    let deadline = settle + Duration::from_secs(env_or("SOAK_SETTLE_SECONDS", 600));
     let m = loop {
         let m = svc.metrics();
         let got = counter_totals(&[&m]);
@@ -94,6 +130,8 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
             break m;
         }
         if Instant::now() > deadline {
+            keep_log();
+            println!("timeline:\n{}", timeline());
             let log = svc.log();
             let noisy: Vec<&str> = log
                 .lines()
@@ -114,6 +152,12 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    keep_log();
+    println!(
+        "soak: exact {:?} after the producer stopped; timeline:\n{}",
+        settle.elapsed(),
+        timeline()
+    );
     assert_exact(&traffic.ledger, &[&m], &["1h", "24h"]);
     // The lag figures below are real series, one per owned partition.
     assert_eq!(
