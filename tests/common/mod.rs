@@ -115,13 +115,7 @@ impl Tansu {
         // Users can only be made while authentication is off: the `tansu user` client
         // cannot authenticate. The SQLite file keeps them over the restart.
         for (name, password, mechanism) in users {
-            let status = Command::new(tool("tansu", "see above"))
-                .args(["user", "create", name, password, "--mechanism", mechanism])
-                .args(["--broker", &format!("tcp://127.0.0.1:{}", t.port)])
-                .stdout(Stdio::null())
-                .status()
-                .expect("run tansu user create");
-            assert!(status.success(), "creating user {name} failed");
+            t.cli(&["user", "create", name, password, "--mechanism", mechanism]);
         }
         t.create_topics(topics, 3);
         t.stop();
@@ -205,20 +199,25 @@ impl Tansu {
 
     pub fn create_topics(&self, names: &[&str], partitions: u32) {
         for name in names {
-            let status = Command::new(tool("tansu", "see above"))
-                .args([
-                    "topic",
-                    "create",
-                    name,
-                    "--partitions",
-                    &partitions.to_string(),
-                ])
-                .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-                .stdout(Stdio::null())
-                .status()
-                .expect("run tansu topic create");
-            assert!(status.success(), "creating topic {name} failed");
+            self.cli(&[
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+            ]);
         }
+    }
+
+    /// Runs a `tansu` administration command against this broker; it must succeed.
+    fn cli(&self, args: &[&str]) {
+        let status = Command::new(tool("tansu", "see above"))
+            .args(args)
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run tansu");
+        assert!(status.success(), "tansu {args:?} failed");
     }
 }
 
