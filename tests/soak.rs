@@ -4,6 +4,8 @@
 //! ```text
 //! cargo test --test soak -- --ignored --nocapture
 //! SOAK_SECONDS=120 SOAK_RATE=500 cargo test --test soak -- --ignored --nocapture   # a short one
+//! SOAK_EXTRA='[dedup]
+//! horizon = "1m"' SOAK_SECONDS=600 cargo test ...   # more config for the service
 //! ```
 //!
 //! Nothing is logged at WARN or ERROR once the service is ready; resident memory is flat over
@@ -50,8 +52,14 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
     let tansu = Tansu::start();
     tansu.create_topics(&TOPICS, 3);
     let port = free_port();
-    let config = service_config(&tansu.brokers(), &format!("soak-{}", now_ms()), port, "")
-        .replace("\"session.timeout.ms\" = \"6000\"\n", "");
+    let extra = std::env::var("SOAK_EXTRA").unwrap_or_default();
+    let config = service_config(
+        &tansu.brokers(),
+        &format!("soak-{}", now_ms()),
+        port,
+        &extra,
+    )
+    .replace("\"session.timeout.ms\" = \"6000\"\n", "");
     let svc = Service::start(&config, port);
     svc.wait_ready(Duration::from_secs(60));
     let quiet_from = svc.log().len();
