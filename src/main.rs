@@ -91,13 +91,6 @@ fn stop_on_signal(token: CancellationToken) {
     });
 }
 
-/// jemalloc instead of glibc's malloc, for Rust and librdkafka alike (unprefixed `malloc`):
-/// checkpoints allocate and free buffers of about a megabyte every interval on several
-/// threads, and glibc's heap kept growing under that for as long as the soak ran (README,
-/// "Soak"). jemalloc returns such memory to the system as it goes.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
