@@ -4,6 +4,7 @@
 //! a final save on revocation) and on a blocking thread for the periodic saves.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::{
-    Assembler, CheckpointError, Manifest, VERSION, checkpoint_partition, chunk_key, chunks,
-    manifest_key,
+    Assembler, CheckpointError, Manifest, Scratch, VERSION, append_chunks, checkpoint_partition,
+    chunk_key, encode_into, manifest_key,
 };
 use crate::aggregate::{PartitionState, SharedPartition, TopicPartition};
 use crate::config::{CheckpointConfig, KafkaConfig, Redactor};
@@ -60,6 +61,14 @@ pub struct Saved {
     pub next_offset: i64,
 }
 
+/// What a save encodes into, kept from one save to the next (see [`Scratch`]).
+#[derive(Debug, Default)]
+struct SaveBuffers {
+    scratch: Scratch,
+    /// Every chunk value of one save, back to back.
+    chunks: Vec<u8>,
+}
+
 /// Per input partition: the offset last saved and how many checkpoints were written.
 #[derive(Debug, Clone, Copy, Default)]
 struct Written {
@@ -79,8 +88,9 @@ pub struct CheckpointStore {
     reader: Mutex<BaseConsumer<Quiet>>,
     partitions: Mutex<Option<i32>>,
     written: Mutex<HashMap<TopicPartition, Written>>,
-    /// One save at a time, so a periodic save and a revocation save never interleave.
-    write_lock: Mutex<()>,
+    /// One save at a time, so a periodic save and a revocation save never interleave; and
+    /// the buffers saves reuse.
+    write_lock: Mutex<SaveBuffers>,
     windows: Windows,
     /// Random per process, so checkpoint ids of different writers do not collide.
     id_base: u64,
@@ -150,7 +160,7 @@ impl CheckpointStore {
             reader: Mutex::new(reader),
             partitions: Mutex::new(None),
             written: Mutex::new(HashMap::new()),
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(SaveBuffers::default()),
             windows,
             id_base: rand::random::<u64>() & !0xffff_ffff,
         })
@@ -264,7 +274,9 @@ impl CheckpointStore {
         &self,
         parts: &[(TopicPartition, SharedPartition)],
     ) -> Vec<(TopicPartition, Result<Saved, CheckpointError>)> {
-        let _one_at_a_time = self.write_lock.lock();
+        let mut buffers = self.write_lock.lock();
+        let SaveBuffers { scratch, chunks } = &mut *buffers;
+        chunks.clear();
         let count = match self.partition_count(Duration::from_secs(10)) {
             Ok(n) => n,
             Err(e) => {
@@ -277,8 +289,10 @@ impl CheckpointStore {
         };
         struct Pending {
             tp: TopicPartition,
-            payload: Vec<u8>,
-            chunks: Vec<Vec<u8>>,
+            /// Where this partition's chunk values lie in `chunks`.
+            ranges: Vec<Range<usize>>,
+            bytes: usize,
+            checksum: u64,
             next_offset: i64,
             seq: u64,
             checkpoint_id: u64,
@@ -288,19 +302,22 @@ impl CheckpointStore {
         let mut pending = Vec::new();
         for (tp, state) in parts {
             let previous = self.written.lock().get(tp).copied();
-            let (payload, next_offset) = {
+            let next_offset = {
                 let st = state.lock();
                 if previous.is_some_and(|w| w.next_offset == st.next_offset()) {
                     continue;
                 }
-                (super::encode(&st, &self.windows), st.next_offset())
+                encode_into(&st, &self.windows, scratch);
+                st.next_offset()
             };
+            let payload = scratch.payload();
             let seq = previous.map_or(1, |w| w.seq + 1);
             let checkpoint_id = self.id_base | (seq & 0xffff_ffff);
             pending.push(Pending {
                 tp: tp.clone(),
-                chunks: chunks(&payload, checkpoint_id, super::MAX_CHUNK_BYTES),
-                payload,
+                ranges: append_chunks(payload, checkpoint_id, super::MAX_CHUNK_BYTES, chunks),
+                bytes: payload.len(),
+                checksum: xxhash_rust::xxh3::xxh3_64(payload),
                 next_offset,
                 seq,
                 checkpoint_id,
@@ -308,18 +325,19 @@ impl CheckpointStore {
                 partition: checkpoint_partition(tp, count),
             });
         }
+        let chunks = &*chunks;
         let mut out = Vec::with_capacity(pending.len());
         // Every chunk is stored before the manifest that points at it is sent.
         let chunk_records: Vec<Vec<Record<'_>>> = pending
             .iter()
             .map(|p| {
-                p.chunks
+                p.ranges
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| Record {
+                    .map(|(i, range)| Record {
                         partition: p.partition,
                         key: chunk_key(&self.group, &p.tp, p.slot, i as u32),
-                        payload: c,
+                        payload: &chunks[range.clone()],
                     })
                     .collect()
             })
@@ -334,11 +352,11 @@ impl CheckpointStore {
                         version: VERSION,
                         checkpoint_id: p.checkpoint_id,
                         slot: p.slot,
-                        chunks: p.chunks.len() as u32,
+                        chunks: p.ranges.len() as u32,
                         first_chunk_offset,
                         next_offset: p.next_offset,
-                        bytes: p.payload.len() as u64,
-                        checksum: xxhash_rust::xxh3::xxh3_64(&p.payload),
+                        bytes: p.bytes as u64,
+                        checksum: p.checksum,
                         written_at_ms: crate::now_ms(),
                     };
                     manifests.push(serde_json::to_vec(&manifest).expect("a manifest serialises"));
@@ -371,7 +389,7 @@ impl CheckpointStore {
                     out.push((
                         p.tp.clone(),
                         Ok(Saved {
-                            bytes: p.payload.len(),
+                            bytes: p.bytes,
                             next_offset: p.next_offset,
                         }),
                     ));

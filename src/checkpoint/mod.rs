@@ -58,14 +58,50 @@ struct Saved {
 
 /// Encodes a state (postcard, then LZ4: empty buckets are runs of zero bytes).
 pub fn encode(state: &PartitionState, windows: &Windows) -> Vec<u8> {
+    let mut scratch = Scratch::default();
+    encode_into(state, windows, &mut scratch);
+    scratch.payload
+}
+
+/// Buffers that successive saves reuse. Once they have grown to the largest state, a save
+/// allocates nothing of that size. Saving every few seconds into fresh megabyte buffers (the
+/// serialised state, its compressed form, its chunks) made the allocator hold more and more
+/// freed memory: in a 10-minute soak at 5,000 events/s resident memory grew by ~50 MiB while
+/// heaptrack showed the live heap flat at ~35 MiB, and with checkpoints off it did not grow.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    raw: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// As [`encode`], into `scratch`; the encoded state is `scratch.payload()` until the next call.
+pub fn encode_into(state: &PartitionState, windows: &Windows, scratch: &mut Scratch) {
     let saved = SavedRef {
         geometry: windows.geometry(),
         state,
     };
-    let raw = postcard::to_stdvec(&saved).expect("in-memory serialisation cannot fail");
-    let mut out = vec![VERSION];
-    out.extend_from_slice(&lz4_flex::compress_prepend_size(&raw));
-    out
+    let mut raw = std::mem::take(&mut scratch.raw);
+    raw.clear();
+    scratch.raw = postcard::to_extend(&saved, raw).expect("in-memory serialisation cannot fail");
+    // The layout of `lz4_flex::compress_prepend_size`, which `decode` reads back.
+    let out = &mut scratch.payload;
+    out.clear();
+    out.push(VERSION);
+    out.extend_from_slice(&(scratch.raw.len() as u32).to_le_bytes());
+    let start = out.len();
+    out.resize(
+        start + lz4_flex::block::get_maximum_output_size(scratch.raw.len()),
+        0,
+    );
+    let written = lz4_flex::block::compress_into(&scratch.raw, &mut out[start..])
+        .expect("the output has the maximum compressed size");
+    out.truncate(start + written);
+}
+
+impl Scratch {
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
 }
 
 /// Decodes a state and the geometry its rings were saved with.
@@ -102,25 +138,34 @@ pub struct Manifest {
 
 /// Splits an encoded state into chunk values.
 pub fn chunks(payload: &[u8], checkpoint_id: u64, max_chunk: usize) -> Vec<Vec<u8>> {
-    let data_per_chunk = max_chunk - CHUNK_HEADER;
-    let parts: Vec<&[u8]> = if payload.is_empty() {
-        vec![&[][..]]
-    } else {
-        payload.chunks(data_per_chunk).collect()
-    };
-    let count = parts.len() as u32;
-    parts
+    let mut values = Vec::new();
+    append_chunks(payload, checkpoint_id, max_chunk, &mut values)
         .into_iter()
-        .enumerate()
-        .map(|(i, part)| {
-            let mut v = Vec::with_capacity(CHUNK_HEADER + part.len());
-            v.extend_from_slice(CHUNK_MAGIC);
-            v.push(VERSION);
-            v.extend_from_slice(&checkpoint_id.to_be_bytes());
-            v.extend_from_slice(&(i as u32).to_be_bytes());
-            v.extend_from_slice(&count.to_be_bytes());
-            v.extend_from_slice(part);
-            v
+        .map(|range| values[range].to_vec())
+        .collect()
+}
+
+/// Appends the chunk values of an encoded state to `out`, one after another; returns where
+/// each lies (so one reused buffer holds every chunk of a save).
+pub fn append_chunks(
+    payload: &[u8],
+    checkpoint_id: u64,
+    max_chunk: usize,
+    out: &mut Vec<u8>,
+) -> Vec<std::ops::Range<usize>> {
+    let data_per_chunk = max_chunk - CHUNK_HEADER;
+    let count = payload.len().div_ceil(data_per_chunk).max(1);
+    let mut parts = payload.chunks(data_per_chunk);
+    (0..count)
+        .map(|i| {
+            let start = out.len();
+            out.extend_from_slice(CHUNK_MAGIC);
+            out.push(VERSION);
+            out.extend_from_slice(&checkpoint_id.to_be_bytes());
+            out.extend_from_slice(&(i as u32).to_be_bytes());
+            out.extend_from_slice(&(count as u32).to_be_bytes());
+            out.extend_from_slice(parts.next().unwrap_or_default());
+            start..out.len()
         })
         .collect()
 }
@@ -328,6 +373,31 @@ mod tests {
             a.snapshot(&p.windows, T0).rows,
             b.snapshot(&p.windows, T0).rows
         );
+    }
+
+    #[test]
+    fn reused_buffers_encode_what_fresh_ones_do() {
+        let p = pipeline(&["5m", "1h"]);
+        let (big, small) = (filled(&p, 5_000), filled(&p, 20));
+        let mut scratch = Scratch::default();
+        encode_into(&big, &p.windows, &mut scratch);
+        assert_eq!(scratch.payload(), encode(&big, &p.windows));
+        // A smaller state into buffers a larger one left: nothing of the larger one remains.
+        encode_into(&small, &p.windows, &mut scratch);
+        assert_eq!(scratch.payload(), encode(&small, &p.windows));
+        let (back, _) = decode(scratch.payload()).unwrap();
+        assert_eq!(back.next_offset(), small.next_offset());
+
+        // Two states' chunks back to back in one buffer each read back on their own.
+        let mut all = Vec::new();
+        let first = append_chunks(&encode(&big, &p.windows), 1, 1024, &mut all);
+        let second = append_chunks(scratch.payload(), 2, 1024, &mut all);
+        let joined: Vec<u8> = second
+            .iter()
+            .flat_map(|r| parse_chunk(&all[r.clone()]).unwrap().data.to_vec())
+            .collect();
+        assert!(first.len() > 1);
+        assert_eq!(joined, scratch.payload());
     }
 
     #[test]
