@@ -61,6 +61,23 @@ pub struct Saved {
     pub next_offset: i64,
 }
 
+/// Bytes of chunks a save sends before waiting for them to be stored.
+const WAVE_BYTES: usize = 4 * 1024 * 1024;
+
+/// One partition's checkpoint, encoded and waiting to be sent.
+struct Pending {
+    tp: TopicPartition,
+    /// Where this partition's chunk values lie in the wave's buffer.
+    ranges: Vec<Range<usize>>,
+    bytes: usize,
+    checksum: u64,
+    next_offset: i64,
+    seq: u64,
+    checkpoint_id: u64,
+    slot: u8,
+    partition: i32,
+}
+
 /// What a save encodes into, kept from one save to the next (see [`Scratch`]).
 #[derive(Debug, Default)]
 struct SaveBuffers {
@@ -266,17 +283,19 @@ impl CheckpointStore {
         Ok(n)
     }
 
-    /// Saves every partition of `parts` whose state moved since its last save. All chunks
-    /// go out together, then all manifests: two round trips per round, not two per
-    /// partition (with hundreds of partitions that was the difference between milliseconds
-    /// and half a minute). Returns, per partition saved or failed, what happened.
+    /// Saves every partition of `parts` whose state moved since its last save. Chunks go out
+    /// in waves of about [`WAVE_BYTES`], each wave's chunks together and then its manifests:
+    /// two round trips per wave, not two per partition (with hundreds of partitions that was
+    /// the difference between milliseconds and half a minute), while the bytes in flight
+    /// stay bounded (librdkafka copies every chunk until it is acknowledged; a round of all
+    /// partitions at once swung resident memory by the size of the whole state, every round).
+    /// Returns, per partition saved or failed, what happened.
     pub fn save_all(
         &self,
         parts: &[(TopicPartition, SharedPartition)],
     ) -> Vec<(TopicPartition, Result<Saved, CheckpointError>)> {
         let mut buffers = self.write_lock.lock();
         let SaveBuffers { scratch, chunks } = &mut *buffers;
-        chunks.clear();
         let count = match self.partition_count(Duration::from_secs(10)) {
             Ok(n) => n,
             Err(e) => {
@@ -287,48 +306,76 @@ impl CheckpointStore {
                     .collect();
             }
         };
-        struct Pending {
-            tp: TopicPartition,
-            /// Where this partition's chunk values lie in `chunks`.
-            ranges: Vec<Range<usize>>,
-            bytes: usize,
-            checksum: u64,
-            next_offset: i64,
-            seq: u64,
-            checkpoint_id: u64,
-            slot: u8,
-            partition: i32,
-        }
-        let mut pending = Vec::new();
-        for (tp, state) in parts {
-            let previous = self.written.lock().get(tp).copied();
-            let next_offset = {
-                let st = state.lock();
-                if previous.is_some_and(|w| w.next_offset == st.next_offset()) {
-                    continue;
-                }
-                encode_into(&st, &self.windows, scratch);
-                st.next_offset()
-            };
-            let payload = scratch.payload();
-            let seq = previous.map_or(1, |w| w.seq + 1);
-            let checkpoint_id = self.id_base | (seq & 0xffff_ffff);
-            pending.push(Pending {
-                tp: tp.clone(),
-                ranges: append_chunks(payload, checkpoint_id, super::MAX_CHUNK_BYTES, chunks),
-                bytes: payload.len(),
-                checksum: xxhash_rust::xxh3::xxh3_64(payload),
-                next_offset,
-                seq,
-                checkpoint_id,
-                slot: (seq % 2) as u8,
-                partition: checkpoint_partition(tp, count),
+        let mut out = Vec::with_capacity(parts.len());
+        let mut parts = parts.iter().peekable();
+        while parts.peek().is_some() {
+            chunks.clear();
+            let mut wave = Vec::new();
+            while chunks.len() < WAVE_BYTES {
+                let Some((tp, state)) = parts.next() else {
+                    break;
+                };
+                let previous = self.written.lock().get(tp).copied();
+                let next_offset = {
+                    let st = state.lock();
+                    if previous.is_some_and(|w| w.next_offset == st.next_offset()) {
+                        continue;
+                    }
+                    encode_into(&st, &self.windows, scratch);
+                    st.next_offset()
+                };
+                let payload = scratch.payload();
+                let seq = previous.map_or(1, |w| w.seq + 1);
+                let checkpoint_id = self.id_base | (seq & 0xffff_ffff);
+                wave.push(Pending {
+                    tp: tp.clone(),
+                    ranges: append_chunks(payload, checkpoint_id, super::MAX_CHUNK_BYTES, chunks),
+                    bytes: payload.len(),
+                    checksum: xxhash_rust::xxh3::xxh3_64(payload),
+                    next_offset,
+                    seq,
+                    checkpoint_id,
+                    slot: (seq % 2) as u8,
+                    partition: checkpoint_partition(tp, count),
+                });
+            }
+            let sent = out.len();
+            self.send(&wave, chunks, &mut out);
+            // A wave that failed whole (the broker is away) would be followed by more that
+            // each wait out message.timeout.ms: fail the rest of the round at once instead.
+            let first_error = out[sent..].iter().try_fold(None, |first, (_, r)| match r {
+                Ok(_) => Err(()),
+                Err(e) => Ok(first.or_else(|| Some(e.to_string()))),
             });
+            if let Ok(Some(e)) = first_error {
+                let message = format!("not sent after an earlier wave failed: {e}");
+                for (tp, state) in parts.by_ref() {
+                    let moved = self
+                        .written
+                        .lock()
+                        .get(tp)
+                        .is_none_or(|w| w.next_offset != state.lock().next_offset());
+                    if moved {
+                        out.push((tp.clone(), Err(CheckpointError::Timeout(message.clone()))));
+                    }
+                }
+            }
         }
-        let chunks = &*chunks;
-        let mut out = Vec::with_capacity(pending.len());
+        out
+    }
+
+    /// Stores one wave's chunks, then the manifests of the partitions whose chunks all were.
+    fn send(
+        &self,
+        wave: &[Pending],
+        chunks: &[u8],
+        out: &mut Vec<(TopicPartition, Result<Saved, CheckpointError>)>,
+    ) {
+        if wave.is_empty() {
+            return;
+        }
         // Every chunk is stored before the manifest that points at it is sent.
-        let chunk_records: Vec<Vec<Record<'_>>> = pending
+        let chunk_records: Vec<Vec<Record<'_>>> = wave
             .iter()
             .map(|p| {
                 p.ranges
@@ -345,7 +392,7 @@ impl CheckpointStore {
         let firsts = self.produce(&chunk_records);
         let mut manifests = Vec::new();
         let mut written = Vec::new();
-        for (p, first) in pending.iter().zip(firsts) {
+        for (p, first) in wave.iter().zip(firsts) {
             match first {
                 Ok(first_chunk_offset) => {
                     let manifest = Manifest {
@@ -397,7 +444,6 @@ impl CheckpointStore {
                 Err(e) => out.push((p.tp.clone(), Err(e))),
             }
         }
-        out
     }
 
     /// Produces groups of records and waits until every one is stored (one flush for all);
@@ -659,4 +705,69 @@ fn remaining(deadline: Instant) -> Result<Duration, CheckpointError> {
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
         .ok_or_else(|| CheckpointError::Timeout("reading checkpoints".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+    use crate::aggregate::Pipeline;
+    use crate::config::Config;
+
+    /// A round bigger than a wave goes out in several, and every partition reads back whole.
+    #[test]
+    fn a_round_larger_than_a_wave_is_sent_in_waves_and_reads_back() {
+        let mock = MockCluster::new(1).unwrap();
+        let mut config = Config::load_with_env(None, Some(Default::default())).unwrap();
+        config.kafka.brokers = mock.bootstrap_servers();
+        config.checkpoint.partitions = 4;
+        let topic = config.checkpoint.topic_name(&config.kafka.group_id);
+        mock.create_topic(&topic, 4, 1).unwrap();
+        let pipeline = Pipeline::from_config(&config).unwrap();
+        let store =
+            CheckpointStore::new(&config.kafka, &config.checkpoint, pipeline.windows.clone())
+                .unwrap();
+
+        // Four partitions of ~1.2 MB each (de-duplication ids do not compress): more than a
+        // wave in all.
+        let now = crate::now_ms();
+        let parts: Vec<(TopicPartition, SharedPartition)> = (0..4)
+            .map(|p| {
+                let mut st = pipeline.new_partition();
+                for i in 0..150_000 {
+                    let json = format!(
+                        r#"{{"type":"visit","event_id":"{p}-{i}","timestamp":{now},"campaign":"c{}","channel":"x"}}"#,
+                        i % 50
+                    );
+                    pipeline.process(&mut st, json.as_bytes(), now, now);
+                    st.applied(i);
+                }
+                (
+                    TopicPartition::new("visits", p),
+                    Arc::new(parking_lot::Mutex::new(st)),
+                )
+            })
+            .collect();
+        let results = store.save_all(&parts);
+        let total: usize = results.iter().map(|(_, r)| r.as_ref().unwrap().bytes).sum();
+        assert_eq!(results.len(), 4);
+        assert!(total > WAVE_BYTES, "{total} bytes fit in one wave");
+        // The buffer held one wave at a time, never the whole round.
+        assert!(store.write_lock.lock().chunks.len() < total);
+
+        let tps: Vec<TopicPartition> = parts.iter().map(|(tp, _)| tp.clone()).collect();
+        let loaded = store.load(&tps, Duration::from_secs(30)).unwrap();
+        for (tp, state) in &parts {
+            let back = &loaded[tp];
+            let state = state.lock();
+            assert_eq!(back.manifest.next_offset, state.next_offset());
+            assert!(back.state.same_aggregates(&state));
+            assert_eq!(back.state.dedup().len(), state.dedup().len());
+        }
+        // Unchanged partitions are not saved again.
+        assert!(store.save_all(&parts).is_empty());
+    }
 }
