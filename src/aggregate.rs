@@ -68,6 +68,8 @@ impl hashbrown::Equivalent<Key> for KeyRef<'_> {
 /// A bucket's contribution to the sums.
 trait Counted: Cell {
     fn add_to(&self, sums: &mut Sums);
+    /// A window's running total's contribution to the sums.
+    fn total_to(total: &Self::Total, sums: &mut Sums);
 }
 
 /// Bucket contents for visits.
@@ -75,14 +77,24 @@ trait Counted: Cell {
 pub struct VisitCell(u32);
 
 impl Cell for VisitCell {
+    type Total = u64;
     fn merge(&mut self, other: &Self) {
         self.0 = self.0.saturating_add(other.0);
+    }
+    fn add_to_total(&self, total: &mut u64) {
+        *total += u64::from(self.0);
+    }
+    fn sub_from_total(&self, total: &mut u64) {
+        *total -= u64::from(self.0);
     }
 }
 
 impl Counted for VisitCell {
     fn add_to(&self, sums: &mut Sums) {
         sums.visits += u64::from(self.0);
+    }
+    fn total_to(total: &u64, sums: &mut Sums) {
+        sums.visits += total;
     }
 }
 
@@ -94,11 +106,30 @@ pub struct OrderCell {
     pub gmv_micros: u64,
 }
 
+/// Order cells summed over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrderTotal {
+    orders: u64,
+    new_customers: u64,
+    gmv_micros: u128,
+}
+
 impl Cell for OrderCell {
+    type Total = OrderTotal;
     fn merge(&mut self, other: &Self) {
         self.orders = self.orders.saturating_add(other.orders);
         self.new_customers = self.new_customers.saturating_add(other.new_customers);
         self.gmv_micros = self.gmv_micros.saturating_add(other.gmv_micros);
+    }
+    fn add_to_total(&self, total: &mut OrderTotal) {
+        total.orders += u64::from(self.orders);
+        total.new_customers += u64::from(self.new_customers);
+        total.gmv_micros += u128::from(self.gmv_micros);
+    }
+    fn sub_from_total(&self, total: &mut OrderTotal) {
+        total.orders -= u64::from(self.orders);
+        total.new_customers -= u64::from(self.new_customers);
+        total.gmv_micros -= u128::from(self.gmv_micros);
     }
 }
 
@@ -108,6 +139,11 @@ impl Counted for OrderCell {
         sums.new_customers += u64::from(self.new_customers);
         sums.gmv_micros += u128::from(self.gmv_micros);
     }
+    fn total_to(total: &OrderTotal, sums: &mut Sums) {
+        sums.orders += total.orders;
+        sums.new_customers += total.new_customers;
+        sums.gmv_micros += total.gmv_micros;
+    }
 }
 
 /// Bucket contents for ad spend.
@@ -115,14 +151,24 @@ impl Counted for OrderCell {
 pub struct SpendCell(u64);
 
 impl Cell for SpendCell {
+    type Total = u128;
     fn merge(&mut self, other: &Self) {
         self.0 = self.0.saturating_add(other.0);
+    }
+    fn add_to_total(&self, total: &mut u128) {
+        *total += u128::from(self.0);
+    }
+    fn sub_from_total(&self, total: &mut u128) {
+        *total -= u128::from(self.0);
     }
 }
 
 impl Counted for SpendCell {
     fn add_to(&self, sums: &mut Sums) {
         sums.ad_spend_micros += u128::from(self.0);
+    }
+    fn total_to(total: &u128, sums: &mut Sums) {
+        sums.ad_spend_micros += total;
     }
 }
 
@@ -149,7 +195,7 @@ trait SeriesRead {
 
 impl<C: Counted> SeriesRead for Series<C> {
     fn window(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums) {
-        self.for_each_in_window(windows, w, now_ms, |c| c.add_to(sums));
+        C::total_to(&self.window_total(windows, w, now_ms), sums);
     }
     fn previous(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums) {
         self.for_each_in_previous(windows, w, now_ms, |c| c.add_to(sums));
@@ -237,6 +283,19 @@ impl KeyState {
     /// The monotonic counters.
     pub fn totals(&self) -> &Sums {
         &self.totals
+    }
+
+    /// Rebuilds the windows' running totals from the rings (they are not saved).
+    fn recompute_totals(&mut self, windows: &Windows) {
+        if let Some(s) = &mut self.visits {
+            s.recompute_totals(windows);
+        }
+        if let Some(s) = &mut self.orders {
+            s.recompute_totals(windows);
+        }
+        if let Some(s) = &mut self.ad_spend {
+            s.recompute_totals(windows);
+        }
     }
 
     /// Replaces the window rings with empty ones of `windows`' geometry, keeping the counters
@@ -330,6 +389,9 @@ impl PartitionState {
         self.dedup
             .reconfigure(pipeline.dedup_horizon_ms, pipeline.dedup_max_ids);
         if saved_geometry == pipeline.windows.geometry() {
+            for ks in self.keys.values_mut() {
+                ks.recompute_totals(&pipeline.windows);
+            }
             return true;
         }
         for ks in self.keys.values_mut() {

@@ -37,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
     state.evict_idle(&pipeline.windows, &pipeline.limits, now);
 
     let bytes = checkpoint::encode(&state, &pipeline.windows);
-    let (restored, _) = checkpoint::decode(&bytes).expect("a checkpoint reads back");
+    let (mut restored, geometry) = checkpoint::decode(&bytes).expect("a checkpoint reads back");
+    assert!(restored.reconfigure(&pipeline, &geometry));
     assert!(restored.same_aggregates(&state));
     assert_eq!(restored.dedup().len(), state.dedup().len());
     assert_eq!(restored.next_offset(), state.next_offset());
@@ -45,6 +46,10 @@ fuzz_target!(|data: &[u8]| {
     let store = Store::default();
     store.install(TopicPartition::new("visits", 0), state);
     let snapshot = store.snapshot(&pipeline.windows, now);
+    // The restored state reads the same (its windows' running totals are rebuilt).
+    let again = Store::default();
+    again.install(TopicPartition::new("visits", 0), restored);
+    assert_eq!(again.snapshot(&pipeline.windows, now).rows, snapshot.rows);
     let mut text = String::new();
     let clv = ClvAssumptions {
         purchases_per_year: 4.0,
