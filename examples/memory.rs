@@ -37,8 +37,7 @@ fn main() {
     {
         return stream(keys, total);
     }
-    let config = Config::load(None).expect("default config");
-    let pipeline = Pipeline::from_config(&config).expect("valid");
+    let pipeline = pipeline_for(keys);
     let store = Store::default();
     let topics = ["visits", "orders", "ad-spend"];
     let partitions = 6;
@@ -94,7 +93,12 @@ fn main() {
     println!(
         "keys={} events={events} windows={:?} rss_before={:.1}MiB rss_after={:.1}MiB state_rss={:.1}MiB ring_bytes={:.1}MiB dedup_ids={dedup_ids}",
         snapshot.rows.len(),
-        config.windows.lengths,
+        pipeline
+            .windows
+            .specs()
+            .iter()
+            .map(|w| &*w.label)
+            .collect::<Vec<_>>(),
         before as f64 / 1048576.0,
         after as f64 / 1048576.0,
         (after - before) as f64 / 1048576.0,
@@ -105,8 +109,7 @@ fn main() {
 /// Events at a steady rate over a fixed key set: resident memory at growing event counts.
 fn stream(keys: usize, total: usize) {
     use ecom_pulse::generate::{Stream, synthetic};
-    let config = Config::load(None).expect("default config");
-    let pipeline = Pipeline::from_config(&config).expect("valid");
+    let pipeline = pipeline_for(keys);
     let store = Store::default();
     let partitions = 6u64;
     let start = ecom_pulse::now_ms() - 86_400_000;
@@ -152,4 +155,12 @@ fn stream(keys: usize, total: usize) {
         }
     }
     println!("largest change from the 1 M figure: {worst:.1} %");
+}
+
+/// The default configuration, with `limits.max_keys` raised to the key count as a deployment
+/// with that many keys would (under the default limit most keys would fold into "(other)").
+fn pipeline_for(keys: usize) -> Pipeline {
+    let mut config = Config::load(None).expect("default config");
+    config.limits.max_keys = config.limits.max_keys.max(keys);
+    Pipeline::from_config(&config).expect("valid")
 }
