@@ -285,6 +285,13 @@ impl KeyState {
         &self.totals
     }
 
+    /// True when every ring has the layout of `windows`.
+    fn fits(&self, windows: &Windows) -> bool {
+        self.visits.as_ref().is_none_or(|s| s.fits(windows))
+            && self.orders.as_ref().is_none_or(|s| s.fits(windows))
+            && self.ad_spend.as_ref().is_none_or(|s| s.fits(windows))
+    }
+
     /// Rebuilds the windows' running totals from the rings (they are not saved).
     fn recompute_totals(&mut self, windows: &Windows) {
         if let Some(s) = &mut self.visits {
@@ -388,7 +395,9 @@ impl PartitionState {
     pub fn reconfigure(&mut self, pipeline: &Pipeline, saved_geometry: &[(i64, i64)]) -> bool {
         self.dedup
             .reconfigure(pipeline.dedup_horizon_ms, pipeline.dedup_max_ids);
-        if saved_geometry == pipeline.windows.geometry() {
+        if saved_geometry == pipeline.windows.geometry()
+            && self.keys.values().all(|ks| ks.fits(&pipeline.windows))
+        {
             for ks in self.keys.values_mut() {
                 ks.recompute_totals(&pipeline.windows);
             }

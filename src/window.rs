@@ -149,7 +149,10 @@ impl Windows {
         self.specs.iter().position(|s| &*s.label == label)
     }
 
-    /// The bucket geometry, to tell whether saved rings still fit this configuration.
+    /// Each window's length and the time its ring spans (one length, or two where the
+    /// preceding window is kept). Saved with the rings; it does not tell bucket counts apart
+    /// (60 buckets of 1 min and 120 of 30 s span the same hour), so a restore also checks
+    /// the ring sizes ([`Series::fits`]).
     pub fn geometry(&self) -> Vec<(i64, i64)> {
         self.specs
             .iter()
@@ -338,6 +341,13 @@ impl<C: Cell> Series<C> {
             ring[b.rem_euclid(n) as usize].sub_from_total(&mut total);
         }
         total
+    }
+
+    /// True when the rings have the layout of `windows` (a restored series may not: see
+    /// [`Windows::geometry`]). One `windows.buckets` setting moves every window's bucket
+    /// count the same way, so a changed count changes the total.
+    pub fn fits(&self, windows: &Windows) -> bool {
+        self.cells.len() == windows.cells
     }
 
     /// Rebuilds the running totals from the rings (after a restore).

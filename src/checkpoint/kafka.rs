@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -61,7 +61,9 @@ pub struct Saved {
     pub next_offset: i64,
 }
 
-/// Bytes of chunks a save sends before waiting for them to be stored.
+/// Bytes of chunks after which a save waits for them to be stored before encoding more. A
+/// wave closes once it has reached this, so up to this plus one partition's state is in
+/// flight, and the reused chunk buffer keeps that size.
 const WAVE_BYTES: usize = 4 * 1024 * 1024;
 
 /// One partition's checkpoint, encoded and waiting to be sent.
@@ -108,6 +110,8 @@ pub struct CheckpointStore {
     /// One save at a time, so a periodic save and a revocation save never interleave; and
     /// the buffers saves reuse.
     write_lock: Mutex<SaveBuffers>,
+    /// Rounds saved so far: where the next one starts.
+    rounds: AtomicUsize,
     windows: Windows,
     /// Random per process, so checkpoint ids of different writers do not collide.
     id_base: u64,
@@ -178,6 +182,7 @@ impl CheckpointStore {
             partitions: Mutex::new(None),
             written: Mutex::new(HashMap::new()),
             write_lock: Mutex::new(SaveBuffers::default()),
+            rounds: AtomicUsize::new(0),
             windows,
             id_base: rand::random::<u64>() & !0xffff_ffff,
         })
@@ -307,7 +312,13 @@ impl CheckpointStore {
             }
         };
         let mut out = Vec::with_capacity(parts.len());
-        let mut parts = parts.iter().peekable();
+        // Each round starts one partition further on, so that a partition whose wave keeps
+        // failing does not keep the ones after it from ever being saved (see below).
+        let start = match parts.len() {
+            0 => 0,
+            n => self.rounds.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        let mut parts = parts[start..].iter().chain(&parts[..start]).peekable();
         while parts.peek().is_some() {
             chunks.clear();
             let mut wave = Vec::new();
@@ -341,21 +352,18 @@ impl CheckpointStore {
             }
             let sent = out.len();
             self.send(&wave, chunks, &mut out);
-            // A wave that failed whole (the broker is away) would be followed by more that
-            // each wait out message.timeout.ms: fail the rest of the round at once instead.
-            let first_error = out[sent..].iter().try_fold(None, |first, (_, r)| match r {
-                Ok(_) => Err(()),
-                Err(e) => Ok(first.or_else(|| Some(e.to_string()))),
+            // A wave whose every record timed out (the brokers are away) would be followed by
+            // more that each wait out message.timeout.ms: fail the rest of the round at once.
+            // Only timeouts: other errors come back quickly and may be one partition's.
+            let timed_out = out[sent..].iter().try_fold(None, |first, (_, r)| match r {
+                Err(e) if e.is_timeout() => Ok(first.or_else(|| Some(e.to_string()))),
+                _ => Err(()),
             });
-            if let Ok(Some(e)) = first_error {
-                let message = format!("not sent after an earlier wave failed: {e}");
+            if let Ok(Some(e)) = timed_out {
+                let message = format!("not sent after an earlier wave timed out: {e}");
                 for (tp, state) in parts.by_ref() {
-                    let moved = self
-                        .written
-                        .lock()
-                        .get(tp)
-                        .is_none_or(|w| w.next_offset != state.lock().next_offset());
-                    if moved {
+                    let saved = self.written.lock().get(tp).map(|w| w.next_offset);
+                    if saved != Some(state.lock().next_offset()) {
                         out.push((tp.clone(), Err(CheckpointError::Timeout(message.clone()))));
                     }
                 }

@@ -43,6 +43,23 @@ pub enum CheckpointError {
     Timeout(String),
 }
 
+impl CheckpointError {
+    /// True for a write that timed out (no broker took it), as opposed to one refused.
+    pub fn is_timeout(&self) -> bool {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        match self {
+            CheckpointError::Timeout(_) => true,
+            CheckpointError::Kafka(
+                KafkaError::MessageProduction(code) | KafkaError::Flush(code),
+            ) => matches!(
+                code,
+                RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::OperationTimedOut
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// What is serialised: the window geometry the rings were built with, and the state.
 #[derive(Serialize)]
 struct SavedRef<'a> {
@@ -428,6 +445,20 @@ mod tests {
         let (_, ks) = back.keys().next().unwrap();
         assert!(ks.totals().orders > 0);
         assert_eq!(ks.window_sums(&other.windows, 0, T0), Default::default());
+
+        // Same windows, another bucket count: the same spans, but rings of another size.
+        for buckets in [120, 30] {
+            let (mut back, geometry) = decode(&encode(&st, &p.windows)).unwrap();
+            let finer = Pipeline {
+                windows: Windows::from_labels(&["5m", "1h"], buckets),
+                ..pipeline(&["5m", "1h"])
+            };
+            assert_eq!(geometry, finer.windows.geometry());
+            assert!(!back.reconfigure(&finer, &geometry), "{buckets} buckets");
+            let (_, ks) = back.keys().next().unwrap();
+            assert_eq!(ks.window_sums(&finer.windows, 1, T0), Default::default());
+            assert!(ks.totals().orders > 0);
+        }
     }
 
     #[test]
