@@ -65,11 +65,17 @@ impl hashbrown::Equivalent<Key> for KeyRef<'_> {
     }
 }
 
-/// A bucket's contribution to the sums.
+/// How a cell type's totals enter the sums.
 trait Counted: Cell {
-    fn add_to(&self, sums: &mut Sums);
     /// A window's running total's contribution to the sums.
     fn total_to(total: &Self::Total, sums: &mut Sums);
+
+    /// One bucket's contribution to the sums.
+    fn add_to(&self, sums: &mut Sums) {
+        let mut total = Self::Total::default();
+        self.add_to_total(&mut total);
+        Self::total_to(&total, sums);
+    }
 }
 
 /// Bucket contents for visits.
@@ -90,9 +96,6 @@ impl Cell for VisitCell {
 }
 
 impl Counted for VisitCell {
-    fn add_to(&self, sums: &mut Sums) {
-        sums.visits += u64::from(self.0);
-    }
     fn total_to(total: &u64, sums: &mut Sums) {
         sums.visits += total;
     }
@@ -134,11 +137,6 @@ impl Cell for OrderCell {
 }
 
 impl Counted for OrderCell {
-    fn add_to(&self, sums: &mut Sums) {
-        sums.orders += u64::from(self.orders);
-        sums.new_customers += u64::from(self.new_customers);
-        sums.gmv_micros += u128::from(self.gmv_micros);
-    }
     fn total_to(total: &OrderTotal, sums: &mut Sums) {
         sums.orders += total.orders;
         sums.new_customers += total.new_customers;
@@ -164,9 +162,6 @@ impl Cell for SpendCell {
 }
 
 impl Counted for SpendCell {
-    fn add_to(&self, sums: &mut Sums) {
-        sums.ad_spend_micros += u128::from(self.0);
-    }
     fn total_to(total: &u128, sums: &mut Sums) {
         sums.ad_spend_micros += total;
     }

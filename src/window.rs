@@ -329,13 +329,13 @@ impl<C: Cell> Series<C> {
         if now_bucket - head.bucket >= in_window {
             return C::Total::default(); // everything held is older than the window
         }
-        let mut total = C::Total::default();
         if now_bucket < head.bucket {
             // Read at a time before the newest write (a clock behind the consumer's).
+            let mut total = C::Total::default();
             self.for_each_in_window(windows, w, now_ms, |c| c.add_to_total(&mut total));
             return total;
         }
-        total = self.totals[w];
+        let mut total = self.totals[w];
         let (ring, n) = (&self.cells[spec.ring()], spec.slots as i64);
         for b in head.bucket - in_window + 1..=now_bucket - in_window {
             ring[b.rem_euclid(n) as usize].sub_from_total(&mut total);

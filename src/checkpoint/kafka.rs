@@ -95,6 +95,13 @@ struct Written {
     seq: u64,
 }
 
+impl Written {
+    /// True when the last save already covers `state`: it has not moved since.
+    fn covers(written: Option<Written>, state: &PartitionState) -> bool {
+        written.is_some_and(|w| w.next_offset == state.next_offset())
+    }
+}
+
 pub struct CheckpointStore {
     group: String,
     topic: String,
@@ -329,7 +336,7 @@ impl CheckpointStore {
                 let previous = self.written.lock().get(tp).copied();
                 let next_offset = {
                     let st = state.lock();
-                    if previous.is_some_and(|w| w.next_offset == st.next_offset()) {
+                    if Written::covers(previous, &st) {
                         continue;
                     }
                     encode_into(&st, &self.windows, scratch);
@@ -355,15 +362,16 @@ impl CheckpointStore {
             // A wave whose every record timed out (the brokers are away) would be followed by
             // more that each wait out message.timeout.ms: fail the rest of the round at once.
             // Only timeouts: other errors come back quickly and may be one partition's.
-            let timed_out = out[sent..].iter().try_fold(None, |first, (_, r)| match r {
-                Err(e) if e.is_timeout() => Ok(first.or_else(|| Some(e.to_string()))),
-                _ => Err(()),
-            });
-            if let Ok(Some(e)) = timed_out {
-                let message = format!("not sent after an earlier wave timed out: {e}");
+            let results = &out[sent..];
+            if let Some((_, Err(first))) = results.first()
+                && results
+                    .iter()
+                    .all(|(_, r)| r.as_ref().is_err_and(CheckpointError::is_timeout))
+            {
+                let message = format!("not sent after an earlier wave timed out: {first}");
                 for (tp, state) in parts.by_ref() {
-                    let saved = self.written.lock().get(tp).map(|w| w.next_offset);
-                    if saved != Some(state.lock().next_offset()) {
+                    let previous = self.written.lock().get(tp).copied();
+                    if !Written::covers(previous, &state.lock()) {
                         out.push((tp.clone(), Err(CheckpointError::Timeout(message.clone()))));
                     }
                 }

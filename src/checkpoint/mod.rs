@@ -153,15 +153,6 @@ pub struct Manifest {
     pub written_at_ms: i64,
 }
 
-/// Splits an encoded state into chunk values.
-pub fn chunks(payload: &[u8], checkpoint_id: u64, max_chunk: usize) -> Vec<Vec<u8>> {
-    let mut values = Vec::new();
-    append_chunks(payload, checkpoint_id, max_chunk, &mut values)
-        .into_iter()
-        .map(|range| values[range].to_vec())
-        .collect()
-}
-
 /// Appends the chunk values of an encoded state to `out`, one after another; returns where
 /// each lies (so one reused buffer holds every chunk of a save).
 pub fn append_chunks(
@@ -336,6 +327,15 @@ mod tests {
     use crate::decode::Decoder;
 
     const T0: i64 = 1_795_334_400_000;
+
+    /// An encoded state's chunk values, each on its own.
+    fn chunks(payload: &[u8], checkpoint_id: u64, max_chunk: usize) -> Vec<Vec<u8>> {
+        let mut values = Vec::new();
+        append_chunks(payload, checkpoint_id, max_chunk, &mut values)
+            .into_iter()
+            .map(|range| values[range].to_vec())
+            .collect()
+    }
 
     fn pipeline(windows: &[&str]) -> Pipeline {
         Pipeline {
