@@ -167,16 +167,14 @@ impl Counted for SpendCell {
     }
 }
 
-/// Adds a cell to a lazily created series and to the counters; returns the late mask.
+/// Adds a cell to a lazily created series; returns the late mask.
 fn count<C: Counted>(
     series: &mut Option<Box<Series<C>>>,
-    totals: &mut Sums,
     windows: &Windows,
     at_ms: i64,
     now_ms: i64,
     cell: C,
 ) -> u32 {
-    cell.add_to(totals);
     series
         .get_or_insert_with(|| Box::new(Series::new(windows)))
         .add(windows, at_ms, now_ms, &cell)
@@ -186,6 +184,7 @@ fn count<C: Counted>(
 trait SeriesRead {
     fn window(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums);
     fn previous(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums);
+    fn all_time(&self, sums: &mut Sums);
 }
 
 impl<C: Counted> SeriesRead for Series<C> {
@@ -195,57 +194,106 @@ impl<C: Counted> SeriesRead for Series<C> {
     fn previous(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums) {
         self.for_each_in_previous(windows, w, now_ms, |c| c.add_to(sums));
     }
+    fn all_time(&self, sums: &mut Sums) {
+        C::total_to(Series::all_time(self), sums);
+    }
 }
 
 /// One key's state within one partition.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyState {
-    // Boxed: a key's entry in the partition's hash table stays small, so probing it and
-    // writing the newest buckets touch few cache lines.
+    // Boxed: a key's entry in the partition's hash table stays small (72 bytes with its
+    // key), so probing it touches few cache lines. Each series also holds its event type's
+    // monotonic counters (the `*_total` metrics), in the cache line a write touches anyway.
     visits: Option<Box<Series<VisitCell>>>,
     orders: Option<Box<Series<OrderCell>>>,
     ad_spend: Option<Box<Series<SpendCell>>>,
-    /// Monotonic counters (the `*_total` metrics): every accepted event, whatever its age.
+}
+
+/// A key's state as checkpoints hold it: the series, then the monotonic counters as one
+/// `Sums` (the format from before the counters moved into the series, kept so that
+/// checkpoints stay readable across the change).
+#[derive(Serialize)]
+struct SavedKeyRef<'a> {
+    visits: &'a Option<Box<Series<VisitCell>>>,
+    orders: &'a Option<Box<Series<OrderCell>>>,
+    ad_spend: &'a Option<Box<Series<SpendCell>>>,
     totals: Sums,
+}
+
+#[derive(Deserialize)]
+struct SavedKey {
+    visits: Option<Box<Series<VisitCell>>>,
+    orders: Option<Box<Series<OrderCell>>>,
+    ad_spend: Option<Box<Series<SpendCell>>>,
+    totals: Sums,
+}
+
+impl Serialize for KeyState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SavedKeyRef {
+            visits: &self.visits,
+            orders: &self.orders,
+            ad_spend: &self.ad_spend,
+            totals: self.totals(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let SavedKey {
+            mut visits,
+            mut orders,
+            mut ad_spend,
+            totals: t,
+        } = SavedKey::deserialize(deserializer)?;
+        // Counters without a series (never written so, but the bytes are not ours to trust)
+        // get one with no rings: it does not fit any geometry, so the restore replaces the
+        // rings and keeps the counters.
+        fn restore<C: Cell>(series: &mut Option<Box<Series<C>>>, all_time: C::Total) {
+            if series.is_none() && all_time != C::Total::default() {
+                *series = Some(Box::new(Series::without_rings()));
+            }
+            if let Some(s) = series {
+                s.set_all_time(all_time);
+            }
+        }
+        restore(&mut visits, t.visits);
+        restore(
+            &mut orders,
+            OrderTotal {
+                orders: t.orders,
+                new_customers: t.new_customers,
+                gmv_micros: t.gmv_micros,
+            },
+        );
+        restore(&mut ad_spend, t.ad_spend_micros);
+        Ok(KeyState {
+            visits,
+            orders,
+            ad_spend,
+        })
+    }
 }
 
 impl KeyState {
     /// Counts the event and returns the windows it was too late for.
     fn add(&mut self, windows: &Windows, event: &Event<'_>, at_ms: i64, now_ms: i64) -> u32 {
         match event.kind {
-            EventType::Visit => count(
-                &mut self.visits,
-                &mut self.totals,
-                windows,
-                at_ms,
-                now_ms,
-                VisitCell(1),
-            ),
+            EventType::Visit => count(&mut self.visits, windows, at_ms, now_ms, VisitCell(1)),
             EventType::Order => {
                 let cell = OrderCell {
                     orders: 1,
                     new_customers: u32::from(event.new_customer),
                     gmv_micros: event.amount_micros,
                 };
-                count(
-                    &mut self.orders,
-                    &mut self.totals,
-                    windows,
-                    at_ms,
-                    now_ms,
-                    cell,
-                )
+                count(&mut self.orders, windows, at_ms, now_ms, cell)
             }
             EventType::AdSpend => {
                 let cell = SpendCell(event.amount_micros);
-                count(
-                    &mut self.ad_spend,
-                    &mut self.totals,
-                    windows,
-                    at_ms,
-                    now_ms,
-                    cell,
-                )
+                count(&mut self.ad_spend, windows, at_ms, now_ms, cell)
             }
         }
     }
@@ -276,8 +324,8 @@ impl KeyState {
     }
 
     /// The monotonic counters.
-    pub fn totals(&self) -> &Sums {
-        &self.totals
+    pub fn totals(&self) -> Sums {
+        self.sum(|s, sums| s.all_time(sums))
     }
 
     /// True when every ring has the layout of `windows`.
@@ -305,7 +353,7 @@ impl KeyState {
     fn reset_rings(&mut self, windows: &Windows) {
         fn reset<C: Cell>(s: &mut Option<Box<Series<C>>>, windows: &Windows) {
             if let Some(s) = s {
-                **s = Series::new(windows);
+                **s = s.emptied(windows);
             }
         }
         reset(&mut self.visits, windows);
@@ -733,7 +781,7 @@ impl Store {
                         row.previous[w] += &ks.previous_sums(windows, w, now_ms);
                     }
                 }
-                row.totals += ks.totals();
+                row.totals += &ks.totals();
             }
         }
         let mut sorted: Vec<(Key, Row)> = rows.into_iter().collect();

@@ -211,35 +211,53 @@ const EMPTY: i64 = i64::MIN / 2;
 /// Most windows a configuration may have: the per-window heads live inline in each series.
 pub const MAX_WINDOWS: usize = 8;
 
-/// A window's newest bucket and its content. The ring's cell for that bucket is not used
-/// while it is the newest: most events land in the newest bucket, and keeping it here, next
-/// to the other windows' heads, makes the common write touch one cache line instead of one
-/// per window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Head<C> {
+/// A window's newest bucket, its content, and the window's running total. The ring's cell
+/// for the head bucket is not used while it is the newest: most events land in the newest
+/// bucket, and keeping it here, next to the window's total and to the other windows' heads,
+/// makes the common write touch one or two cache lines of the series instead of one per
+/// window and one more per total.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[repr(C)]
+struct Head<C: Cell> {
     bucket: i64,
     value: C,
+    /// The sum of the `buckets` buckets ending with the head's: what a read at the head's
+    /// time returns, so a scrape reads one number instead of walking the ring (walking every
+    /// ring of every key was over half of a 10,000-key scrape). Derived from the rings, so
+    /// not saved: [`Series::recompute_totals`] rebuilds it after a restore.
+    #[serde(skip)]
+    total: C::Total,
+}
+
+/// Equal when the stored buckets are (the totals are derived from them).
+impl<C: Cell + PartialEq> PartialEq for Head<C> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bucket == other.bucket && self.value == other.value
+    }
 }
 
 /// One ring of buckets per window, for one key and one kind of cell.
+///
+/// Laid out in declaration order on a cache-line boundary, so that what every write touches
+/// (the count of everything, then the first windows' heads) shares the first lines of the
+/// allocation, and the ring pointer, needed only when a write misses the heads, comes last.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[repr(C, align(64))]
 pub struct Series<C: Cell> {
-    /// Per window: the newest bucket written (`⌊t / w⌋`) and what it holds.
-    heads: [Head<C>; MAX_WINDOWS],
-    /// Per window, the sum of the `buckets` buckets ending with the head's: what a read at
-    /// the head's time returns, so a scrape reads one number instead of walking the ring
-    /// (walking every ring of every key was over half of a 10,000-key scrape). Derived from
-    /// the rings, so not saved: [`Series::recompute_totals`] rebuilds it after a restore.
+    /// Everything ever added, whatever its age: the `*_total` counters. Saved by the owner
+    /// (in the checkpoint format it has always had), not here.
     #[serde(skip)]
-    totals: [C::Total; MAX_WINDOWS],
+    all_time: C::Total,
+    /// Per window: the newest bucket written (`⌊t / w⌋`), what it holds and the total.
+    heads: [Head<C>; MAX_WINDOWS],
     /// Per window, `slots` cells; bucket `b` lives at `b mod slots` (but see `heads`).
     cells: Box<[C]>,
 }
 
-/// Equal when the stored buckets are (the totals are derived from them).
+/// Equal when the stored buckets and counts are (the totals are derived from them).
 impl<C: Cell + PartialEq> PartialEq for Series<C> {
     fn eq(&self, other: &Self) -> bool {
-        self.heads == other.heads && self.cells == other.cells
+        self.all_time == other.all_time && self.heads == other.heads && self.cells == other.cells
     }
 }
 
@@ -247,30 +265,59 @@ impl<C: Cell + Eq> Eq for Series<C> {}
 
 impl<C: Cell> Series<C> {
     pub fn new(windows: &Windows) -> Self {
+        Self::with_cells(vec![C::default(); windows.cells].into_boxed_slice())
+    }
+
+    fn with_cells(cells: Box<[C]>) -> Self {
         Series {
+            all_time: C::Total::default(),
             heads: [Head {
                 bucket: EMPTY,
                 value: C::default(),
+                total: C::Total::default(),
             }; MAX_WINDOWS],
-            totals: [C::Total::default(); MAX_WINDOWS],
-            cells: vec![C::default(); windows.cells].into_boxed_slice(),
+            cells,
         }
     }
 
-    /// Adds `value` at time `ts_ms` to every window that still covers it at `now_ms`, and
-    /// returns a mask with bit `w` set for each window `w` that no longer did (the event was
-    /// too late for it).
+    /// Everything ever added, whatever its age.
+    pub fn all_time(&self) -> &C::Total {
+        &self.all_time
+    }
+
+    /// Sets the count of everything ever added (restoring it from a checkpoint).
+    pub fn set_all_time(&mut self, all_time: C::Total) {
+        self.all_time = all_time;
+    }
+
+    /// A series without rings: it fits no geometry, so a restore gives it some (see
+    /// [`Series::fits`]).
+    pub fn without_rings() -> Self {
+        Self::with_cells(Box::default())
+    }
+
+    /// The same series with empty rings of `windows`' geometry: the count is kept.
+    pub fn emptied(&self, windows: &Windows) -> Self {
+        Series {
+            all_time: self.all_time,
+            ..Series::new(windows)
+        }
+    }
+
+    /// Adds `value` to the count of everything and at time `ts_ms` to every window that still
+    /// covers it at `now_ms`, and returns a mask with bit `w` set for each window `w` that no
+    /// longer did (the event was too late for it).
     /// Callers clamp `ts_ms` to `now_ms` (future events count as arriving now).
     pub fn add(&mut self, windows: &Windows, ts_ms: i64, now_ms: i64, value: &C) -> u32 {
+        value.add_to_total(&mut self.all_time);
         let mut late = 0;
         for (w, spec) in windows.specs.iter().enumerate() {
             let n = spec.slots as i64;
             let in_window = spec.buckets as i64;
             let bucket = ts_ms.div_euclid(spec.width_ms);
             let head = &mut self.heads[w];
-            let total = &mut self.totals[w];
             if bucket == head.bucket {
-                head.value.merge_counted(value, total);
+                head.value.merge_counted(value, &mut head.total);
                 continue;
             }
             let now_bucket = now_ms.div_euclid(spec.width_ms);
@@ -281,6 +328,7 @@ impl<C: Cell> Series<C> {
                 continue; // already out of the ring
             }
             let ring = &mut self.cells[spec.ring()];
+            let total = &mut head.total;
             if bucket > head.bucket {
                 // The buckets the window moves past leave the total: all of it when it moves
                 // a whole window, else those in (head - in_window, bucket - in_window], all
@@ -303,11 +351,9 @@ impl<C: Cell> Series<C> {
                         ring[b.rem_euclid(n) as usize] = C::default();
                     }
                 }
-                *head = Head {
-                    bucket,
-                    value: *value,
-                };
                 value.add_to_total(total);
+                head.bucket = bucket;
+                head.value = *value;
             } else if bucket > head.bucket - in_window {
                 ring[bucket.rem_euclid(n) as usize].merge_counted(value, total);
             } else if bucket > head.bucket - n {
@@ -335,7 +381,7 @@ impl<C: Cell> Series<C> {
             self.for_each_in_window(windows, w, now_ms, |c| c.add_to_total(&mut total));
             return total;
         }
-        let mut total = self.totals[w];
+        let mut total = head.total;
         let (ring, n) = (&self.cells[spec.ring()], spec.slots as i64);
         for b in head.bucket - in_window + 1..=now_bucket - in_window {
             ring[b.rem_euclid(n) as usize].sub_from_total(&mut total);
@@ -358,7 +404,7 @@ impl<C: Cell> Series<C> {
             if head != EMPTY {
                 self.for_each_between(windows, w, head, |c| c.add_to_total(&mut total));
             }
-            self.totals[w] = total;
+            self.heads[w].total = total;
         }
     }
 
@@ -634,9 +680,13 @@ mod tests {
             }
             // Totals rebuilt from the rings (as after a restore) read the same.
             let mut rebuilt = s.clone();
-            rebuilt.totals = Default::default();
+            for head in &mut rebuilt.heads {
+                head.total = Default::default();
+            }
             rebuilt.recompute_totals(&w);
-            prop_assert_eq!(rebuilt.totals, s.totals);
+            for (r, h) in rebuilt.heads.iter().zip(&s.heads) {
+                prop_assert_eq!(r.total, h.total);
+            }
         }
 
         /// The running total always equals a walk of the ring, whatever the clock does:
