@@ -18,6 +18,7 @@
 //! follows the ids actually held rather than the largest burst ever seen.
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Generations per horizon: the sweep granularity.
@@ -95,19 +96,23 @@ impl Dedup {
         let generation = generation.max(self.oldest_kept);
         let probe = pack(id, 0);
         let (newest, oldest_kept) = (self.newest, self.oldest_kept);
+        let full = self.seen.len() >= self.max_ids;
+        // One probe finds the id or the slot a new one goes to (most ids are new).
         match self
             .seen
-            .find_mut(slot(probe), |e| id_bits(*e) == id_bits(probe))
+            .entry(slot(probe), |e| id_bits(*e) == id_bits(probe), |e| slot(*e))
         {
-            Some(e) if Self::generation_of(newest, *e) >= oldest_kept => false,
-            Some(e) => {
-                *e = pack(id, generation);
+            Entry::Occupied(e) if Self::generation_of(newest, *e.get()) >= oldest_kept => false,
+            Entry::Occupied(mut e) => {
+                *e.get_mut() = pack(id, generation);
                 true
             }
-            None => {
-                if self.seen.len() >= self.max_ids {
-                    self.make_room();
-                }
+            Entry::Vacant(v) if !full => {
+                v.insert(pack(id, generation));
+                true
+            }
+            Entry::Vacant(_) => {
+                self.make_room();
                 self.seen
                     .insert_unique(slot(probe), pack(id, generation), |e| slot(*e));
                 true
