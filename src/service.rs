@@ -175,6 +175,7 @@ impl Service {
             health,
             alerts,
             history,
+            last_body_len: Default::default(),
         };
         Ok(Service {
             listener,
