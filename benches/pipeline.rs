@@ -143,9 +143,107 @@ fn scrape(c: &mut Criterion) {
     group.finish();
 }
 
+/// Ingestion into a store of 10,000 keys on 3 topics x 6 partitions, as the consumer does it
+/// (one partition lock per message), alone and while another thread scrapes back to back
+/// (snapshot and text, as `/metrics` does). With a core each, the difference is what a scrape
+/// costs the consumer besides CPU: partition locks, caches, memory bandwidth.
+fn ingest_while_scraped(c: &mut Criterion) {
+    use std::hash::{Hash, Hasher};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    const STORE_KEYS: usize = 10_000;
+    let p = pipeline();
+    let store = Store::default();
+    let route = |i: usize, ts: i64, tag: &str| {
+        let (stream, campaign, json) = synthetic(i, STORE_KEYS, ts, tag);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        campaign.hash(&mut h);
+        let tp = TopicPartition::new(&format!("{stream:?}"), (h.finish() % 6) as i32);
+        let part = store.get_or_insert(&tp, || p.new_partition());
+        (tp, part, json.into_bytes())
+    };
+    for i in 0..STORE_KEYS * 3 {
+        let (_, part, json) = route(i, NOW - (i as i64 % 2_000), "warm");
+        p.process(&mut part.lock(), &json, NOW, NOW);
+    }
+    let warm: Vec<_> = store
+        .partitions()
+        .into_iter()
+        .map(|(_, part)| {
+            let state = part.lock().clone();
+            (part, state)
+        })
+        .collect();
+    // librdkafka hands messages over in per-partition runs (a fetch response per partition);
+    // every message from another partition than the last is the worst case for locking.
+    let interleaved: Vec<_> = (0..BATCH)
+        .map(|i| route(i, NOW - (i as i64 % 2_000), "bench"))
+        .collect();
+    let mut in_runs = interleaved.clone();
+    for block in in_runs.chunks_mut(18_000) {
+        block.sort_by(|a, b| a.0.cmp(&b.0)); // stable: runs of ~1,000 in offset order
+    }
+    let clv = ClvAssumptions {
+        purchases_per_year: 4.0,
+        lifetime_years: 3.0,
+    };
+    // Each iteration starts from the warm state (not timed), so every event is new.
+    let ingest = |batch: &[(
+        TopicPartition,
+        ecom_pulse::aggregate::SharedPartition,
+        Vec<u8>,
+    )],
+                  iters: u64| {
+        let mut took = Duration::ZERO;
+        for _ in 0..iters {
+            for (part, state) in &warm {
+                *part.lock() = state.clone();
+            }
+            let start = Instant::now();
+            for (_, part, json) in batch {
+                let mut state = part.lock();
+                assert!(matches!(
+                    p.process(&mut state, json, NOW, NOW),
+                    Outcome::Accepted { .. }
+                ));
+            }
+            took += start.elapsed();
+        }
+        took
+    };
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, batch) in [("in runs", &in_runs), ("interleaved", &interleaved)] {
+        group.bench_function(format!("{name}, alone"), |b| {
+            b.iter_custom(|iters| ingest(batch, iters))
+        });
+    }
+    let (stop, scrapes) = (AtomicBool::new(false), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut body = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                let snapshot = store.snapshot_current(&p.windows, NOW);
+                body.clear();
+                render_kpis(&mut body, &snapshot, &p.windows, &clv);
+                scrapes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        for (name, batch) in [("in runs", &in_runs), ("interleaved", &interleaved)] {
+            group.bench_function(format!("{name}, while scraped back to back"), |b| {
+                b.iter_custom(|iters| ingest(batch, iters))
+            });
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(scrapes.load(Ordering::Relaxed) > 0);
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench, scrape
+    targets = bench, scrape, ingest_while_scraped
 }
 criterion_main!(benches);
