@@ -96,25 +96,32 @@ impl Dedup {
         let generation = generation.max(self.oldest_kept);
         let probe = pack(id, 0);
         let (newest, oldest_kept) = (self.newest, self.oldest_kept);
-        let full = self.seen.len() >= self.max_ids;
+        let same_id = |e: &u64| id_bits(*e) == id_bits(probe);
+        // An id already held: a duplicate if its generation is live, else (expired, not yet
+        // swept) new again.
+        let seen_again = |e: &mut u64| {
+            if Self::generation_of(newest, *e) >= oldest_kept {
+                return false;
+            }
+            *e = pack(id, generation);
+            true
+        };
+        if self.seen.len() >= self.max_ids {
+            // At the cap, room is made before a new id goes in (`entry` would first grow
+            // the table, doubling it exactly when memory is to be bounded).
+            if let Some(e) = self.seen.find_mut(slot(probe), same_id) {
+                return seen_again(e);
+            }
+            self.make_room();
+            self.seen
+                .insert_unique(slot(probe), pack(id, generation), |e| slot(*e));
+            return true;
+        }
         // One probe finds the id or the slot a new one goes to (most ids are new).
-        match self
-            .seen
-            .entry(slot(probe), |e| id_bits(*e) == id_bits(probe), |e| slot(*e))
-        {
-            Entry::Occupied(e) if Self::generation_of(newest, *e.get()) >= oldest_kept => false,
-            Entry::Occupied(mut e) => {
-                *e.get_mut() = pack(id, generation);
-                true
-            }
-            Entry::Vacant(v) if !full => {
+        match self.seen.entry(slot(probe), same_id, |e| slot(*e)) {
+            Entry::Occupied(mut e) => seen_again(e.get_mut()),
+            Entry::Vacant(v) => {
                 v.insert(pack(id, generation));
-                true
-            }
-            Entry::Vacant(_) => {
-                self.make_room();
-                self.seen
-                    .insert_unique(slot(probe), pack(id, generation), |e| slot(*e));
                 true
             }
         }
@@ -260,6 +267,26 @@ mod tests {
         assert!(d.evicted() >= 4000, "evicted {}", d.evicted());
         // The most recent ids are still known.
         assert!(!d.insert(4999, T0 + 4999 * 20));
+    }
+
+    /// At the cap, with several generations held (so room is made by sweeps, which leave
+    /// tombstones), the table keeps the size the cap needs: 1,000 ids and the headroom for
+    /// tombstones (`sweep`) fit 4,096 buckets.
+    #[test]
+    fn a_table_at_its_cap_does_not_grow() {
+        let mut d = Dedup::new(15 * MIN, 1000);
+        for i in 0..20_000u64 {
+            // Two ids per second of event time: 450 per generation, so the cap is reached
+            // with three generations live.
+            d.insert(i, T0 + (i as i64) * 500);
+            assert!(d.len() <= 1000);
+            assert!(
+                d.table_bytes() <= 4096 * 9,
+                "{} bytes at {i}",
+                d.table_bytes()
+            );
+        }
+        assert!(d.evicted() > 0);
     }
 
     #[test]
