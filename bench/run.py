@@ -320,7 +320,7 @@ def scrapes(events, keys, out):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--tansu-events", type=int, default=300_000)
+    p.add_argument("--tansu-events", type=int, default=1_000_000)
     # The mock silently drops old data (~5 MiB per partition); here 1.4 M events over 96
     # partitions were all kept, 1.5 M were not.
     p.add_argument("--mock-events", type=int, default=1_000_000)
