@@ -250,8 +250,8 @@ impl<'de> Deserialize<'de> for KeyState {
             totals: t,
         } = SavedKey::deserialize(deserializer)?;
         // Counters without a series (never written so, but the bytes are not ours to trust)
-        // get one with no rings: it does not fit any geometry, so the restore replaces the
-        // rings and keeps the counters.
+        // get one with no rings: it fits no geometry, so the restore gives it empty rings
+        // and keeps the counters.
         fn restore<C: Cell>(series: &mut Option<Box<Series<C>>>, all_time: C::Total) {
             if series.is_none() && all_time != C::Total::default() {
                 *series = Some(Box::new(Series::without_rings()));
@@ -328,37 +328,26 @@ impl KeyState {
         self.sum(|s, sums| s.all_time(sums))
     }
 
-    /// True when every ring has the layout of `windows`.
-    fn fits(&self, windows: &Windows) -> bool {
-        self.visits.as_ref().is_none_or(|s| s.fits(windows))
-            && self.orders.as_ref().is_none_or(|s| s.fits(windows))
-            && self.ad_spend.as_ref().is_none_or(|s| s.fits(windows))
-    }
-
-    /// Rebuilds the windows' running totals from the rings (they are not saved).
-    fn recompute_totals(&mut self, windows: &Windows) {
-        if let Some(s) = &mut self.visits {
-            s.recompute_totals(windows);
-        }
-        if let Some(s) = &mut self.orders {
-            s.recompute_totals(windows);
-        }
-        if let Some(s) = &mut self.ad_spend {
-            s.recompute_totals(windows);
-        }
-    }
-
-    /// Replaces the window rings with empty ones of `windows`' geometry, keeping the counters
-    /// (for rings saved under another geometry).
-    fn reset_rings(&mut self, windows: &Windows) {
-        fn reset<C: Cell>(s: &mut Option<Box<Series<C>>>, windows: &Windows) {
-            if let Some(s) = s {
+    /// After a restore: rebuilds the running totals of the rings that were saved under
+    /// `windows`' geometry and can be read with it, and replaces the others with empty rings
+    /// of that geometry, keeping the counters. False if any ring was replaced.
+    fn restore_rings(&mut self, windows: &Windows, same_geometry: bool) -> bool {
+        fn one<C: Cell>(s: &mut Option<Box<Series<C>>>, windows: &Windows, same: bool) -> bool {
+            let Some(s) = s else { return true };
+            // A ring of another size (`windows.buckets` changed, which the saved geometry
+            // does not tell) or a series saved without rings does not fit.
+            if same && s.fits(windows) {
+                s.recompute_totals(windows);
+                true
+            } else {
                 **s = s.emptied(windows);
+                false
             }
         }
-        reset(&mut self.visits, windows);
-        reset(&mut self.orders, windows);
-        reset(&mut self.ad_spend, windows);
+        // `&`, not `&&`: every series is restored whatever the others gave.
+        one(&mut self.visits, windows, same_geometry)
+            & one(&mut self.orders, windows, same_geometry)
+            & one(&mut self.ad_spend, windows, same_geometry)
     }
 
     /// True when no window of any of its series holds anything at `now_ms`.
@@ -438,18 +427,12 @@ impl PartitionState {
     pub fn reconfigure(&mut self, pipeline: &Pipeline, saved_geometry: &[(i64, i64)]) -> bool {
         self.dedup
             .reconfigure(pipeline.dedup_horizon_ms, pipeline.dedup_max_ids);
-        if saved_geometry == pipeline.windows.geometry()
-            && self.keys.values().all(|ks| ks.fits(&pipeline.windows))
-        {
-            for ks in self.keys.values_mut() {
-                ks.recompute_totals(&pipeline.windows);
-            }
-            return true;
-        }
+        let same = saved_geometry == pipeline.windows.geometry();
+        let mut kept = true;
         for ks in self.keys.values_mut() {
-            ks.reset_rings(&pipeline.windows);
+            kept &= ks.restore_rings(&pipeline.windows, same);
         }
-        false
+        kept
     }
 
     /// The state of an event's key, created if need be within `limits`; true when the event
@@ -889,6 +872,43 @@ mod tests {
         format!(
             r#"{{"type":"visit","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email"}}"#
         )
+    }
+
+    /// Saved counters without a series (no build writes that, but a restore must not trust
+    /// the bytes) get empty rings of their own; the other keys' rings are kept.
+    #[test]
+    fn counters_saved_without_a_series_get_rings_of_their_own() {
+        let p = pipeline();
+        let mut st = p.new_partition();
+        for i in 0..10 {
+            p.process(&mut st, visit(&format!("v{i}"), T0, "a").as_bytes(), T0, T0);
+        }
+        let saved = SavedKeyRef {
+            visits: &None,
+            orders: &None,
+            ad_spend: &None,
+            totals: Sums {
+                visits: 5,
+                ..Sums::default()
+            },
+        };
+        let ghost: KeyState = postcard::from_bytes(&postcard::to_stdvec(&saved).unwrap()).unwrap();
+        st.keys.insert(Key::new("ghost", "email"), ghost);
+        assert!(!st.reconfigure(&p, &p.windows.geometry()));
+        let (a, ghost) = (
+            &st.keys[&Key::new("a", "email")],
+            &st.keys[&Key::new("ghost", "email")],
+        );
+        assert_eq!(a.window_sums(&p.windows, 0, T0).visits, 10);
+        assert_eq!(ghost.totals().visits, 5);
+        assert_eq!(ghost.window_sums(&p.windows, 2, T0), Sums::default());
+        // And it counts from there.
+        let st_ghost = st.keys.get_mut(&Key::new("ghost", "email")).unwrap();
+        let json = visit("g", T0, "ghost");
+        let event = p.decoder.decode(json.as_bytes(), T0).unwrap();
+        st_ghost.add(&p.windows, &event, T0, T0);
+        assert_eq!(st_ghost.totals().visits, 6);
+        assert_eq!(st_ghost.window_sums(&p.windows, 0, T0).visits, 1);
     }
 
     fn order(id: &str, ts: i64, campaign: &str, amount: &str, new: bool) -> String {

@@ -643,8 +643,10 @@ impl Handles {
                 self.topics.len() - 1
             }
         };
-        // A consumed message always carries its partition, never the unassigned -1.
-        let index = usize::try_from(partition).unwrap_or_default();
+        // One past the partition number: a consumed message always carries its partition,
+        // but should one ever come with librdkafka's "unassigned" -1, it gets a slot of its
+        // own rather than partition 0's.
+        let index = usize::try_from(i64::from(partition) + 1).unwrap_or_default();
         let partitions = &mut self.topics[t].1;
         if partitions.len() <= index {
             partitions.resize_with(index + 1, || None);
