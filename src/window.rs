@@ -317,6 +317,12 @@ impl<C: Cell> Series<C> {
             let bucket = ts_ms.div_euclid(spec.width_ms);
             let head = &mut self.heads[w];
             if bucket == head.bucket {
+                // Late when the window at `now_ms` starts after this bucket:
+                // `bucket <= now / width - buckets`, without a division on the common path
+                // (a head gone stale while its key was idle can still be hit by a late event).
+                if (bucket + in_window) * spec.width_ms <= now_ms {
+                    late |= 1 << w;
+                }
                 head.value.merge_counted(value, &mut head.total);
                 continue;
             }
@@ -571,6 +577,23 @@ mod tests {
         // Ten minutes on, the 50-minute-old event has left the hour (its bucket is the 61st).
         assert_eq!(sums(&s, &w, T0 + 10 * M), [0, 13, 15]);
         assert_eq!(sums(&s, &w, T0 + 55 * M), [0, 5, 15]);
+    }
+
+    /// An event for the bucket a stale head still holds (its key was idle for longer than
+    /// the window) is late for that window like any other event that old.
+    #[test]
+    fn a_late_event_into_a_stale_head_is_reported_late() {
+        let w = windows();
+        let mut s = Series::<u64>::new(&w);
+        assert_eq!(s.add(&w, T0, T0, &1), 0);
+        // Ten minutes later, an event from T0: late for 5m, in time for 1h and 24h.
+        assert_eq!(s.add(&w, T0, T0 + 10 * M, &1), 0b001);
+        assert_eq!(sums(&s, &w, T0 + 10 * M), [0, 2, 2]);
+        // The edge: T0 starts a bucket, which leaves the 5m window when `now` reaches T0 + 5m.
+        let mut edge = Series::<u64>::new(&w);
+        edge.add(&w, T0, T0, &1);
+        assert_eq!(edge.add(&w, T0, T0 + 5 * M - 1, &1), 0);
+        assert_eq!(edge.add(&w, T0, T0 + 5 * M, &1), 0b001);
     }
 
     #[test]
