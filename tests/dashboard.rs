@@ -181,15 +181,39 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    // The ROAS headline equals the fleet recording rule: both are sums divided.
-    let headline = prometheus
-        .query(&substitute(
-            d["panels"][1]["targets"][0]["expr"].as_str().unwrap(),
-        ))
-        .unwrap();
-    let fleet = prometheus
-        .query("fleet:ecom_roas:ratio{window=\"1h\"}")
-        .unwrap();
+    // The ROAS headline equals the fleet recording rule: both are sums divided. Compared at
+    // the instant the rule was last evaluated, so both read the same scraped samples (the
+    // generator keeps changing them every second). A scrape stamped just before that
+    // instant can land after the evaluation read the data: then the next evaluation is
+    // taken, up to twenty.
+    let fleet_expr = "fleet:ecom_roas:ratio{window=\"1h\"}";
+    let headline_expr = substitute(d["panels"][1]["targets"][0]["expr"].as_str().unwrap());
     let value = |r: &[Value]| r[0]["value"][1].as_str().unwrap().parse::<f64>().unwrap();
-    assert!((value(&headline) - value(&fleet)).abs() < 1e-9 * value(&fleet).abs().max(1.0));
+    let evaluated_at = || {
+        value(
+            &prometheus
+                .query(&format!("timestamp({fleet_expr})"))
+                .unwrap(),
+        )
+    };
+    let mut compared = Vec::new();
+    for _ in 0..20 {
+        let at = evaluated_at();
+        let fleet = value(&prometheus.query_at(fleet_expr, at).unwrap());
+        let headline = value(&prometheus.query_at(&headline_expr, at).unwrap());
+        if (headline - fleet).abs() < 1e-9 * fleet.abs().max(1.0) {
+            return;
+        }
+        compared.push((at, headline, fleet));
+        // Wait for the next evaluation (every second).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while evaluated_at() <= at {
+            assert!(
+                Instant::now() < deadline,
+                "the rule was not evaluated again"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    panic!("the headline never equalled the recording rule: {compared:?}");
 }

@@ -916,6 +916,15 @@ impl Prometheus {
 
     /// An instant query's result vector (empty if none), or the error Prometheus gave.
     pub fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+        self.query_params(promql, "")
+    }
+
+    /// An instant query evaluated at `time` (Unix seconds) instead of now.
+    pub fn query_at(&self, promql: &str, time: f64) -> Result<Vec<serde_json::Value>, String> {
+        self.query_params(promql, &format!("&time={time:.3}"))
+    }
+
+    fn query_params(&self, promql: &str, params: &str) -> Result<Vec<serde_json::Value>, String> {
         let encoded: String = promql
             .bytes()
             .map(|b| match b {
@@ -925,7 +934,7 @@ impl Prometheus {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}"))
+        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}{params}"))
             .map_err(|e| e.to_string())?;
         let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         if status != 200 || v["status"] != "success" {
