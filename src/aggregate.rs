@@ -752,15 +752,9 @@ impl Store {
             for (key, ks) in state.keys() {
                 let row = match rows.get_mut(key) {
                     Some(row) => row,
-                    None => rows.entry(key.clone()).or_insert_with(|| Row {
-                        windows: vec![Sums::default(); windows.len()],
-                        // Not read: no allocation per key for it.
-                        previous: if previous {
-                            vec![Sums::default(); windows.len()]
-                        } else {
-                            Vec::new()
-                        },
-                        totals: Sums::default(),
+                    // Preceding windows not read: no allocation per key for them.
+                    None => rows.entry(key.clone()).or_insert_with(|| {
+                        Row::with_previous(windows.len(), if previous { windows.len() } else { 0 })
                     }),
                 };
                 for (w, sums) in row.windows.iter_mut().enumerate() {
@@ -796,9 +790,14 @@ pub struct Row {
 
 impl Row {
     pub fn new(windows: usize) -> Row {
+        Row::with_previous(windows, windows)
+    }
+
+    /// A row with room for `previous` preceding windows (none in a snapshot without them).
+    fn with_previous(windows: usize, previous: usize) -> Row {
         Row {
             windows: vec![Sums::default(); windows],
-            previous: vec![Sums::default(); windows],
+            previous: vec![Sums::default(); previous],
             totals: Sums::default(),
         }
     }
@@ -836,7 +835,7 @@ impl Snapshot {
             };
             let acc = out
                 .entry(group)
-                .or_insert_with(|| Row::new(row.windows.len()));
+                .or_insert_with(|| Row::with_previous(row.windows.len(), row.previous.len()));
             for (a, s) in acc.windows.iter_mut().zip(&row.windows) {
                 *a += s;
             }

@@ -97,29 +97,19 @@ impl Dedup {
         let probe = pack(id, 0);
         let (newest, oldest_kept) = (self.newest, self.oldest_kept);
         let same_id = |e: &u64| id_bits(*e) == id_bits(probe);
-        // An id already held: a duplicate if its generation is live, else (expired, not yet
-        // swept) new again.
-        let seen_again = |e: &mut u64| {
-            if Self::generation_of(newest, *e) >= oldest_kept {
-                return false;
-            }
-            *e = pack(id, generation);
-            true
-        };
-        if self.seen.len() >= self.max_ids {
-            // At the cap, room is made before a new id goes in (`entry` would first grow
-            // the table, doubling it exactly when memory is to be bounded).
-            if let Some(e) = self.seen.find_mut(slot(probe), same_id) {
-                return seen_again(e);
-            }
+        // At the cap, room is made before a new id goes in (`entry` would first grow the
+        // table, doubling it exactly when memory is to be bounded).
+        if self.seen.len() >= self.max_ids && self.seen.find(slot(probe), same_id).is_none() {
             self.make_room();
-            self.seen
-                .insert_unique(slot(probe), pack(id, generation), |e| slot(*e));
-            return true;
         }
         // One probe finds the id or the slot a new one goes to (most ids are new).
         match self.seen.entry(slot(probe), same_id, |e| slot(*e)) {
-            Entry::Occupied(mut e) => seen_again(e.get_mut()),
+            Entry::Occupied(e) if Self::generation_of(newest, *e.get()) >= oldest_kept => false,
+            // Expired but not yet swept: new again.
+            Entry::Occupied(mut e) => {
+                *e.get_mut() = pack(id, generation);
+                true
+            }
             Entry::Vacant(v) => {
                 v.insert(pack(id, generation));
                 true

@@ -316,20 +316,17 @@ impl<C: Cell> Series<C> {
             let in_window = spec.buckets as i64;
             let bucket = ts_ms.div_euclid(spec.width_ms);
             let head = &mut self.heads[w];
+            // Late when the window at `now_ms` starts after this bucket:
+            // `bucket <= now / width - buckets`, without a division on the common path (a
+            // head gone stale while its key was idle can still be hit by a late event).
+            if (bucket + in_window) * spec.width_ms <= now_ms {
+                late |= 1 << w;
+            }
             if bucket == head.bucket {
-                // Late when the window at `now_ms` starts after this bucket:
-                // `bucket <= now / width - buckets`, without a division on the common path
-                // (a head gone stale while its key was idle can still be hit by a late event).
-                if (bucket + in_window) * spec.width_ms <= now_ms {
-                    late |= 1 << w;
-                }
                 head.value.merge_counted(value, &mut head.total);
                 continue;
             }
             let now_bucket = now_ms.div_euclid(spec.width_ms);
-            if bucket <= now_bucket - in_window {
-                late |= 1 << w;
-            }
             if bucket <= now_bucket - n {
                 continue; // already out of the ring
             }
