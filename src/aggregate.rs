@@ -437,13 +437,15 @@ impl PartitionState {
 
     /// The state of an event's key, created if need be within `limits`; true when the event
     /// was folded into campaign "(other)" because the partition holds `max_keys` already.
-    fn key_mut(&mut self, campaign: &str, channel: &str, limits: &Limits) -> (&mut KeyState, bool) {
-        // A hit needs no cleaning: stored names are clean, so a raw name that matches one is.
-        // Nothing allocates on a hit; new keys are rare.
-        if self.keys.contains_key(&KeyRef(campaign, channel)) {
-            let ks = self.keys.get_mut(&KeyRef(campaign, channel));
-            return (ks.expect("present"), false);
-        }
+    /// A key not found under its raw names (the caller looked: a hit needs no cleaning, since
+    /// stored names are clean and a raw name that matches one is). Returns where its events go
+    /// and whether that is a folded "(other)" key. New keys are rare; this path may allocate.
+    fn new_key_mut(
+        &mut self,
+        campaign: &str,
+        channel: &str,
+        limits: &Limits,
+    ) -> (&mut KeyState, bool) {
         let campaign = clean_label(campaign, limits.max_label_bytes);
         let channel = clean_label(channel, limits.max_label_bytes);
         let (campaign, channel, folded): (&str, &str, bool) = if self.keys.len() < limits.max_keys
@@ -605,7 +607,12 @@ impl Pipeline {
         }
         // Within the allowed skew, a future event counts as arriving now.
         let at = ts.min(now_ms);
-        let (key, folded) = state.key_mut(&event.campaign, &event.channel, &self.limits);
+        // One probe for a known key. (Here rather than in `new_key_mut`: a function returning
+        // the hit could not go on to use the table on a miss, and needed a second lookup.)
+        let (key, folded) = match state.keys.get_mut(&KeyRef(&event.campaign, &event.channel)) {
+            Some(key) => (key, false),
+            None => state.new_key_mut(&event.campaign, &event.channel, &self.limits),
+        };
         let late = key.add(&self.windows, event, at, now_ms);
         state.watermark_ms = state.watermark_ms.max(ts);
         Outcome::Accepted {
