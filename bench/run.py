@@ -65,8 +65,9 @@ def http(port, path, timeout=10):
 
 class Probe:
     """GET on one kept-alive connection. The service pays for each probe; a new TCP
-    connection per probe (urllib) cost it ~0.1 ms of CPU, and probing every 50 ms through a
-    20 s run billed it 4 % of its CPU that the count-only floor, never probed, did not pay."""
+    connection per probe (urllib) cost it 0.067 ms of CPU, a kept-alive one 0.030 ms: over a
+    21 s run probed every 50 ms, 28 against 13 ms that the count-only floor, never probed,
+    does not pay."""
 
     def __init__(self, port):
         self.port = port

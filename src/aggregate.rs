@@ -435,11 +435,10 @@ impl PartitionState {
         kept
     }
 
-    /// The state of an event's key, created if need be within `limits`; true when the event
-    /// was folded into campaign "(other)" because the partition holds `max_keys` already.
     /// A key not found under its raw names (the caller looked: a hit needs no cleaning, since
     /// stored names are clean and a raw name that matches one is). Returns where its events go
-    /// and whether that is a folded "(other)" key. New keys are rare; this path may allocate.
+    /// and whether it was folded into campaign "(other)" because the partition holds
+    /// `limits.max_keys` already. New keys are rare; this path may allocate.
     fn new_key_mut(
         &mut self,
         campaign: &str,
