@@ -64,9 +64,11 @@ pub fn now_ms() -> i64 {
 /// the kernel's coarse clock (the time at the last tick, 1-10 ms old) gives that for the cost
 /// of a memory read.
 #[cfg(target_os = "linux")]
+// The conversions are identities on 64-bit targets; on some 32-bit ones `tv_nsec` (and
+// `tv_sec`) are narrower than i64.
+#[allow(clippy::useless_conversion)]
 pub fn coarse_now_ms() -> i64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    // `From`: `tv_nsec` (and on some 32-bit targets `tv_sec`) is narrower than i64.
     i64::from(t.tv_sec) * 1000 + i64::from(t.tv_nsec) / 1_000_000
 }
 
