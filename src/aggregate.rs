@@ -672,8 +672,9 @@ impl TopicPartition {
 pub type SharedPartition = Arc<Mutex<PartitionState>>;
 
 /// The partitions this instance owns, shared between the consumer (writes) and the HTTP
-/// endpoints (reads). Each partition has its own lock so a scrape never blocks ingestion of
-/// more than one partition at a time, and only while that partition's sums are read.
+/// endpoints and checkpoints (reads). Each partition has its own lock, held by a reader only
+/// while that partition's sums are read; the consumer does not wait for it, but holds that
+/// partition's messages and goes on with the others (`source`).
 #[derive(Debug, Default)]
 pub struct Store {
     partitions: RwLock<BTreeMap<TopicPartition, SharedPartition>>,

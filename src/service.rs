@@ -188,6 +188,11 @@ impl Service {
         })
     }
 
+    /// The partitions' state, for embedders and tests that read it directly.
+    pub fn store(&self) -> Arc<Store> {
+        self.state.store.clone()
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound socket")
     }

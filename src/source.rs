@@ -7,8 +7,14 @@
 //! that preceded it. When a partition is revoked, a final checkpoint is written and its
 //! series leave this instance at once. Offsets are committed to the group only once a
 //! checkpoint covers them, so tools watching the group see honest progress.
+//!
+//! The consumer never waits for a reader (a scrape, a checkpoint) that holds a partition's
+//! lock: it copies that partition's messages aside and goes on with the others, then applies
+//! them in order once the lock is free, before anything newer of that partition. Messages
+//! held for a partition the group takes away are dropped, since its checkpoint did not count
+//! them and its next owner consumes them again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -24,7 +30,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::{Outcome, Pipeline, SharedPartition, Store, TopicPartition};
+use crate::aggregate::{Outcome, PartitionState, Pipeline, SharedPartition, Store, TopicPartition};
 use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{KafkaConfig, Redactor};
 use crate::decode::{Reason, Rejection};
@@ -494,6 +500,7 @@ impl Source {
     /// The consuming thread: poll, apply, repeat. Rebalance, statistics and error callbacks
     /// run inside `poll`, on this thread. The timeout bounds how long shutdown waits.
     fn consume(&self, shutdown: &CancellationToken) {
+        let ctx = self.consumer.context();
         let mut handles = Handles::default();
         // While messages flow, poll without waiting: with a finite timeout librdkafka reads
         // the monotonic clock on every call to set its deadline (perf: clock reads were ~9 %
@@ -501,11 +508,16 @@ impl Source {
         // nothing is followed by one that waits.
         let mut wait = Duration::ZERO;
         // The token's flag sits behind a mutex: looked at every 256 messages while they flow
-        // (a fraction of a millisecond), and before every wait.
+        // (a fraction of a millisecond), and before every wait. Held messages get another
+        // chance at the same rhythm.
         let mut since_check: u8 = 0;
         loop {
-            if (since_check == 0 || !wait.is_zero()) && shutdown.is_cancelled() {
-                break;
+            if since_check == 0 || !wait.is_zero() {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                // Before a wait, nothing else is to be done: wait for the locks too.
+                handles.release_held(ctx, !wait.is_zero());
             }
             since_check = since_check.wrapping_add(1);
             match self.consumer.poll(wait) {
@@ -517,6 +529,8 @@ impl Source {
                 None => wait = Duration::from_millis(100),
             }
         }
+        // Applied before the final checkpoint, which `close` writes.
+        handles.release_held(ctx, true);
     }
 
     fn handle(&self, message: &BorrowedMessage<'_>, handles: &mut Handles) {
@@ -525,41 +539,13 @@ impl Source {
         if !ctx.health.connected() {
             ctx.set_connected(true);
         }
-        let now = crate::coarse_now_ms();
-        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        let origin = Origin {
-            topic,
-            partition,
-            offset,
+        let arrived = Arrived {
+            offset: message.offset(),
+            record_ts: message.timestamp().to_millis(),
+            now: crate::coarse_now_ms(),
+            payload: message.payload(),
         };
-        let entry = handles.get(ctx, topic, partition);
-        let outcome = {
-            let mut state = entry.state.lock();
-            let outcome = match message.payload() {
-                Some(payload) => {
-                    let record_ts = message.timestamp().to_millis().unwrap_or(now);
-                    ctx.pipeline.process(&mut state, payload, record_ts, now)
-                }
-                None => Outcome::Rejected(Rejection {
-                    reason: Reason::MalformedJson,
-                    detail: "message has no value",
-                }),
-            };
-            // The offset moves with the state, under the same lock: a checkpoint never holds
-            // one without the other.
-            state.applied(offset);
-            outcome
-        };
-        if let Some(target) = entry.catching_up_to {
-            ctx.telemetry.replayed();
-            if offset + 1 >= target {
-                entry.catching_up_to = None;
-                let tp = TopicPartition::new(topic, partition);
-                ctx.health.caught_up(&tp);
-                tracing::info!(partition = %describe(&[tp]), "caught up");
-            }
-        }
-        ctx.telemetry.record(&outcome, &origin);
+        handles.offer(ctx, message.topic(), message.partition(), arrived);
     }
 
     fn consume_error(&self, e: KafkaError) {
@@ -629,52 +615,399 @@ async fn checkpoint_loop(consumer: Arc<Kafka>, every: Duration, shutdown: Cancel
 struct Handles {
     generation: u64,
     topics: Vec<(Box<str>, Vec<Option<Entry>>)>,
+    /// Messages held, in all entries.
+    held: usize,
 }
 
 struct Entry {
     state: SharedPartition,
     /// Offset to reach before the partition counts as caught up.
     catching_up_to: Option<i64>,
+    /// Messages that came while a reader (a scrape, a checkpoint) held the state's lock, in
+    /// offset order. The consumer goes on with other partitions instead of waiting, and
+    /// applies these before any later message of this partition. The state's offset moves
+    /// only when they are applied, so a checkpoint never counts them before that.
+    held: VecDeque<Held>,
 }
 
+/// A message as the pipeline takes it: borrowed from librdkafka, or copied while held.
+struct Arrived<P> {
+    offset: i64,
+    /// The record's timestamp, if it has one.
+    record_ts: Option<i64>,
+    /// When it arrived: a held message is judged late or early against this, not against
+    /// the moment a lock let it through.
+    now: i64,
+    payload: Option<P>,
+}
+
+type Held = Arrived<Box<[u8]>>;
+
+impl Held {
+    fn borrowed(&self) -> Arrived<&[u8]> {
+        Arrived {
+            offset: self.offset,
+            record_ts: self.record_ts,
+            now: self.now,
+            payload: self.payload.as_deref(),
+        }
+    }
+}
+
+/// Held messages beyond which the consumer waits for locks instead (a few MiB). A scrape
+/// holds one partition for about a millisecond, a checkpoint for the time it takes to encode
+/// one, so at a million messages a second a few thousand are held at most.
+const MAX_HELD: usize = 16_384;
+
 impl Handles {
-    fn get(&mut self, ctx: &SourceContext, topic: &str, partition: i32) -> &mut Entry {
-        if ctx.store.generation() != self.generation {
-            self.topics.clear();
-            self.generation = ctx.store.generation();
+    /// Applies `message` to its partition's state, or holds it while a reader has the lock.
+    fn offer(&mut self, ctx: &SourceContext, topic: &str, partition: i32, message: Arrived<&[u8]>) {
+        self.refresh(ctx);
+        if self.held >= MAX_HELD {
+            self.apply_held(ctx, true);
         }
-        let t = match self.topics.iter().position(|(t, _)| **t == *topic) {
-            Some(t) => t,
-            None => {
-                self.topics.push((topic.into(), Vec::new()));
-                self.topics.len() - 1
+        let entry = entry(&mut self.topics, ctx, topic, partition);
+        if let Some(mut state) = entry.state.try_lock() {
+            if !entry.held.is_empty() {
+                self.held -= release(
+                    ctx,
+                    topic,
+                    partition,
+                    &mut entry.held,
+                    &mut entry.catching_up_to,
+                    &mut state,
+                );
             }
-        };
-        // One past the partition number: a consumed message always carries its partition,
-        // but should one ever come with librdkafka's "unassigned" -1, it gets a slot of its
-        // own rather than partition 0's.
-        let index = usize::try_from(i64::from(partition) + 1).unwrap_or_default();
-        let partitions = &mut self.topics[t].1;
-        if partitions.len() <= index {
-            partitions.resize_with(index + 1, || None);
+            let outcome = apply(ctx, &mut state, &message);
+            drop(state);
+            settle(
+                ctx,
+                &mut entry.catching_up_to,
+                topic,
+                partition,
+                message.offset,
+                &outcome,
+            );
+            return;
         }
-        partitions[index].get_or_insert_with(|| {
+        entry.held.push_back(Arrived {
+            offset: message.offset,
+            record_ts: message.record_ts,
+            now: message.now,
+            payload: message.payload.map(Box::from),
+        });
+        self.held += 1;
+    }
+
+    /// After a rebalance, handles are looked up again.
+    fn refresh(&mut self, ctx: &SourceContext) {
+        let generation = ctx.store.generation();
+        if generation == self.generation {
+            return;
+        }
+        // A partition kept across the rebalance gets its held messages in order, before
+        // anything newer. Those of a partition given up are dropped: the checkpoint written
+        // when it was revoked did not count them, so its next owner (maybe this instance
+        // again, from that checkpoint) consumes them again.
+        self.drop_held_of_given_up(ctx);
+        self.apply_held(ctx, true);
+        self.topics.clear();
+        self.generation = generation;
+    }
+
+    fn drop_held_of_given_up(&mut self, ctx: &SourceContext) {
+        if self.held == 0 {
+            return;
+        }
+        for (topic, partitions) in &mut self.topics {
+            for (index, slot) in partitions.iter_mut().enumerate() {
+                let Some(entry) = slot.as_mut().filter(|e| !e.held.is_empty()) else {
+                    continue;
+                };
+                let tp = TopicPartition::new(topic, index as i32 - 1);
+                if !ctx
+                    .store
+                    .get(&tp)
+                    .is_some_and(|state| Arc::ptr_eq(&state, &entry.state))
+                {
+                    self.held -= entry.held.len();
+                    entry.held.clear();
+                }
+            }
+        }
+    }
+
+    /// Applies the held messages whose partitions are free, or, with `wait`, all of them.
+    fn release_held(&mut self, ctx: &SourceContext, wait: bool) {
+        self.refresh(ctx);
+        self.apply_held(ctx, wait);
+    }
+
+    fn apply_held(&mut self, ctx: &SourceContext, wait: bool) {
+        if self.held == 0 {
+            return;
+        }
+        for (topic, partitions) in &mut self.topics {
+            for (index, slot) in partitions.iter_mut().enumerate() {
+                let Some(entry) = slot.as_mut().filter(|e| !e.held.is_empty()) else {
+                    continue;
+                };
+                let state = if wait {
+                    Some(entry.state.lock())
+                } else {
+                    entry.state.try_lock()
+                };
+                if let Some(mut state) = state {
+                    let partition = index as i32 - 1;
+                    self.held -= release(
+                        ctx,
+                        topic,
+                        partition,
+                        &mut entry.held,
+                        &mut entry.catching_up_to,
+                        &mut state,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Applies an entry's held messages to its state, locked by the caller; returns how many.
+fn release(
+    ctx: &SourceContext,
+    topic: &str,
+    partition: i32,
+    held: &mut VecDeque<Held>,
+    catching_up_to: &mut Option<i64>,
+    state: &mut PartitionState,
+) -> usize {
+    let n = held.len();
+    for message in held.drain(..) {
+        let outcome = apply(ctx, state, &message.borrowed());
+        settle(
+            ctx,
+            catching_up_to,
+            topic,
+            partition,
+            message.offset,
+            &outcome,
+        );
+    }
+    n
+}
+
+fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8]>) -> Outcome {
+    let outcome = match message.payload {
+        Some(payload) => ctx.pipeline.process(
+            state,
+            payload,
+            message.record_ts.unwrap_or(message.now),
+            message.now,
+        ),
+        None => Outcome::Rejected(Rejection {
+            reason: Reason::MalformedJson,
+            detail: "message has no value",
+        }),
+    };
+    // The offset moves with the state, under the same lock: a checkpoint never holds one
+    // without the other.
+    state.applied(message.offset);
+    outcome
+}
+
+/// What follows an applied message outside its state: catch-up progress and telemetry.
+fn settle(
+    ctx: &SourceContext,
+    catching_up_to: &mut Option<i64>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    outcome: &Outcome,
+) {
+    if let Some(target) = *catching_up_to {
+        ctx.telemetry.replayed();
+        if offset + 1 >= target {
+            *catching_up_to = None;
             let tp = TopicPartition::new(topic, partition);
-            // Normally installed by the rebalance callback; a message can only come from an
-            // assigned partition, but be safe rather than drop it.
-            let state = ctx
-                .store
-                .get(&tp)
-                .unwrap_or_else(|| ctx.store.install(tp.clone(), ctx.pipeline.new_partition()));
-            let catching_up_to = ctx
-                .health
-                .progress(&tp)
-                .filter(|p| !p.caught_up)
-                .and_then(|p| p.target);
-            Entry {
-                state,
-                catching_up_to,
-            }
-        })
+            ctx.health.caught_up(&tp);
+            tracing::info!(partition = %describe(&[tp]), "caught up");
+        }
+    }
+    let origin = Origin {
+        topic,
+        partition,
+        offset,
+    };
+    ctx.telemetry.record(outcome, &origin);
+}
+
+/// The handle on `topic`/`partition`, created on first use.
+fn entry<'a>(
+    topics: &'a mut Vec<(Box<str>, Vec<Option<Entry>>)>,
+    ctx: &SourceContext,
+    topic: &str,
+    partition: i32,
+) -> &'a mut Entry {
+    let t = match topics.iter().position(|(t, _)| **t == *topic) {
+        Some(t) => t,
+        None => {
+            topics.push((topic.into(), Vec::new()));
+            topics.len() - 1
+        }
+    };
+    // One past the partition number: a consumed message always carries its partition,
+    // but should one ever come with librdkafka's "unassigned" -1, it gets a slot of its
+    // own rather than partition 0's.
+    let index = usize::try_from(i64::from(partition) + 1).unwrap_or_default();
+    let partitions = &mut topics[t].1;
+    if partitions.len() <= index {
+        partitions.resize_with(index + 1, || None);
+    }
+    partitions[index].get_or_insert_with(|| {
+        let tp = TopicPartition::new(topic, partition);
+        // Normally installed by the rebalance callback; a message can only come from an
+        // assigned partition, but be safe rather than drop it.
+        let state = ctx
+            .store
+            .get(&tp)
+            .unwrap_or_else(|| ctx.store.install(tp.clone(), ctx.pipeline.new_partition()));
+        let catching_up_to = ctx
+            .health
+            .progress(&tp)
+            .filter(|p| !p.caught_up)
+            .and_then(|p| p.target);
+        Entry {
+            state,
+            catching_up_to,
+            held: VecDeque::new(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn context() -> SourceContext {
+        let config = Config::load_with_env(None, Some(Default::default())).unwrap();
+        let pipeline = Arc::new(Pipeline::from_config(&config).unwrap());
+        let labels: Vec<&str> = pipeline.windows.specs().iter().map(|s| &*s.label).collect();
+        let checkpoints =
+            CheckpointStore::new(&config.kafka, &config.checkpoint, pipeline.windows.clone())
+                .unwrap();
+        SourceContext {
+            store: Arc::new(Store::default()),
+            telemetry: Arc::new(Telemetry::new("USD", &labels, 12.0)),
+            health: Arc::new(Health::default()),
+            checkpoints: Arc::new(checkpoints),
+            pipeline,
+            shutdown: CancellationToken::new(),
+            error_log: RateLimit::new(Duration::from_secs(10)),
+            redactor: config.kafka.properties.redactor(),
+            logged_state: AtomicU8::new(0),
+        }
+    }
+
+    fn install(ctx: &SourceContext, partition: i32) -> SharedPartition {
+        let tp = TopicPartition::new("visits", partition);
+        ctx.store.install(tp, ctx.pipeline.new_partition())
+    }
+
+    /// A visit to `campaign`, with an event id of its own unless `id` is given.
+    fn visit(offset: i64, campaign: &str, id: &str) -> (i64, Vec<u8>) {
+        let json = format!(
+            r#"{{"type":"visit","event_id":"{id}","timestamp":{},"campaign":"{campaign}","channel":"email"}}"#,
+            crate::now_ms()
+        );
+        (offset, json.into_bytes())
+    }
+
+    fn offer(handles: &mut Handles, ctx: &SourceContext, partition: i32, m: &(i64, Vec<u8>)) {
+        let now = crate::now_ms();
+        let arrived = Arrived {
+            offset: m.0,
+            record_ts: Some(now),
+            now,
+            payload: Some(&m.1[..]),
+        };
+        handles.offer(ctx, "visits", partition, arrived);
+    }
+
+    fn visits(state: &PartitionState) -> BTreeMap<String, u64> {
+        state
+            .keys()
+            .map(|(k, ks)| (k.campaign.to_string(), ks.totals().visits))
+            .collect()
+    }
+
+    #[test]
+    fn a_locked_partition_holds_its_messages_in_order_and_no_other() {
+        let ctx = context();
+        let (a, b) = (install(&ctx, 0), install(&ctx, 1));
+        let mut handles = Handles::default();
+        let guard = a.lock();
+        // The same event id twice: the first one applied counts, so order shows.
+        offer(&mut handles, &ctx, 0, &visit(0, "first", "x"));
+        offer(&mut handles, &ctx, 1, &visit(0, "b", "y"));
+        offer(&mut handles, &ctx, 0, &visit(1, "second", "x"));
+        assert_eq!(handles.held, 2);
+        assert_eq!(b.lock().next_offset(), 1, "the other partition went on");
+        handles.release_held(&ctx, false);
+        assert_eq!(handles.held, 2, "still locked");
+        drop(guard);
+        offer(&mut handles, &ctx, 0, &visit(2, "third", "z"));
+        assert_eq!(handles.held, 0);
+        let a = a.lock();
+        assert_eq!(a.next_offset(), 3);
+        assert_eq!(
+            visits(&a),
+            BTreeMap::from([("first".into(), 1), ("third".into(), 1)])
+        );
+    }
+
+    #[test]
+    fn held_messages_go_in_once_the_lock_is_free_without_a_newer_one() {
+        let ctx = context();
+        let a = install(&ctx, 0);
+        let mut handles = Handles::default();
+        let guard = a.lock();
+        offer(&mut handles, &ctx, 0, &visit(0, "a", "1"));
+        offer(&mut handles, &ctx, 0, &visit(1, "a", "2"));
+        drop(guard);
+        handles.release_held(&ctx, false);
+        assert_eq!(handles.held, 0);
+        assert_eq!(a.lock().next_offset(), 2);
+        assert_eq!(visits(&a.lock()), BTreeMap::from([("a".into(), 2)]));
+    }
+
+    #[test]
+    fn a_rebalance_drops_what_was_held_for_partitions_given_up_only() {
+        let ctx = context();
+        let (a, b, c) = (install(&ctx, 0), install(&ctx, 1), install(&ctx, 2));
+        let mut handles = Handles::default();
+        {
+            let (_a, _b, _c) = (a.lock(), b.lock(), c.lock());
+            offer(&mut handles, &ctx, 0, &visit(0, "a", "1"));
+            offer(&mut handles, &ctx, 1, &visit(0, "b", "2"));
+            offer(&mut handles, &ctx, 2, &visit(0, "c", "3"));
+        }
+        assert_eq!(handles.held, 3);
+        // Partition 0 is given up; partition 2 is given up and assigned again at once, its
+        // state restored (here: fresh); partition 1 is kept.
+        ctx.store.remove(&[TopicPartition::new("visits", 0)]);
+        let c_again = install(&ctx, 2);
+        offer(&mut handles, &ctx, 1, &visit(1, "b", "4"));
+        assert_eq!(handles.held, 0);
+        // What was held for partitions given up is consumed again from their checkpoints'
+        // offsets, which did not count it.
+        assert_eq!(a.lock().next_offset(), 0);
+        assert!(visits(&a.lock()).is_empty());
+        assert_eq!(c.lock().next_offset(), 0);
+        assert!(visits(&c_again.lock()).is_empty());
+        // The kept partition's held message went in before the newer one.
+        assert_eq!(b.lock().next_offset(), 2);
+        assert_eq!(visits(&b.lock()), BTreeMap::from([("b".into(), 2)]));
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use ecom_pulse::config::Config;
 use ecom_pulse::service::Service as Ecom;
+use rdkafka::consumer::Consumer;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tokio_util::sync::CancellationToken;
@@ -146,6 +147,131 @@ async fn request_errors_and_broker_outages_cost_nothing() {
         m.text
     );
     promtool_check(&m.text);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the service stops")
+        .unwrap()
+        .unwrap();
+    drop(mock);
+}
+
+/// A reader holding one partition's lock (a scrape reading its sums, a checkpoint encoding
+/// it) holds up no other partition: the consumer holds that partition's messages and goes on.
+/// Once the lock is free they are applied in order, and every number ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_partition_holds_up_no_other() {
+    let mock = MockCluster::new(1).unwrap();
+    for topic in TOPICS {
+        mock.create_topic(topic, 4, 1).unwrap();
+    }
+    let group = format!("held-{}", now_ms());
+    mock.create_topic(&format!("{group}-checkpoints"), 4, 1)
+        .unwrap();
+    let brokers = mock.bootstrap_servers();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, service_config(&brokers, &group, port, "")).unwrap();
+    let config = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
+    let service = Ecom::start(&config).await.unwrap();
+    let store = service.store();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(service.run(stop.clone()));
+    // Should an assertion fail, the service still stops, and the test ends.
+    let _stop_on_exit = stop.clone().drop_guard();
+
+    let mut traffic = Traffic::new("h", 12, CHANNELS);
+    let ts = now_ms() - 5_000;
+    produce_async(&brokers, traffic.next(2_000, ts)).await;
+    until_exact(port, &traffic, "the first batch").await;
+
+    // The visits partition of campaign h-c1, and the campaigns it holds.
+    let (locked, campaigns) = store
+        .partitions()
+        .into_iter()
+        .filter(|(tp, _)| &*tp.topic == "visits")
+        .map(|(tp, state)| {
+            let campaigns: std::collections::BTreeSet<String> = state
+                .lock()
+                .keys()
+                .map(|(k, _)| k.campaign.to_string())
+                .collect();
+            (tp, campaigns)
+        })
+        .find(|(_, campaigns)| campaigns.contains("h-c1"))
+        .expect("a visits partition with h-c1");
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (taken, is_taken) = std::sync::mpsc::channel::<()>();
+    let state = store.get(&locked).unwrap();
+    let holder = std::thread::spawn(move || {
+        let _guard = state.lock();
+        taken.send(()).unwrap();
+        released.recv().unwrap();
+    });
+    is_taken.recv().unwrap();
+
+    // The locked partition's messages go first, so a consumer that waited for its lock
+    // would not get to the others.
+    let (first, rest): (Vec<Msg>, Vec<Msg>) = traffic
+        .next(3_000, ts)
+        .into_iter()
+        .partition(|m| m.topic == "visits" && campaigns.contains(&m.key));
+    assert!(!first.is_empty() && !rest.is_empty());
+    produce_async(&brokers, first).await;
+    produce_async(&brokers, rest).await;
+
+    let others: Vec<_> = store
+        .partitions()
+        .into_iter()
+        .filter(|(tp, _)| *tp != locked)
+        .collect();
+    let watermarks = {
+        let brokers = brokers.clone();
+        let tps: Vec<_> = others.iter().map(|(tp, _)| tp.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            let client: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .unwrap();
+            tps.iter()
+                .map(|tp| {
+                    client
+                        .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))
+                        .unwrap()
+                        .1
+                })
+                .collect::<Vec<i64>>()
+        })
+        .await
+        .unwrap()
+    };
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "every other partition to be consumed to its end",
+            Duration::from_secs(60),
+            || {
+                others
+                    .iter()
+                    .zip(&watermarks)
+                    .all(|((_, state), &end)| state.lock().next_offset() >= end)
+                    .then_some(())
+            },
+        )
+    })
+    .await
+    .unwrap();
+
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let m = until_exact(port, &traffic, "the held messages, once the lock is free").await;
+    assert_exact(&traffic.ledger, &[&m], &WINDOWS);
+    assert_eq!(
+        m.sum("ecom_pulse_events_duplicate_total"),
+        0.0,
+        "nothing applied twice"
+    );
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(20), running)
