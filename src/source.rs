@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -91,6 +92,8 @@ pub struct SourceContext {
     redactor: Redactor,
     /// Last connection state logged (0 none yet, 1 down, 2 up), so each change is logged once.
     logged_state: AtomicU8,
+    /// Consumer lag per partition as last reported (statistics callback only).
+    lags: Mutex<BTreeMap<TopicPartition, i64>>,
 }
 
 impl SourceContext {
@@ -282,6 +285,7 @@ impl ClientContext for SourceContext {
 
     fn stats(&self, stats: Statistics) {
         self.set_connected(stats.brokers.values().any(|b| b.state == "UP"));
+        let mut last = self.lags.lock();
         let mut lags = BTreeMap::new();
         for tp in self.health.assigned() {
             let Some(p) = stats
@@ -294,7 +298,14 @@ impl ClientContext for SourceContext {
             let Some(state) = self.store.get(&tp) else {
                 continue;
             };
-            let next = state.lock().next_offset();
+            // This runs on the consuming thread, which does not wait for a reader: a partition
+            // whose lock a reader has keeps its last lag until the next report.
+            let Some(next) = state.try_lock().map(|s| s.next_offset()) else {
+                if let Some(&lag) = last.get(&tp) {
+                    lags.insert(tp, lag);
+                }
+                continue;
+            };
             if p.hi_offset >= 0 {
                 lags.insert(tp.clone(), (p.hi_offset - next).max(0));
             }
@@ -311,6 +322,7 @@ impl ClientContext for SourceContext {
             }
         }
         self.telemetry.set_consumer_lag(&lags);
+        *last = lags;
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -458,6 +470,7 @@ impl Source {
             error_log: RateLimit::new(Duration::from_secs(10)),
             redactor: cfg.properties.redactor(),
             logged_state: AtomicU8::new(0),
+            lags: Default::default(),
         };
         let consumer: Kafka = client_config(cfg)
             .create_with_context(context)
@@ -507,17 +520,16 @@ impl Source {
         // of the process's CPU at a million messages a second). Only a poll that found
         // nothing is followed by one that waits.
         let mut wait = Duration::ZERO;
-        // The token's flag sits behind a mutex: looked at every 256 messages while they flow
+        // The token's flag sits behind a mutex: looked at every 256 polls while messages flow
         // (a fraction of a millisecond), and before every wait. Held messages get another
-        // chance at the same rhythm.
+        // chance at the same rhythm; the consumer does not wait for a reader there.
         let mut since_check: u8 = 0;
         loop {
             if since_check == 0 || !wait.is_zero() {
                 if shutdown.is_cancelled() {
                     break;
                 }
-                // Before a wait, nothing else is to be done: wait for the locks too.
-                handles.release_held(ctx, !wait.is_zero());
+                handles.release_held(ctx, false);
             }
             since_check = since_check.wrapping_add(1);
             match self.consumer.poll(wait) {
@@ -526,6 +538,10 @@ impl Source {
                     wait = Duration::ZERO;
                 }
                 Some(Err(e)) => self.consume_error(e),
+                // No message: none queued, or an event that is not one (statistics, a
+                // rebalance, every second or so even at full speed). With messages held,
+                // come back soon to try their locks again rather than at the next message.
+                None if handles.held > 0 => wait = Duration::from_millis(1),
                 None => wait = Duration::from_millis(100),
             }
         }
@@ -615,8 +631,12 @@ async fn checkpoint_loop(consumer: Arc<Kafka>, every: Duration, shutdown: Cancel
 struct Handles {
     generation: u64,
     topics: Vec<(Box<str>, Vec<Option<Entry>>)>,
-    /// Messages held, in all entries.
+    /// Messages held, in all entries, and their payloads' bytes.
     held: usize,
+    held_bytes: usize,
+    /// Outcomes of held messages just applied, settled once their partition's lock is
+    /// released (a buffer kept from one release to the next).
+    settled: Vec<(i64, Outcome)>,
 }
 
 struct Entry {
@@ -652,34 +672,44 @@ impl Held {
             payload: self.payload.as_deref(),
         }
     }
+
+    fn bytes(&self) -> usize {
+        self.payload.as_ref().map_or(0, |p| p.len())
+    }
 }
 
-/// Held messages beyond which the consumer waits for locks instead (a few MiB). A scrape
-/// holds one partition for about a millisecond, a checkpoint for the time it takes to encode
-/// one, so at a million messages a second a few thousand are held at most.
+/// Held messages (or bytes of them) beyond which the consumer waits for the locks instead. A
+/// scrape holds one partition for about a millisecond, a checkpoint for the time it takes to
+/// encode one, so at a million messages a second a few thousand are held at most.
 const MAX_HELD: usize = 16_384;
+const MAX_HELD_BYTES: usize = 16 << 20;
 
 impl Handles {
     /// Applies `message` to its partition's state, or holds it while a reader has the lock.
     fn offer(&mut self, ctx: &SourceContext, topic: &str, partition: i32, message: Arrived<&[u8]>) {
         self.refresh(ctx);
-        if self.held >= MAX_HELD {
+        if self.held >= MAX_HELD || self.held_bytes >= MAX_HELD_BYTES {
             self.apply_held(ctx, true);
         }
         let entry = entry(&mut self.topics, ctx, topic, partition);
         if let Some(mut state) = entry.state.try_lock() {
             if !entry.held.is_empty() {
-                self.held -= release(
-                    ctx,
-                    topic,
-                    partition,
-                    &mut entry.held,
-                    &mut entry.catching_up_to,
-                    &mut state,
-                );
+                let (n, bytes) = release(ctx, &mut entry.held, &mut state, &mut self.settled);
+                self.held -= n;
+                self.held_bytes -= bytes;
             }
             let outcome = apply(ctx, &mut state, &message);
             drop(state);
+            for (offset, outcome) in self.settled.drain(..) {
+                settle(
+                    ctx,
+                    &mut entry.catching_up_to,
+                    topic,
+                    partition,
+                    offset,
+                    &outcome,
+                );
+            }
             settle(
                 ctx,
                 &mut entry.catching_up_to,
@@ -690,38 +720,30 @@ impl Handles {
             );
             return;
         }
-        entry.held.push_back(Arrived {
+        let held = Arrived {
             offset: message.offset,
             record_ts: message.record_ts,
             now: message.now,
             payload: message.payload.map(Box::from),
-        });
+        };
         self.held += 1;
+        self.held_bytes += held.bytes();
+        entry.held.push_back(held);
     }
 
-    /// After a rebalance, handles are looked up again.
+    /// After a rebalance: the entries of partitions still assigned, with the same state, are
+    /// kept, held messages and all (applied later, in order, before anything newer). The
+    /// others go, and their held messages with them: the checkpoint written when the
+    /// partition was revoked did not count those, so its next owner (maybe this instance
+    /// again, from that checkpoint, with a new state) consumes them again.
     fn refresh(&mut self, ctx: &SourceContext) {
         let generation = ctx.store.generation();
         if generation == self.generation {
             return;
         }
-        // A partition kept across the rebalance gets its held messages in order, before
-        // anything newer. Those of a partition given up are dropped: the checkpoint written
-        // when it was revoked did not count them, so its next owner (maybe this instance
-        // again, from that checkpoint) consumes them again.
-        self.drop_held_of_given_up(ctx);
-        self.apply_held(ctx, true);
-        self.topics.clear();
-        self.generation = generation;
-    }
-
-    fn drop_held_of_given_up(&mut self, ctx: &SourceContext) {
-        if self.held == 0 {
-            return;
-        }
         for (topic, partitions) in &mut self.topics {
             for (index, slot) in partitions.iter_mut().enumerate() {
-                let Some(entry) = slot.as_mut().filter(|e| !e.held.is_empty()) else {
+                let Some(entry) = slot else {
                     continue;
                 };
                 let tp = TopicPartition::new(topic, index as i32 - 1);
@@ -731,10 +753,12 @@ impl Handles {
                     .is_some_and(|state| Arc::ptr_eq(&state, &entry.state))
                 {
                     self.held -= entry.held.len();
-                    entry.held.clear();
+                    self.held_bytes -= entry.held.iter().map(Held::bytes).sum::<usize>();
+                    *slot = None;
                 }
             }
         }
+        self.generation = generation;
     }
 
     /// Applies the held messages whose partitions are free, or, with `wait`, all of them.
@@ -757,15 +781,22 @@ impl Handles {
                 } else {
                     entry.state.try_lock()
                 };
-                if let Some(mut state) = state {
+                let Some(mut state) = state else {
+                    continue;
+                };
+                let (n, bytes) = release(ctx, &mut entry.held, &mut state, &mut self.settled);
+                drop(state);
+                self.held -= n;
+                self.held_bytes -= bytes;
+                for (offset, outcome) in self.settled.drain(..) {
                     let partition = index as i32 - 1;
-                    self.held -= release(
+                    settle(
                         ctx,
+                        &mut entry.catching_up_to,
                         topic,
                         partition,
-                        &mut entry.held,
-                        &mut entry.catching_up_to,
-                        &mut state,
+                        offset,
+                        &outcome,
                     );
                 }
             }
@@ -773,28 +804,20 @@ impl Handles {
     }
 }
 
-/// Applies an entry's held messages to its state, locked by the caller; returns how many.
+/// Applies held messages to their state, locked by the caller, keeping their outcomes in
+/// `settled` for after the lock; returns how many messages and payload bytes.
 fn release(
     ctx: &SourceContext,
-    topic: &str,
-    partition: i32,
     held: &mut VecDeque<Held>,
-    catching_up_to: &mut Option<i64>,
     state: &mut PartitionState,
-) -> usize {
-    let n = held.len();
+    settled: &mut Vec<(i64, Outcome)>,
+) -> (usize, usize) {
+    let (n, mut bytes) = (held.len(), 0);
     for message in held.drain(..) {
-        let outcome = apply(ctx, state, &message.borrowed());
-        settle(
-            ctx,
-            catching_up_to,
-            topic,
-            partition,
-            message.offset,
-            &outcome,
-        );
+        bytes += message.bytes();
+        settled.push((message.offset, apply(ctx, state, &message.borrowed())));
     }
-    n
+    (n, bytes)
 }
 
 fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8]>) -> Outcome {
@@ -907,6 +930,7 @@ mod tests {
             error_log: RateLimit::new(Duration::from_secs(10)),
             redactor: config.kafka.properties.redactor(),
             logged_state: AtomicU8::new(0),
+            lags: Default::default(),
         }
     }
 
@@ -957,14 +981,12 @@ mod tests {
         handles.release_held(&ctx, false);
         assert_eq!(handles.held, 2, "still locked");
         drop(guard);
-        offer(&mut handles, &ctx, 0, &visit(2, "third", "z"));
+        // A newer message with that id again: the held ones go in before it.
+        offer(&mut handles, &ctx, 0, &visit(2, "third", "x"));
         assert_eq!(handles.held, 0);
         let a = a.lock();
         assert_eq!(a.next_offset(), 3);
-        assert_eq!(
-            visits(&a),
-            BTreeMap::from([("first".into(), 1), ("third".into(), 1)])
-        );
+        assert_eq!(visits(&a), BTreeMap::from([("first".into(), 1)]));
     }
 
     #[test]
@@ -998,7 +1020,8 @@ mod tests {
         // state restored (here: fresh); partition 1 is kept.
         ctx.store.remove(&[TopicPartition::new("visits", 0)]);
         let c_again = install(&ctx, 2);
-        offer(&mut handles, &ctx, 1, &visit(1, "b", "4"));
+        // The kept partition's newer message repeats its held message's id.
+        offer(&mut handles, &ctx, 1, &visit(1, "b-newer", "2"));
         assert_eq!(handles.held, 0);
         // What was held for partitions given up is consumed again from their checkpoints'
         // offsets, which did not count it.
@@ -1008,6 +1031,65 @@ mod tests {
         assert!(visits(&c_again.lock()).is_empty());
         // The kept partition's held message went in before the newer one.
         assert_eq!(b.lock().next_offset(), 2);
-        assert_eq!(visits(&b.lock()), BTreeMap::from([("b".into(), 2)]));
+        assert_eq!(visits(&b.lock()), BTreeMap::from([("b".into(), 1)]));
+    }
+
+    /// Locks `state` on another thread until told to let go (or, should the code under test
+    /// wait for it, until a deadline, after which the test fails instead of hanging).
+    fn hold(state: &SharedPartition) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+        let (taken_tx, taken) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let state = state.clone();
+        let holder = std::thread::spawn(move || {
+            let _guard = state.lock();
+            taken_tx.send(()).unwrap();
+            let _ = released.recv_timeout(Duration::from_secs(30));
+        });
+        taken.recv().unwrap();
+        (release, holder)
+    }
+
+    #[test]
+    fn a_rebalance_does_not_wait_for_a_kept_partition() {
+        let ctx = context();
+        let (_a, b, _c) = (install(&ctx, 0), install(&ctx, 1), install(&ctx, 2));
+        let mut handles = Handles::default();
+        let (release, holder) = hold(&b);
+        offer(&mut handles, &ctx, 1, &visit(0, "b", "1"));
+        ctx.store.remove(&[TopicPartition::new("visits", 0)]);
+        offer(&mut handles, &ctx, 2, &visit(0, "c", "2"));
+        assert_eq!(handles.held, 1, "still held: nothing waited for the reader");
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        handles.release_held(&ctx, false);
+        assert_eq!(handles.held, 0);
+        assert_eq!(visits(&b.lock()), BTreeMap::from([("b".into(), 1)]));
+    }
+
+    #[test]
+    fn beyond_the_bound_the_consumer_waits_for_the_locks() {
+        let ctx = context();
+        let (a, _b) = (install(&ctx, 0), install(&ctx, 1));
+        let mut handles = Handles::default();
+        let (release, holder) = hold(&a);
+        for i in 0..MAX_HELD {
+            offer(
+                &mut handles,
+                &ctx,
+                0,
+                &visit(i as i64, "a", &format!("a{i}")),
+            );
+        }
+        assert_eq!(handles.held, MAX_HELD);
+        release.send(()).unwrap();
+        offer(&mut handles, &ctx, 1, &visit(0, "b", "b"));
+        holder.join().unwrap();
+        assert_eq!(handles.held, 0);
+        assert_eq!(handles.held_bytes, 0);
+        assert_eq!(a.lock().next_offset(), MAX_HELD as i64);
+        assert_eq!(
+            visits(&a.lock()),
+            BTreeMap::from([("a".into(), MAX_HELD as u64)])
+        );
     }
 }
