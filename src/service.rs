@@ -175,7 +175,7 @@ impl Service {
             health,
             alerts,
             history,
-            last_body_len: Default::default(),
+            bodies: Default::default(),
         };
         Ok(Service {
             listener,

@@ -33,8 +33,67 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub alerts: Arc<AlertView>,
     pub history: Arc<History>,
-    /// Length of the last `/metrics` body, to size the next one.
-    pub last_body_len: Arc<AtomicUsize>,
+    /// `/metrics` bodies, kept from one scrape to the next.
+    pub bodies: Arc<BodyPool>,
+}
+
+/// Buffers for `/metrics` bodies (16 MiB at 10,000 keys), reused from scrape to scrape. A
+/// body allocated afresh on whichever blocking thread rendered it stays, once freed, in that
+/// thread's malloc arena: with scrapes served by several threads, RSS grew in steps of
+/// ~37 MiB (121 to 218 MiB over 300 scrapes at 10,000 keys). A pooled buffer is allocated
+/// once and goes back to the pool when the response has been sent.
+#[derive(Debug, Default)]
+pub struct BodyPool {
+    free: parking_lot::Mutex<Vec<String>>,
+    /// Length of the last body, to size a new buffer.
+    last_len: AtomicUsize,
+}
+
+impl BodyPool {
+    /// Buffers kept: one per scrape in flight at once, for the usual few scrapers.
+    const KEPT: usize = 2;
+
+    fn take(&self) -> String {
+        if let Some(body) = self.free.lock().pop() {
+            return body;
+        }
+        // Sized from the last body, a little over: growing a 16 MiB string copies it over
+        // and over.
+        let hint = self.last_len.load(Ordering::Relaxed);
+        String::with_capacity(hint + hint / 8 + 16_384)
+    }
+
+    fn put(&self, mut body: String) {
+        self.last_len.store(body.len(), Ordering::Relaxed);
+        body.clear();
+        let mut free = self.free.lock();
+        if free.len() < Self::KEPT {
+            free.push(body);
+        }
+    }
+
+    /// Bytes held by buffers waiting for the next scrape.
+    pub fn kept_bytes(&self) -> usize {
+        self.free.lock().iter().map(String::capacity).sum()
+    }
+}
+
+/// A rendered body that returns its buffer to the pool when the response is done with it.
+struct Pooled {
+    body: String,
+    pool: Arc<BodyPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        self.body.as_bytes()
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.body));
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,20 +116,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
         let snapshot = state
             .store
             .snapshot_current(&state.windows, crate::now_ms());
-        // Sized from the last body, a little over: growing a 16 MiB string copies it over and
-        // over, and the former estimate (1,200 bytes per key and window, 36 MiB at 10,000
-        // keys) was above glibc's largest mmap threshold (32 MiB), so every scrape mapped
-        // fresh pages and faulted them in. Near the real size, the allocator reuses the
-        // block of the previous scrape.
-        let hint = state.last_body_len.load(Ordering::Relaxed);
-        let mut body = String::with_capacity(hint + hint / 8 + 16_384);
-        render_kpis(&mut body, &snapshot, &state.windows, &state.clv);
+        let mut body = Pooled {
+            body: state.bodies.take(),
+            pool: state.bodies.clone(),
+        };
+        render_kpis(&mut body.body, &snapshot, &state.windows, &state.clv);
         state.telemetry.refresh(&state.health);
         let service =
             prometheus::TextEncoder::new().encode_to_string(&state.telemetry.registry.gather())?;
-        body.push_str(&service);
-        state.last_body_len.store(body.len(), Ordering::Relaxed);
-        Ok::<_, prometheus::Error>(body)
+        body.body.push_str(&service);
+        Ok::<_, prometheus::Error>(axum::body::Body::from(bytes::Bytes::from_owner(body)))
     })
     .await;
     match rendered {
@@ -302,6 +357,11 @@ mod tests {
     use tower::ServiceExt;
 
     fn app() -> (Router, Arc<Health>, Arc<AlertView>) {
+        let (app, health, alerts, _) = app_with_bodies();
+        (app, health, alerts)
+    }
+
+    fn app_with_bodies() -> (Router, Arc<Health>, Arc<AlertView>, Arc<BodyPool>) {
         let windows = Windows::from_labels(&["5m", "1h"], 60);
         let clv = ClvAssumptions {
             purchases_per_year: 4.0,
@@ -339,6 +399,7 @@ mod tests {
             .registry
             .register(Box::new(AlertCollector::new(alerts.clone())))
             .unwrap();
+        let bodies = Arc::new(BodyPool::default());
         (
             router(AppState {
                 store,
@@ -348,10 +409,11 @@ mod tests {
                 health: health.clone(),
                 alerts: alerts.clone(),
                 history: Arc::new(History::new(10, 10)),
-                last_body_len: Default::default(),
+                bodies: bodies.clone(),
             }),
             health,
             alerts,
+            bodies,
         )
     }
 
@@ -402,6 +464,22 @@ mod tests {
         assert_eq!(
             get(&app, "/api/v1/kpis?group_by=device").await.0,
             StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_bodies_are_reused() {
+        let (app, _, _, bodies) = app_with_bodies();
+        let (status, first) = get(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        let kept = bodies.kept_bytes();
+        assert!(kept >= first.len(), "{kept} < {}", first.len());
+        let (_, second) = get(&app, "/metrics").await;
+        assert!(second.contains("ecom_visits{"));
+        assert_eq!(
+            bodies.kept_bytes(),
+            kept,
+            "the same buffer again, no second one"
         );
     }
 
