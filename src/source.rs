@@ -700,16 +700,13 @@ impl Handles {
             }
             let outcome = apply(ctx, &mut state, &message);
             drop(state);
-            for (offset, outcome) in self.settled.drain(..) {
-                settle(
-                    ctx,
-                    &mut entry.catching_up_to,
-                    topic,
-                    partition,
-                    offset,
-                    &outcome,
-                );
-            }
+            settle_released(
+                ctx,
+                &mut entry.catching_up_to,
+                topic,
+                partition,
+                &mut self.settled,
+            );
             settle(
                 ctx,
                 &mut entry.catching_up_to,
@@ -788,17 +785,14 @@ impl Handles {
                 drop(state);
                 self.held -= n;
                 self.held_bytes -= bytes;
-                for (offset, outcome) in self.settled.drain(..) {
-                    let partition = index as i32 - 1;
-                    settle(
-                        ctx,
-                        &mut entry.catching_up_to,
-                        topic,
-                        partition,
-                        offset,
-                        &outcome,
-                    );
-                }
+                let partition = index as i32 - 1;
+                settle_released(
+                    ctx,
+                    &mut entry.catching_up_to,
+                    topic,
+                    partition,
+                    &mut self.settled,
+                );
             }
         }
     }
@@ -837,6 +831,19 @@ fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8
     // without the other.
     state.applied(message.offset);
     outcome
+}
+
+/// Settles, in offset order, the held messages `release` applied.
+fn settle_released(
+    ctx: &SourceContext,
+    catching_up_to: &mut Option<i64>,
+    topic: &str,
+    partition: i32,
+    settled: &mut Vec<(i64, Outcome)>,
+) {
+    for (offset, outcome) in settled.drain(..) {
+        settle(ctx, catching_up_to, topic, partition, offset, &outcome);
+    }
 }
 
 /// What follows an applied message outside its state: catch-up progress and telemetry.

@@ -43,31 +43,48 @@ async fn produce_async(brokers: &str, messages: Vec<Msg>) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_errors_and_broker_outages_cost_nothing() {
-    let mock = MockCluster::new(3).unwrap();
+/// The input topics on `mock`, `partitions` each replicated `replication` times, and the
+/// service on them, in-process and not yet running: its brokers, HTTP port and itself.
+async fn service_on(
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    partitions: i32,
+    replication: i32,
+    group_prefix: &str,
+    extra_config: &str,
+) -> (String, u16, Ecom) {
     for topic in TOPICS {
-        mock.create_topic(topic, 6, 3).unwrap();
+        mock.create_topic(topic, partitions, replication).unwrap();
     }
-    let group = format!("mock-{}", now_ms());
-    mock.create_topic(&format!("{group}-checkpoints"), 4, 3)
+    let group = format!("{group_prefix}-{}", now_ms());
+    mock.create_topic(&format!("{group}-checkpoints"), 4, replication)
         .unwrap();
     let brokers = mock.bootstrap_servers();
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        service_config(
-            &brokers,
-            &group,
-            port,
-            "[checkpoint]\ninterval = \"500ms\"\n",
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, service_config(&brokers, &group, port, extra_config)).unwrap();
     let config = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
-    let service = Ecom::start(&config).await.unwrap();
+    (brokers, port, Ecom::start(&config).await.unwrap())
+}
+
+/// Stops the service and requires a clean exit.
+async fn shut_down(
+    stop: CancellationToken,
+    running: tokio::task::JoinHandle<Result<(), ecom_pulse::service::ServiceError>>,
+) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the service stops")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_errors_and_broker_outages_cost_nothing() {
+    let mock = MockCluster::new(3).unwrap();
+    let (brokers, port, service) =
+        service_on(&mock, 6, 3, "mock", "[checkpoint]\ninterval = \"500ms\"\n").await;
     let stop = CancellationToken::new();
     let running = tokio::spawn(service.run(stop.clone()));
 
@@ -148,12 +165,7 @@ async fn request_errors_and_broker_outages_cost_nothing() {
     );
     promtool_check(&m.text);
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("the service stops")
-        .unwrap()
-        .unwrap();
+    shut_down(stop, running).await;
     drop(mock);
 }
 
@@ -163,19 +175,7 @@ async fn request_errors_and_broker_outages_cost_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_partition_holds_up_no_other() {
     let mock = MockCluster::new(1).unwrap();
-    for topic in TOPICS {
-        mock.create_topic(topic, 4, 1).unwrap();
-    }
-    let group = format!("held-{}", now_ms());
-    mock.create_topic(&format!("{group}-checkpoints"), 4, 1)
-        .unwrap();
-    let brokers = mock.bootstrap_servers();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, service_config(&brokers, &group, port, "")).unwrap();
-    let config = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
-    let service = Ecom::start(&config).await.unwrap();
+    let (brokers, port, service) = service_on(&mock, 4, 1, "held", "").await;
     let store = service.store();
     let stop = CancellationToken::new();
     let running = tokio::spawn(service.run(stop.clone()));
@@ -273,11 +273,6 @@ async fn a_locked_partition_holds_up_no_other() {
         "nothing applied twice"
     );
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("the service stops")
-        .unwrap()
-        .unwrap();
+    shut_down(stop, running).await;
     drop(mock);
 }
