@@ -8,11 +8,12 @@
 //! series leave this instance at once. Offsets are committed to the group only once a
 //! checkpoint covers them, so tools watching the group see honest progress.
 //!
-//! The consumer never waits for a reader (a scrape, a checkpoint) that holds a partition's
+//! The consumer does not wait for a reader (a scrape, a checkpoint) that holds a partition's
 //! lock: it copies that partition's messages aside and goes on with the others, then applies
-//! them in order once the lock is free, before anything newer of that partition. Messages
-//! held for a partition the group takes away are dropped, since its checkpoint did not count
-//! them and its next owner consumes them again.
+//! them in order once the lock is free, before anything newer of that partition. It waits
+//! only when too much is held, and at shutdown. Messages held for a partition the group
+//! takes away are dropped, since its checkpoint did not count them and its next owner
+//! consumes them again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
