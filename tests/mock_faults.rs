@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use ecom_pulse::aggregate::TopicPartition;
 use ecom_pulse::config::Config;
 use ecom_pulse::service::Service as Ecom;
 use rdkafka::consumer::Consumer;
@@ -51,7 +52,7 @@ async fn service_on(
     replication: i32,
     group_prefix: &str,
     extra_config: &str,
-) -> (String, u16, Ecom) {
+) -> (String, String, u16, Ecom) {
     for topic in TOPICS {
         mock.create_topic(topic, partitions, replication).unwrap();
     }
@@ -64,7 +65,7 @@ async fn service_on(
     let path = dir.path().join("c.toml");
     std::fs::write(&path, service_config(&brokers, &group, port, extra_config)).unwrap();
     let config = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
-    (brokers, port, Ecom::start(&config).await.unwrap())
+    (brokers, group, port, Ecom::start(&config).await.unwrap())
 }
 
 /// Stops the service and requires a clean exit.
@@ -83,7 +84,7 @@ async fn shut_down(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_errors_and_broker_outages_cost_nothing() {
     let mock = MockCluster::new(3).unwrap();
-    let (brokers, port, service) =
+    let (brokers, _, port, service) =
         service_on(&mock, 6, 3, "mock", "[checkpoint]\ninterval = \"500ms\"\n").await;
     let stop = CancellationToken::new();
     let running = tokio::spawn(service.run(stop.clone()));
@@ -174,8 +175,64 @@ async fn request_errors_and_broker_outages_cost_nothing() {
 /// Once the lock is free they are applied in order, and every number ends exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_partition_holds_up_no_other() {
+    locked_partition(false).await;
+}
+
+/// Stopped while it holds messages, the service applies them once the lock is free, before
+/// its final checkpoints: the offsets it commits reach the end of every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_are_applied_and_committed_at_shutdown() {
+    locked_partition(true).await;
+}
+
+fn end_offsets(brokers: &str, tps: &[TopicPartition]) -> Vec<i64> {
+    let client: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    tps.iter()
+        .map(|tp| {
+            client
+                .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
+}
+
+fn committed_offsets(brokers: &str, group: &str, tps: &[TopicPartition]) -> Vec<i64> {
+    let client: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for tp in tps {
+        list.add_partition(&tp.topic, tp.partition);
+    }
+    let committed = client
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
+    tps.iter()
+        .map(|tp| {
+            match committed
+                .find_partition(&tp.topic, tp.partition)
+                .unwrap()
+                .offset()
+            {
+                rdkafka::Offset::Offset(o) => o,
+                other => panic!(
+                    "{}/{}: no committed offset ({other:?})",
+                    tp.topic, tp.partition
+                ),
+            }
+        })
+        .collect()
+}
+
+async fn locked_partition(shutdown_while_locked: bool) {
     let mock = MockCluster::new(1).unwrap();
-    let (brokers, port, service) = service_on(&mock, 4, 1, "held", "").await;
+    let (brokers, group, port, service) = service_on(&mock, 4, 1, "held", "").await;
     let store = service.store();
     let stop = CancellationToken::new();
     let running = tokio::spawn(service.run(stop.clone()));
@@ -222,31 +279,19 @@ async fn a_locked_partition_holds_up_no_other() {
     produce_async(&brokers, first).await;
     produce_async(&brokers, rest).await;
 
-    let others: Vec<_> = store
-        .partitions()
-        .into_iter()
-        .filter(|(tp, _)| *tp != locked)
-        .collect();
-    let watermarks = {
-        let brokers = brokers.clone();
-        let tps: Vec<_> = others.iter().map(|(tp, _)| tp.clone()).collect();
-        tokio::task::spawn_blocking(move || {
-            let client: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .create()
-                .unwrap();
-            tps.iter()
-                .map(|tp| {
-                    client
-                        .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))
-                        .unwrap()
-                        .1
-                })
-                .collect::<Vec<i64>>()
-        })
-        .await
-        .unwrap()
+    let partitions = store.partitions();
+    let tps: Vec<TopicPartition> = partitions.iter().map(|(tp, _)| tp.clone()).collect();
+    let ends = {
+        let (brokers, tps) = (brokers.clone(), tps.clone());
+        tokio::task::spawn_blocking(move || end_offsets(&brokers, &tps))
+            .await
+            .unwrap()
     };
+    let others: Vec<_> = partitions
+        .into_iter()
+        .zip(ends.clone())
+        .filter(|((tp, _), _)| *tp != locked)
+        .collect();
     tokio::task::spawn_blocking(move || {
         wait_for(
             "every other partition to be consumed to its end",
@@ -254,8 +299,7 @@ async fn a_locked_partition_holds_up_no_other() {
             || {
                 others
                     .iter()
-                    .zip(&watermarks)
-                    .all(|((_, state), &end)| state.lock().next_offset() >= end)
+                    .all(|((_, state), end)| state.lock().next_offset() >= *end)
                     .then_some(())
             },
         )
@@ -263,16 +307,34 @@ async fn a_locked_partition_holds_up_no_other() {
     .await
     .unwrap();
 
-    release.send(()).unwrap();
-    holder.join().unwrap();
-    let m = until_exact(port, &traffic, "the held messages, once the lock is free").await;
-    assert_exact(&traffic.ledger, &[&m], &WINDOWS);
-    assert_eq!(
-        m.sum("ecom_pulse_events_duplicate_total"),
-        0.0,
-        "nothing applied twice"
-    );
-
-    shut_down(stop, running).await;
+    if shutdown_while_locked {
+        stop.cancel();
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), running)
+            .await
+            .expect("the service stops")
+            .unwrap()
+            .unwrap();
+        let committed =
+            tokio::task::spawn_blocking(move || committed_offsets(&brokers, &group, &tps))
+                .await
+                .unwrap();
+        assert_eq!(
+            committed, ends,
+            "committed offsets reach every partition's end"
+        );
+    } else {
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        let m = until_exact(port, &traffic, "the held messages, once the lock is free").await;
+        assert_exact(&traffic.ledger, &[&m], &WINDOWS);
+        assert_eq!(
+            m.sum("ecom_pulse_events_duplicate_total"),
+            0.0,
+            "nothing applied twice"
+        );
+        shut_down(stop, running).await;
+    }
     drop(mock);
 }
