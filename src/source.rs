@@ -542,7 +542,7 @@ impl Source {
                 // No message: none queued, or an event that is not one (statistics, a
                 // rebalance, every second or so even at full speed). With messages held,
                 // come back soon to try their locks again rather than at the next message.
-                None if handles.held > 0 => wait = Duration::from_millis(1),
+                None if handles.pending.messages > 0 => wait = Duration::from_millis(1),
                 None => wait = Duration::from_millis(100),
             }
         }
@@ -632,9 +632,15 @@ async fn checkpoint_loop(consumer: Arc<Kafka>, every: Duration, shutdown: Cancel
 struct Handles {
     generation: u64,
     topics: Vec<(Box<str>, Vec<Option<Entry>>)>,
-    /// Messages held, in all entries, and their payloads' bytes.
-    held: usize,
-    held_bytes: usize,
+    pending: Pending,
+}
+
+/// What is held, over all entries.
+#[derive(Default)]
+struct Pending {
+    messages: usize,
+    /// Their payloads' bytes.
+    bytes: usize,
     /// Outcomes of held messages just applied, settled once their partition's lock is
     /// released (a buffer kept from one release to the next).
     settled: Vec<(i64, Outcome)>,
@@ -689,25 +695,18 @@ impl Handles {
     /// Applies `message` to its partition's state, or holds it while a reader has the lock.
     fn offer(&mut self, ctx: &SourceContext, topic: &str, partition: i32, message: Arrived<&[u8]>) {
         self.refresh(ctx);
-        if self.held >= MAX_HELD || self.held_bytes >= MAX_HELD_BYTES {
+        if self.pending.messages >= MAX_HELD || self.pending.bytes >= MAX_HELD_BYTES {
             self.apply_held(ctx, true);
         }
         let entry = entry(&mut self.topics, ctx, topic, partition);
-        if let Some(mut state) = entry.state.try_lock() {
-            if !entry.held.is_empty() {
-                let (n, bytes) = release(ctx, &mut entry.held, &mut state, &mut self.settled);
-                self.held -= n;
-                self.held_bytes -= bytes;
-            }
+        if !entry.held.is_empty() {
+            self.pending.release(ctx, topic, partition, entry, false);
+        }
+        if entry.held.is_empty()
+            && let Some(mut state) = entry.state.try_lock()
+        {
             let outcome = apply(ctx, &mut state, &message);
             drop(state);
-            settle_released(
-                ctx,
-                &mut entry.catching_up_to,
-                topic,
-                partition,
-                &mut self.settled,
-            );
             settle(
                 ctx,
                 &mut entry.catching_up_to,
@@ -724,8 +723,8 @@ impl Handles {
             now: message.now,
             payload: message.payload.map(Box::from),
         };
-        self.held += 1;
-        self.held_bytes += held.bytes();
+        self.pending.messages += 1;
+        self.pending.bytes += held.bytes();
         entry.held.push_back(held);
     }
 
@@ -750,8 +749,8 @@ impl Handles {
                     .get(&tp)
                     .is_some_and(|state| Arc::ptr_eq(&state, &entry.state))
                 {
-                    self.held -= entry.held.len();
-                    self.held_bytes -= entry.held.iter().map(Held::bytes).sum::<usize>();
+                    self.pending.messages -= entry.held.len();
+                    self.pending.bytes -= entry.held.iter().map(Held::bytes).sum::<usize>();
                     *slot = None;
                 }
             }
@@ -766,53 +765,57 @@ impl Handles {
     }
 
     fn apply_held(&mut self, ctx: &SourceContext, wait: bool) {
-        if self.held == 0 {
+        if self.pending.messages == 0 {
             return;
         }
         for (topic, partitions) in &mut self.topics {
             for (index, slot) in partitions.iter_mut().enumerate() {
-                let Some(entry) = slot.as_mut().filter(|e| !e.held.is_empty()) else {
-                    continue;
-                };
-                let state = if wait {
-                    Some(entry.state.lock())
-                } else {
-                    entry.state.try_lock()
-                };
-                let Some(mut state) = state else {
-                    continue;
-                };
-                let (n, bytes) = release(ctx, &mut entry.held, &mut state, &mut self.settled);
-                drop(state);
-                self.held -= n;
-                self.held_bytes -= bytes;
-                let partition = index as i32 - 1;
-                settle_released(
-                    ctx,
-                    &mut entry.catching_up_to,
-                    topic,
-                    partition,
-                    &mut self.settled,
-                );
+                if let Some(entry) = slot.as_mut().filter(|e| !e.held.is_empty()) {
+                    let partition = index as i32 - 1;
+                    self.pending.release(ctx, topic, partition, entry, wait);
+                }
             }
         }
     }
 }
 
-/// Applies held messages to their state, locked by the caller, keeping their outcomes in
-/// `settled` for after the lock; returns how many messages and payload bytes.
-fn release(
-    ctx: &SourceContext,
-    held: &mut VecDeque<Held>,
-    state: &mut PartitionState,
-    settled: &mut Vec<(i64, Outcome)>,
-) -> (usize, usize) {
-    let (n, mut bytes) = (held.len(), 0);
-    for message in held.drain(..) {
-        bytes += message.bytes();
-        settled.push((message.offset, apply(ctx, state, &message.borrowed())));
+impl Pending {
+    /// Applies `entry`'s held messages if its lock is free (with `wait`, once it is), then
+    /// settles them, in offset order, after releasing the lock.
+    fn release(
+        &mut self,
+        ctx: &SourceContext,
+        topic: &str,
+        partition: i32,
+        entry: &mut Entry,
+        wait: bool,
+    ) {
+        let state = if wait {
+            Some(entry.state.lock())
+        } else {
+            entry.state.try_lock()
+        };
+        let Some(mut state) = state else {
+            return;
+        };
+        for message in entry.held.drain(..) {
+            self.messages -= 1;
+            self.bytes -= message.bytes();
+            let outcome = apply(ctx, &mut state, &message.borrowed());
+            self.settled.push((message.offset, outcome));
+        }
+        drop(state);
+        for (offset, outcome) in self.settled.drain(..) {
+            settle(
+                ctx,
+                &mut entry.catching_up_to,
+                topic,
+                partition,
+                offset,
+                &outcome,
+            );
+        }
     }
-    (n, bytes)
 }
 
 fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8]>) -> Outcome {
@@ -832,19 +835,6 @@ fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8
     // without the other.
     state.applied(message.offset);
     outcome
-}
-
-/// Settles, in offset order, the held messages `release` applied.
-fn settle_released(
-    ctx: &SourceContext,
-    catching_up_to: &mut Option<i64>,
-    topic: &str,
-    partition: i32,
-    settled: &mut Vec<(i64, Outcome)>,
-) {
-    for (offset, outcome) in settled.drain(..) {
-        settle(ctx, catching_up_to, topic, partition, offset, &outcome);
-    }
 }
 
 /// What follows an applied message outside its state: catch-up progress and telemetry.
@@ -984,14 +974,14 @@ mod tests {
         offer(&mut handles, &ctx, 0, &visit(0, "first", "x"));
         offer(&mut handles, &ctx, 1, &visit(0, "b", "y"));
         offer(&mut handles, &ctx, 0, &visit(1, "second", "x"));
-        assert_eq!(handles.held, 2);
+        assert_eq!(handles.pending.messages, 2);
         assert_eq!(b.lock().next_offset(), 1, "the other partition went on");
         handles.release_held(&ctx, false);
-        assert_eq!(handles.held, 2, "still locked");
+        assert_eq!(handles.pending.messages, 2, "still locked");
         drop(guard);
         // A newer message with that id again: the held ones go in before it.
         offer(&mut handles, &ctx, 0, &visit(2, "third", "x"));
-        assert_eq!(handles.held, 0);
+        assert_eq!(handles.pending.messages, 0);
         let a = a.lock();
         assert_eq!(a.next_offset(), 3);
         assert_eq!(visits(&a), BTreeMap::from([("first".into(), 1)]));
@@ -1007,7 +997,7 @@ mod tests {
         offer(&mut handles, &ctx, 0, &visit(1, "a", "2"));
         drop(guard);
         handles.release_held(&ctx, false);
-        assert_eq!(handles.held, 0);
+        assert_eq!(handles.pending.messages, 0);
         assert_eq!(a.lock().next_offset(), 2);
         assert_eq!(visits(&a.lock()), BTreeMap::from([("a".into(), 2)]));
     }
@@ -1023,14 +1013,14 @@ mod tests {
             offer(&mut handles, &ctx, 1, &visit(0, "b", "2"));
             offer(&mut handles, &ctx, 2, &visit(0, "c", "3"));
         }
-        assert_eq!(handles.held, 3);
+        assert_eq!(handles.pending.messages, 3);
         // Partition 0 is given up; partition 2 is given up and assigned again at once, its
         // state restored (here: fresh); partition 1 is kept.
         ctx.store.remove(&[TopicPartition::new("visits", 0)]);
         let c_again = install(&ctx, 2);
         // The kept partition's newer message repeats its held message's id.
         offer(&mut handles, &ctx, 1, &visit(1, "b-newer", "2"));
-        assert_eq!(handles.held, 0);
+        assert_eq!(handles.pending.messages, 0);
         // What was held for partitions given up is consumed again from their checkpoints'
         // offsets, which did not count it.
         assert_eq!(a.lock().next_offset(), 0);
@@ -1066,11 +1056,14 @@ mod tests {
         offer(&mut handles, &ctx, 1, &visit(0, "b", "1"));
         ctx.store.remove(&[TopicPartition::new("visits", 0)]);
         offer(&mut handles, &ctx, 2, &visit(0, "c", "2"));
-        assert_eq!(handles.held, 1, "still held: nothing waited for the reader");
+        assert_eq!(
+            handles.pending.messages, 1,
+            "still held: nothing waited for the reader"
+        );
         release.send(()).unwrap();
         holder.join().unwrap();
         handles.release_held(&ctx, false);
-        assert_eq!(handles.held, 0);
+        assert_eq!(handles.pending.messages, 0);
         assert_eq!(visits(&b.lock()), BTreeMap::from([("b".into(), 1)]));
     }
 
@@ -1088,12 +1081,12 @@ mod tests {
                 &visit(i as i64, "a", &format!("a{i}")),
             );
         }
-        assert_eq!(handles.held, MAX_HELD);
+        assert_eq!(handles.pending.messages, MAX_HELD);
         release.send(()).unwrap();
         offer(&mut handles, &ctx, 1, &visit(0, "b", "b"));
         holder.join().unwrap();
-        assert_eq!(handles.held, 0);
-        assert_eq!(handles.held_bytes, 0);
+        assert_eq!(handles.pending.messages, 0);
+        assert_eq!(handles.pending.bytes, 0);
         assert_eq!(a.lock().next_offset(), MAX_HELD as i64);
         assert_eq!(
             visits(&a.lock()),
