@@ -36,7 +36,7 @@ use crate::aggregate::{Outcome, PartitionState, Pipeline, SharedPartition, Store
 use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{KafkaConfig, Redactor};
 use crate::decode::{Reason, Rejection};
-use crate::telemetry::{Health, Progress, RateLimit, Telemetry};
+use crate::telemetry::{Health, Progress, RateLimit, Tally, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -527,6 +527,7 @@ impl Source {
         let mut since_check: u8 = 0;
         loop {
             if since_check == 0 || !wait.is_zero() {
+                ctx.telemetry.add(&mut handles.tally);
                 if shutdown.is_cancelled() {
                     break;
                 }
@@ -548,6 +549,7 @@ impl Source {
         }
         // Applied before the final checkpoint, which `close` writes.
         handles.release_held(ctx, true);
+        ctx.telemetry.add(&mut handles.tally);
     }
 
     fn handle(&self, message: &BorrowedMessage<'_>, handles: &mut Handles) {
@@ -633,6 +635,8 @@ struct Handles {
     generation: u64,
     topics: Vec<(Box<str>, Vec<Option<Entry>>)>,
     pending: Pending,
+    /// Outcomes counted since the consume loop last added them to the shared counters.
+    tally: Tally,
 }
 
 /// What is held, over all entries.
@@ -700,7 +704,8 @@ impl Handles {
         }
         let entry = entry(&mut self.topics, ctx, topic, partition);
         if !entry.held.is_empty() {
-            self.pending.release(ctx, topic, partition, entry, false);
+            self.pending
+                .release(ctx, &mut self.tally, topic, partition, entry, false);
         }
         if entry.held.is_empty()
             && let Some(mut state) = entry.state.try_lock()
@@ -709,6 +714,7 @@ impl Handles {
             drop(state);
             settle(
                 ctx,
+                &mut self.tally,
                 &mut entry.catching_up_to,
                 topic,
                 partition,
@@ -772,7 +778,8 @@ impl Handles {
             for (index, slot) in partitions.iter_mut().enumerate() {
                 if let Some(entry) = slot.as_mut().filter(|e| !e.held.is_empty()) {
                     let partition = index as i32 - 1;
-                    self.pending.release(ctx, topic, partition, entry, wait);
+                    self.pending
+                        .release(ctx, &mut self.tally, topic, partition, entry, wait);
                 }
             }
         }
@@ -785,6 +792,7 @@ impl Pending {
     fn release(
         &mut self,
         ctx: &SourceContext,
+        tally: &mut Tally,
         topic: &str,
         partition: i32,
         entry: &mut Entry,
@@ -808,6 +816,7 @@ impl Pending {
         for (offset, outcome) in self.settled.drain(..) {
             settle(
                 ctx,
+                tally,
                 &mut entry.catching_up_to,
                 topic,
                 partition,
@@ -840,6 +849,7 @@ fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8
 /// What follows an applied message outside its state: catch-up progress and telemetry.
 fn settle(
     ctx: &SourceContext,
+    tally: &mut Tally,
     catching_up_to: &mut Option<i64>,
     topic: &str,
     partition: i32,
@@ -847,7 +857,7 @@ fn settle(
     outcome: &Outcome,
 ) {
     if let Some(target) = *catching_up_to {
-        ctx.telemetry.replayed();
+        tally.replayed();
         if offset + 1 >= target {
             *catching_up_to = None;
             let tp = TopicPartition::new(topic, partition);
@@ -860,7 +870,7 @@ fn settle(
         partition,
         offset,
     };
-    ctx.telemetry.record(outcome, &origin);
+    tally.record(&ctx.telemetry, outcome, &origin);
 }
 
 /// The handle on `topic`/`partition`, created on first use.
