@@ -243,36 +243,54 @@ def row(name, r, floor=None):
     return s, thr, cpu_us
 
 
-def compare(broker_kind, partitions, events, keys, out):
+def median_run(runs):
+    """The median wall time and the median CPU time of several runs of one consumer."""
+    return {"events": runs[0]["events"],
+            "wall_s": statistics.median(r["wall_s"] for r in runs),
+            "cpu_s": statistics.median(r["cpu_s"] for r in runs)}
+
+
+def compare(broker_kind, partitions, events, keys, out, pairs=3):
+    """The floor and ecom-pulse alternately, `pairs` times each (on this VM one build's CPU
+    per event moves by ±15 % from one run to the next), then the other two consumers once."""
     suffix = str(int(time.time()))
-    groups = {k: f"{k}-{broker_kind}-{suffix}" for k in ["count", "tuned", "ecom", "py"]}
-    broker = Broker(broker_kind, partitions, [groups["ecom"]])
+    groups = {k: f"{k}-{broker_kind}-{suffix}" for k in ["count", "py"]}
+    tuned_groups = [f"tuned{i}-{broker_kind}-{suffix}" for i in range(pairs)]
+    ecom_groups = [f"ecom{i}-{broker_kind}-{suffix}" for i in range(pairs)]
+    broker = Broker(broker_kind, partitions, ecom_groups)
     try:
         fill_s = fill(broker.brokers, events, keys, 60, "c" + suffix)
         count = run_count(broker.brokers, groups["count"], events, tuned=False)
-        tuned = run_count(broker.brokers, groups["tuned"], events, tuned=True)
-        ecom = Ecom(broker.brokers, groups["ecom"])
-        mine = ecom.consume(events)
-        rss = rss_bytes(ecom.proc.pid)
-        ecom.stop()
+        floors, mine, rss = [], [], []
+        for i in range(pairs):
+            floors.append(run_count(broker.brokers, tuned_groups[i], events, tuned=True))
+            ecom = Ecom(broker.brokers, ecom_groups[i])
+            mine.append(ecom.consume(events))
+            rss.append(rss_bytes(ecom.proc.pid))
+            ecom.stop()
         py = run_python(broker.brokers, groups["py"], events)
     finally:
         broker.stop()
+    tuned, ours = median_run(floors), median_run(mine)
     out.append(f"\n{broker_kind}: {events:,} events over {keys:,} keys, {partitions} partitions per topic "
-               f"(filled in {fill_s:.1f} s)\n")
+               f"(filled in {fill_s:.1f} s); floor and ecom-pulse: medians of {pairs} alternating runs")
+    out.append("")
     out.append("| consumer | events/s (wall) | CPU µs/event | wall vs floor | CPU vs floor | own work µs/event |")
     out.append("|---|---|---|---|---|---|")
     line, _, _ = row("count-only, librdkafka defaults", count)
     out.append(line)
     line, _, fcpu = row("count-only, ecom-pulse's tuning (floor)", tuned)
     out.append(line)
-    line, ethr, ecpu = row("ecom-pulse", mine, tuned)
+    line, ethr, ecpu = row("ecom-pulse", ours, tuned)
     out.append(line)
     line, _, pcpu = row("Python baseline (librdkafka defaults)", py, tuned)
     out.append(line)
     own_e, own_p = ecpu - fcpu, pcpu - fcpu
-    out.append(f"\necom-pulse's own work is {own_e / own_p:.3f} of the Python consumer's own work "
-               f"({own_e:.3f} vs {own_p:.3f} µs/event); RSS at the end {rss / 2**20:.0f} MiB.")
+    each = ", ".join(f"{m['cpu_s'] / f['cpu_s']:.2f}" for f, m in zip(floors, mine))
+    walls = ", ".join(f"{f['wall_s'] / m['wall_s']:.2f}" for f, m in zip(floors, mine))
+    out.append(f"\nIn each pair, CPU vs floor: {each} x; wall throughput vs floor: {walls} x.")
+    out.append(f"ecom-pulse's own work is {own_e / own_p:.3f} of the Python consumer's own work "
+               f"({own_e:.3f} vs {own_p:.3f} µs/event); RSS at the end {statistics.median(rss) / 2**20:.0f} MiB.")
 
 
 def scrapes(events, keys, out, repeat=3):
