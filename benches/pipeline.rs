@@ -119,7 +119,7 @@ fn scrape(c: &mut Criterion) {
                     .get_or_insert(&TopicPartition::new(topic, (k % 6) as i32), || {
                         p.new_partition()
                     });
-                p.process(&mut state.lock(), json.as_bytes(), ts, NOW);
+                p.process(&mut state.write(), json.as_bytes(), ts, NOW);
             }
         }
     }
@@ -169,13 +169,13 @@ fn ingest_while_scraped(c: &mut Criterion) {
     };
     for i in 0..STORE_KEYS * 3 {
         let (_, part, json) = route(i, NOW - (i as i64 % 2_000), "warm");
-        p.process(&mut part.lock(), &json, NOW, NOW);
+        p.process(&mut part.write(), &json, NOW, NOW);
     }
     let warm: Vec<_> = store
         .partitions()
         .into_iter()
         .map(|(_, part)| {
-            let state = part.lock().clone();
+            let state = part.read().clone();
             (part, state)
         })
         .collect();
@@ -230,17 +230,17 @@ fn ingest_while_scraped(c: &mut Criterion) {
         let mut held: Vec<VecDeque<Box<[u8]>>> = vec![VecDeque::new(); warm.len()];
         for _ in 0..iters {
             for (part, state) in &warm {
-                *part.lock() = state.clone();
+                *part.write() = state.clone();
             }
             let start = Instant::now();
             for (_, slot, part, json) in batch {
-                match part.try_lock() {
+                match part.try_write() {
                     Some(mut state) => apply(&mut state, &mut held[*slot], Some(json)),
                     None => held[*slot].push_back(json.as_slice().into()),
                 }
             }
             for ((part, _), held) in warm.iter().zip(&mut held) {
-                apply(&mut part.lock(), held, None);
+                apply(&mut part.write(), held, None);
             }
             took += start.elapsed();
         }

@@ -75,7 +75,7 @@ fn main() {
                 let state = store.get_or_insert(&TopicPartition::new(topic, partition), || {
                     pipeline.new_partition()
                 });
-                pipeline.process(&mut state.lock(), json.as_bytes(), ts, now);
+                pipeline.process(&mut state.write(), json.as_bytes(), ts, now);
                 events += 1;
             }
         }
@@ -86,7 +86,7 @@ fn main() {
         .partitions()
         .iter()
         .map(|(_, p)| {
-            let p = p.lock();
+            let p = p.read();
             (p.ring_bytes(), p.dedup().len())
         })
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
@@ -132,7 +132,7 @@ fn stream(keys: usize, total: usize) {
         let state = store.get_or_insert(&TopicPartition::new(topic, partition), || {
             pipeline.new_partition()
         });
-        pipeline.process(&mut state.lock(), json.as_bytes(), ts, ts);
+        pipeline.process(&mut state.write(), json.as_bytes(), ts, ts);
         if marks.contains(&(i + 1)) {
             let rss = rss_bytes();
             let base = *first.get_or_insert(rss);
@@ -142,7 +142,7 @@ fn stream(keys: usize, total: usize) {
                 .partitions()
                 .iter()
                 .map(|(_, p)| {
-                    let p = p.lock();
+                    let p = p.read();
                     (p.dedup().len(), p.dedup().table_bytes())
                 })
                 .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));

@@ -505,7 +505,7 @@ mod tests {
         while now < start + 15 * 60_000 {
             now += 1000;
             for m in g.tick(now, 1000, 200.0) {
-                match pipeline.process(&mut part.lock(), m.payload.as_bytes(), now, now) {
+                match pipeline.process(&mut part.write(), m.payload.as_bytes(), now, now) {
                     Outcome::Accepted { kind, .. } => kinds[kind.index()] += 1,
                     other => panic!("{other:?} for {}", m.payload),
                 }

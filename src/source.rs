@@ -216,7 +216,7 @@ fn save_and_commit<C: Consumer<SourceContext>>(
     let now = crate::now_ms();
     for (_, state) in &parts {
         let evicted = state
-            .lock()
+            .write()
             .evict_idle(&ctx.pipeline.windows, &ctx.pipeline.limits, now);
         ctx.telemetry.keys_evicted(evicted);
     }
@@ -301,7 +301,7 @@ impl ClientContext for SourceContext {
             };
             // This runs on the consuming thread, which does not wait for a reader: a partition
             // whose lock a reader has keeps its last lag until the next report.
-            let Some(next) = state.try_lock().map(|s| s.next_offset()) else {
+            let Some(next) = state.try_read().map(|s| s.next_offset()) else {
                 if let Some(&lag) = last.get(&tp) {
                     lags.insert(tp, lag);
                 }
@@ -708,7 +708,7 @@ impl Handles {
                 .release(ctx, &mut self.tally, topic, partition, entry, false);
         }
         if entry.held.is_empty()
-            && let Some(mut state) = entry.state.try_lock()
+            && let Some(mut state) = entry.state.try_write()
         {
             let outcome = apply(ctx, &mut state, &message);
             drop(state);
@@ -799,9 +799,9 @@ impl Pending {
         wait: bool,
     ) {
         let state = if wait {
-            Some(entry.state.lock())
+            Some(entry.state.write())
         } else {
-            entry.state.try_lock()
+            entry.state.try_write()
         };
         let Some(mut state) = state else {
             return;
@@ -979,20 +979,20 @@ mod tests {
         let ctx = context();
         let (a, b) = (install(&ctx, 0), install(&ctx, 1));
         let mut handles = Handles::default();
-        let guard = a.lock();
+        let guard = a.read();
         // The same event id twice: the first one applied counts, so order shows.
         offer(&mut handles, &ctx, 0, &visit(0, "first", "x"));
         offer(&mut handles, &ctx, 1, &visit(0, "b", "y"));
         offer(&mut handles, &ctx, 0, &visit(1, "second", "x"));
         assert_eq!(handles.pending.messages, 2);
-        assert_eq!(b.lock().next_offset(), 1, "the other partition went on");
+        assert_eq!(b.read().next_offset(), 1, "the other partition went on");
         handles.release_held(&ctx, false);
         assert_eq!(handles.pending.messages, 2, "still locked");
         drop(guard);
         // A newer message with that id again: the held ones go in before it.
         offer(&mut handles, &ctx, 0, &visit(2, "third", "x"));
         assert_eq!(handles.pending.messages, 0);
-        let a = a.lock();
+        let a = a.read();
         assert_eq!(a.next_offset(), 3);
         assert_eq!(visits(&a), BTreeMap::from([("first".into(), 1)]));
     }
@@ -1002,14 +1002,14 @@ mod tests {
         let ctx = context();
         let a = install(&ctx, 0);
         let mut handles = Handles::default();
-        let guard = a.lock();
+        let guard = a.read();
         offer(&mut handles, &ctx, 0, &visit(0, "a", "1"));
         offer(&mut handles, &ctx, 0, &visit(1, "a", "2"));
         drop(guard);
         handles.release_held(&ctx, false);
         assert_eq!(handles.pending.messages, 0);
-        assert_eq!(a.lock().next_offset(), 2);
-        assert_eq!(visits(&a.lock()), BTreeMap::from([("a".into(), 2)]));
+        assert_eq!(a.read().next_offset(), 2);
+        assert_eq!(visits(&a.read()), BTreeMap::from([("a".into(), 2)]));
     }
 
     #[test]
@@ -1018,7 +1018,7 @@ mod tests {
         let (a, b, c) = (install(&ctx, 0), install(&ctx, 1), install(&ctx, 2));
         let mut handles = Handles::default();
         {
-            let (_a, _b, _c) = (a.lock(), b.lock(), c.lock());
+            let (_a, _b, _c) = (a.read(), b.read(), c.read());
             offer(&mut handles, &ctx, 0, &visit(0, "a", "1"));
             offer(&mut handles, &ctx, 1, &visit(0, "b", "2"));
             offer(&mut handles, &ctx, 2, &visit(0, "c", "3"));
@@ -1033,13 +1033,13 @@ mod tests {
         assert_eq!(handles.pending.messages, 0);
         // What was held for partitions given up is consumed again from their checkpoints'
         // offsets, which did not count it.
-        assert_eq!(a.lock().next_offset(), 0);
-        assert!(visits(&a.lock()).is_empty());
-        assert_eq!(c.lock().next_offset(), 0);
-        assert!(visits(&c_again.lock()).is_empty());
+        assert_eq!(a.read().next_offset(), 0);
+        assert!(visits(&a.read()).is_empty());
+        assert_eq!(c.read().next_offset(), 0);
+        assert!(visits(&c_again.read()).is_empty());
         // The kept partition's held message went in before the newer one.
-        assert_eq!(b.lock().next_offset(), 2);
-        assert_eq!(visits(&b.lock()), BTreeMap::from([("b".into(), 1)]));
+        assert_eq!(b.read().next_offset(), 2);
+        assert_eq!(visits(&b.read()), BTreeMap::from([("b".into(), 1)]));
     }
 
     /// Locks `state` on another thread until told to let go (or, should the code under test
@@ -1049,7 +1049,7 @@ mod tests {
         let (release, released) = std::sync::mpsc::channel::<()>();
         let state = state.clone();
         let holder = std::thread::spawn(move || {
-            let _guard = state.lock();
+            let _guard = state.read();
             taken_tx.send(()).unwrap();
             let _ = released.recv_timeout(Duration::from_secs(30));
         });
@@ -1074,7 +1074,7 @@ mod tests {
         holder.join().unwrap();
         handles.release_held(&ctx, false);
         assert_eq!(handles.pending.messages, 0);
-        assert_eq!(visits(&b.lock()), BTreeMap::from([("b".into(), 1)]));
+        assert_eq!(visits(&b.read()), BTreeMap::from([("b".into(), 1)]));
     }
 
     #[test]
@@ -1097,9 +1097,9 @@ mod tests {
         holder.join().unwrap();
         assert_eq!(handles.pending.messages, 0);
         assert_eq!(handles.pending.bytes, 0);
-        assert_eq!(a.lock().next_offset(), MAX_HELD as i64);
+        assert_eq!(a.read().next_offset(), MAX_HELD as i64);
         assert_eq!(
-            visits(&a.lock()),
+            visits(&a.read()),
             BTreeMap::from([("a".into(), MAX_HELD as u64)])
         );
     }

@@ -40,7 +40,7 @@ fn a_million_campaign_names_stay_within_the_key_limit_and_valid() {
         .to_string();
         let tp = TopicPartition::new("visits", (i % PARTITIONS) as i32);
         let state = store.get_or_insert(&tp, || pipeline.new_partition());
-        match pipeline.process(&mut state.lock(), json.as_bytes(), now, now) {
+        match pipeline.process(&mut state.write(), json.as_bytes(), now, now) {
             Outcome::Accepted { folded: f, .. } => folded += usize::from(f),
             other => panic!("event {i}: {other:?}"),
         }
@@ -48,7 +48,7 @@ fn a_million_campaign_names_stay_within_the_key_limit_and_valid() {
 
     let mut keys = 0;
     for (_, state) in store.partitions() {
-        let n = state.lock().keys().count();
+        let n = state.read().keys().count();
         // max_keys of their own, plus one "(other)" key for the one channel.
         assert!(n <= max_keys + 1, "{n} keys in one partition");
         keys += n;

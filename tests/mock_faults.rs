@@ -251,7 +251,7 @@ async fn locked_partition(shutdown_while_locked: bool) {
         .filter(|(tp, _)| &*tp.topic == "visits")
         .map(|(tp, state)| {
             let campaigns: std::collections::BTreeSet<String> = state
-                .lock()
+                .read()
                 .keys()
                 .map(|(k, _)| k.campaign.to_string())
                 .collect();
@@ -263,7 +263,7 @@ async fn locked_partition(shutdown_while_locked: bool) {
     let (taken, is_taken) = std::sync::mpsc::channel::<()>();
     let state = store.get(&locked).unwrap();
     let holder = std::thread::spawn(move || {
-        let _guard = state.lock();
+        let _guard = state.read();
         taken.send(()).unwrap();
         released.recv().unwrap();
     });
@@ -299,7 +299,7 @@ async fn locked_partition(shutdown_while_locked: bool) {
             || {
                 others
                     .iter()
-                    .all(|((_, state), end)| state.lock().next_offset() >= *end)
+                    .all(|((_, state), end)| state.read().next_offset() >= *end)
                     .then_some(())
             },
         )

@@ -335,7 +335,7 @@ impl CheckpointStore {
                 };
                 let previous = self.written.lock().get(tp).copied();
                 let next_offset = {
-                    let st = state.lock();
+                    let st = state.read();
                     if Written::covers(previous, &st) {
                         continue;
                     }
@@ -371,7 +371,7 @@ impl CheckpointStore {
                 let message = format!("not sent after an earlier wave timed out: {first}");
                 for (tp, state) in parts.by_ref() {
                     let previous = self.written.lock().get(tp).copied();
-                    if !Written::covers(previous, &state.lock()) {
+                    if !Written::covers(previous, &state.read()) {
                         out.push((tp.clone(), Err(CheckpointError::Timeout(message.clone()))));
                     }
                 }
@@ -763,7 +763,7 @@ mod tests {
                 }
                 (
                     TopicPartition::new("visits", p),
-                    Arc::new(parking_lot::Mutex::new(st)),
+                    Arc::new(parking_lot::RwLock::new(st)),
                 )
             })
             .collect();
@@ -778,7 +778,7 @@ mod tests {
         let loaded = store.load(&tps, Duration::from_secs(30)).unwrap();
         for (tp, state) in &parts {
             let back = &loaded[tp];
-            let state = state.lock();
+            let state = state.read();
             assert_eq!(back.manifest.next_offset, state.next_offset());
             assert!(back.state.same_aggregates(&state));
             assert_eq!(back.state.dedup().len(), state.dedup().len());

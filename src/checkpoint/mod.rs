@@ -443,8 +443,8 @@ mod tests {
         // Reading back gives the same sums.
         let (a, b) = (Store::default(), Store::default());
         let tp = TopicPartition::new("t", 0);
-        *a.get_or_insert(&tp, || p.new_partition()).lock() = st;
-        *b.get_or_insert(&tp, || p.new_partition()).lock() = back;
+        *a.get_or_insert(&tp, || p.new_partition()).write() = st;
+        *b.get_or_insert(&tp, || p.new_partition()).write() = back;
         assert_eq!(
             a.snapshot(&p.windows, T0).rows,
             b.snapshot(&p.windows, T0).rows
@@ -786,7 +786,7 @@ mod tests {
                     }
                 }
                 let store = Store::default();
-                *store.get_or_insert(&TopicPartition::new("t", 0), || p.new_partition()).lock() = state;
+                *store.get_or_insert(&TopicPartition::new("t", 0), || p.new_partition()).write() = state;
                 let snapshot = store.snapshot(&p.windows, now);
                 prop_assert_eq!(snapshot.rows.len(), expected.len());
                 for (key, (windows, totals)) in &expected {

@@ -390,7 +390,7 @@ mod tests {
             let json = format!(
                 r#"{{"type":"{kind}","event_id":"{i}","campaign":"{campaign}","channel":"{channel}","amount":{amount}}}"#
             );
-            pipeline.process(&mut part.lock(), json.as_bytes(), now, now);
+            pipeline.process(&mut part.write(), json.as_bytes(), now, now);
         }
         let telemetry = Arc::new(Telemetry::new("USD", &["5m", "1h"], 12.0));
         let health = Arc::new(Health::default());

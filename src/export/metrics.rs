@@ -318,7 +318,7 @@ impl Collector for PartitionCollector {
         let (mut ids, mut evicted) = (0usize, 0u64);
         let partitions = self.store.partitions();
         for (tp, state) in &partitions {
-            let state = state.lock();
+            let state = state.read();
             ids += state.dedup().len();
             evicted += state.dedup().evicted();
             let Some(watermark) = state.watermark_ms() else {
