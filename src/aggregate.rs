@@ -675,8 +675,10 @@ pub type SharedPartition = Arc<RwLock<PartitionState>>;
 /// endpoints and checkpoints (reads). Each partition has its own read-write lock, held by a
 /// reader only while that partition's sums are read or its checkpoint encoded; readers share
 /// it, so a scrape does not wait for a checkpoint being encoded. The consumer does not wait
-/// for readers either, but holds that partition's messages and goes on with the others
-/// (`source`).
+/// for readers, but holds that partition's messages and goes on with the others (`source`).
+/// Writes that do wait (the eviction of idle keys before each checkpoint round, the consumer
+/// at shutdown or past its bound of held messages) are short, and parking_lot's lock is fair:
+/// while one is queued, new readers wait behind it.
 #[derive(Debug, Default)]
 pub struct Store {
     partitions: RwLock<BTreeMap<TopicPartition, SharedPartition>>,

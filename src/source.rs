@@ -95,6 +95,9 @@ pub struct SourceContext {
     logged_state: AtomicU8,
     /// Consumer lag per partition as last reported (statistics callback only).
     lags: Mutex<BTreeMap<TopicPartition, i64>>,
+    /// Partitions the statistics callback saw reach their end, marked caught up by the
+    /// consume loop once it has added its tally: readiness must not come before the counts.
+    reached: Mutex<Vec<TopicPartition>>,
 }
 
 impl SourceContext {
@@ -299,8 +302,8 @@ impl ClientContext for SourceContext {
             let Some(state) = self.store.get(&tp) else {
                 continue;
             };
-            // This runs on the consuming thread, which does not wait for a reader: a partition
-            // whose lock a reader has keeps its last lag until the next report.
+            // This runs on the consuming thread, which does not wait for the lock: a partition
+            // whose lock a writer holds (or waits for) keeps its last lag until the next report.
             let Some(next) = state.try_read().map(|s| s.next_offset()) else {
                 if let Some(&lag) = last.get(&tp) {
                     lags.insert(tp, lag);
@@ -319,7 +322,7 @@ impl ClientContext for SourceContext {
                 && p.hi_offset >= 0
                 && next >= p.hi_offset
             {
-                self.health.caught_up(&tp);
+                self.reached.lock().push(tp.clone());
             }
         }
         self.telemetry.set_consumer_lag(&lags);
@@ -472,6 +475,7 @@ impl Source {
             redactor: cfg.properties.redactor(),
             logged_state: AtomicU8::new(0),
             lags: Default::default(),
+            reached: Default::default(),
         };
         let consumer: Kafka = client_config(cfg)
             .create_with_context(context)
@@ -528,6 +532,9 @@ impl Source {
         loop {
             if since_check == 0 || !wait.is_zero() {
                 ctx.telemetry.add(&mut handles.tally);
+                for tp in ctx.reached.lock().drain(..) {
+                    ctx.health.caught_up(&tp);
+                }
                 if shutdown.is_cancelled() {
                     break;
                 }
@@ -856,21 +863,24 @@ fn settle(
     offset: i64,
     outcome: &Outcome,
 ) {
-    if let Some(target) = *catching_up_to {
-        tally.replayed();
-        if offset + 1 >= target {
-            *catching_up_to = None;
-            let tp = TopicPartition::new(topic, partition);
-            ctx.health.caught_up(&tp);
-            tracing::info!(partition = %describe(&[tp]), "caught up");
-        }
-    }
     let origin = Origin {
         topic,
         partition,
         offset,
     };
     tally.record(&ctx.telemetry, outcome, &origin);
+    if let Some(target) = *catching_up_to {
+        tally.replayed();
+        if offset + 1 >= target {
+            *catching_up_to = None;
+            let tp = TopicPartition::new(topic, partition);
+            // Counted before ready: the first scrape after /readyz turns 200 must hold every
+            // event applied so far, this one included.
+            ctx.telemetry.add(tally);
+            ctx.health.caught_up(&tp);
+            tracing::info!(partition = %describe(&[tp]), "caught up");
+        }
+    }
 }
 
 /// The handle on `topic`/`partition`, created on first use.
@@ -939,6 +949,7 @@ mod tests {
             redactor: config.kafka.properties.redactor(),
             logged_state: AtomicU8::new(0),
             lags: Default::default(),
+            reached: Default::default(),
         }
     }
 
@@ -972,6 +983,40 @@ mod tests {
             .keys()
             .map(|(k, ks)| (k.campaign.to_string(), ks.totals().visits))
             .collect()
+    }
+
+    #[test]
+    fn a_partition_turns_ready_only_with_its_events_counted() {
+        let ctx = context();
+        ctx.health.set_connected(true);
+        install(&ctx, 0);
+        let progress = Progress {
+            target: Some(2),
+            caught_up: false,
+        };
+        ctx.health
+            .assign(&[(TopicPartition::new("visits", 0), progress)]);
+        let counted = || {
+            let text = prometheus::TextEncoder::new()
+                .encode_to_string(&ctx.telemetry.registry.gather())
+                .unwrap();
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+            };
+            (
+                value("ecom_pulse_events_total{event_type=\"visit\"}"),
+                value("ecom_pulse_restore_events_replayed_total"),
+            )
+        };
+        // The consume loop adds its tally every 256 polls; none of that happens here.
+        let mut handles = Handles::default();
+        offer(&mut handles, &ctx, 0, &visit(0, "a", "1"));
+        assert!(ctx.health.readiness().is_err());
+        offer(&mut handles, &ctx, 0, &visit(1, "a", "2"));
+        assert_eq!(ctx.health.readiness(), Ok(()));
+        assert_eq!(counted(), (Some("2".into()), Some("2".into())));
     }
 
     #[test]

@@ -129,9 +129,10 @@ const TRACKED_KEYS: (&str, &str) = (
 /// `prometheus` crate's objects for them (three label strings each) took longer than a
 /// scrape should. Here each key's label set is escaped once, into one buffer shared by all
 /// keys (a string per label set was 40,000 allocations and frees per scrape, 12 % of the
-/// rendering), and each value is written with itoa/zmij. The output is what the crate's
-/// encoder would write (HELP, TYPE, one family after the other), and `promtool check metrics`
-/// checks it in the tests.
+/// rendering), and each value is written with itoa/zmij. The layout is the crate's encoder's
+/// (HELP, TYPE, one family after the other); numbers are spelled as the text format reads
+/// them (infinities `+Inf`/`-Inf`, past 1e16 in exponent form), and `promtool check metrics`
+/// checks the output in the tests.
 pub fn render_kpis(out: &mut String, snapshot: &Snapshot, windows: &Windows, clv: &ClvAssumptions) {
     // Every label set, one after the other; the lists below hold where each one lies.
     let mut labels = String::with_capacity(snapshot.rows.len() * 128);
