@@ -199,6 +199,8 @@ impl SourceContext {
         }
         self.store.remove(tps);
         self.health.revoke(tps);
+        // Seen at its end under the old assignment: says nothing of a new one.
+        self.reached.lock().retain(|tp| !tps.contains(tp));
         self.checkpoints.forget(tps);
         self.telemetry.forget_partitions(tps);
     }
