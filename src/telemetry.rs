@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::aggregate::{Outcome, TopicPartition};
-use crate::decode::{EventType, Reason};
+use crate::decode::{EventType, Reason, Rejection};
 
 /// Registered service metrics.
 pub struct Telemetry {
@@ -44,7 +44,8 @@ pub struct Telemetry {
 /// batches ([`Telemetry::add`]). An atomic add per event is a locked instruction, which also
 /// waits for the event's own writes to the window state to leave the store buffer: two per
 /// message cost 6–11 % of the ingest path in criterion. The exported counters trail the state
-/// by at most one batch (the consumer adds every 256 polls, and before it waits).
+/// by at most one batch (the consumer adds every 256 polls, before it waits, and before a
+/// partition counts as caught up).
 #[derive(Debug, Default)]
 pub struct Tally {
     accepted: [u64; EventType::ALL.len()],
@@ -72,11 +73,11 @@ impl Tally {
                 self.accepted[kind.index()] += 1;
                 self.newest_event_ms = self.newest_event_ms.max(Some(*timestamp_ms));
                 if *folded || *late != 0 {
-                    telemetry.record_rare(outcome, origin);
+                    telemetry.accepted_unusual(*late, *folded);
                 }
             }
             Outcome::Duplicate => self.duplicates += 1,
-            Outcome::Rejected(_) => telemetry.record_rare(outcome, origin),
+            Outcome::Rejected(rejection) => telemetry.rejected(rejection, origin),
         }
     }
 
@@ -361,34 +362,31 @@ impl Telemetry {
         }
     }
 
-    /// Counts what is rare among outcomes at once: events folded into "(other)", late for
-    /// a window, or rejected (logged too, at most one line per reason per 10 s).
-    fn record_rare(&self, outcome: &Outcome, origin: &dyn std::fmt::Display) {
-        match outcome {
-            Outcome::Accepted { late, folded, .. } => {
-                if *folded {
-                    self.keys_overflow.inc();
-                }
-                for (w, counter) in self.late.iter().enumerate() {
-                    if late & (1 << w) != 0 {
-                        counter.inc();
-                    }
-                }
+    /// An accepted event folded into "(other)" (`folded`), or too late for the windows whose
+    /// bits `late` sets.
+    fn accepted_unusual(&self, late: u32, folded: bool) {
+        if folded {
+            self.keys_overflow.inc();
+        }
+        for (w, counter) in self.late.iter().enumerate() {
+            if late & (1 << w) != 0 {
+                counter.inc();
             }
-            Outcome::Duplicate => {}
-            Outcome::Rejected(rejection) => {
-                let i = rejection.reason.index();
-                self.rejected[i].inc();
-                if let Some(suppressed) = self.rejection_logs[i].check() {
-                    tracing::warn!(
-                        reason = rejection.reason.as_str(),
-                        field = rejection.detail,
-                        at = %origin,
-                        suppressed,
-                        "event rejected: {rejection}"
-                    );
-                }
-            }
+        }
+    }
+
+    /// A rejected event, logged at most once per reason per 10 s.
+    fn rejected(&self, rejection: &Rejection, origin: &dyn std::fmt::Display) {
+        let i = rejection.reason.index();
+        self.rejected[i].inc();
+        if let Some(suppressed) = self.rejection_logs[i].check() {
+            tracing::warn!(
+                reason = rejection.reason.as_str(),
+                field = rejection.detail,
+                at = %origin,
+                suppressed,
+                "event rejected: {rejection}"
+            );
         }
     }
 
