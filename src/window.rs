@@ -285,6 +285,15 @@ impl<C: Cell> Series<C> {
         &self.all_time
     }
 
+    /// The newest buckets of the first `windows` windows, summed. What matters is the reading,
+    /// not the value: it brings in the lines a read of those windows needs (see
+    /// `Store::snapshot_with`).
+    pub fn touch_heads(&self, windows: usize) -> i64 {
+        self.heads[..windows]
+            .iter()
+            .fold(0, |acc, head| acc.wrapping_add(head.bucket))
+    }
+
     /// Sets the count of everything ever added (restoring it from a checkpoint).
     pub fn set_all_time(&mut self, all_time: C::Total) {
         self.all_time = all_time;
