@@ -772,19 +772,24 @@ impl Store {
         let mut rows: hashbrown::HashMap<Key, Row> =
             hashbrown::HashMap::with_capacity(self.rows_hint.load(Ordering::Relaxed));
         let mut merge = |state: &PartitionState| {
-            let keys: Vec<(&Key, &KeyState)> = state.keys().collect();
-            for chunk in keys.chunks(TOUCH_AHEAD) {
-                // Each key's series are separate allocations, cold in a large store: read one
-                // key at a time, the core waited for each key's lines in turn (~85 % of the
-                // time spent reading windows). Their heads are read for a few keys first, in
-                // a loop short enough for the core to have all those misses in flight at
-                // once, and then summed from the cache. (The prefetch intrinsic needs
-                // `unsafe`, which this crate forbids; plain loads whose sum is kept do the
-                // same job here.)
-                std::hint::black_box(chunk.iter().fold(0i64, |acc, (_, ks)| {
+            let mut keys = state.keys().fuse();
+            loop {
+                // Read one key at a time, the core waits for each key's series (separate
+                // allocations, cold in a large store) in turn: ~85 % of the time spent reading
+                // windows went there. So the heads of a few keys' series are read first, in a
+                // loop short enough for the core to have all those misses in flight at once,
+                // and the keys are then summed from the cache. (The prefetch intrinsic needs
+                // `unsafe`, which this crate forbids; plain loads whose results are kept do
+                // the same job here.)
+                let chunk: [Option<(&Key, &KeyState)>; TOUCH_AHEAD] =
+                    std::array::from_fn(|_| keys.next());
+                if chunk[0].is_none() {
+                    break;
+                }
+                std::hint::black_box(chunk.iter().flatten().fold(0i64, |acc, (_, ks)| {
                     acc.wrapping_add(ks.touch_heads(windows.len()))
                 }));
-                for &(key, ks) in chunk {
+                for &(key, ks) in chunk.iter().flatten() {
                     let row = match rows.get_mut(key) {
                         Some(row) => row,
                         // Preceding windows not read: no allocation per key for them.
@@ -1032,43 +1037,50 @@ mod tests {
     }
 
     /// The snapshot reads a partition's keys a few at a time (their series first, then
-    /// their sums): every key of every partition must come out, once, with its own sums,
-    /// whatever the key count is against that group size.
+    /// their sums): every key of every partition must come out once, with its own sums and
+    /// preceding windows, whatever the key counts are against that group size, and whether
+    /// a key's row is made by the first partition read or a later one.
     #[test]
     fn a_snapshot_reads_every_key_of_every_partition() {
-        let p = pipeline();
+        let p = Pipeline {
+            windows: Windows::with_previous(&["5m", "1h", "24h"], 60, &["1h"]),
+            ..pipeline()
+        };
         let store = Store::default();
-        // Key i gets i + 1 visits on partition 0; every third key gets one more on partition 1.
-        for (partition, keys) in [(0, 0..21), (1, 0..21)] {
+        let send = |partition: i32, id: String, ts: i64, k: usize| {
             let state =
                 store.get_or_insert(&TopicPartition::new("t", partition), || p.new_partition());
-            let mut st = state.write();
-            for k in keys {
-                let count = if partition == 0 {
-                    k + 1
-                } else {
-                    usize::from(k % 3 == 0)
-                };
-                for n in 0..count {
-                    let m = visit(&format!("{partition}-{k}-{n}"), T0, &format!("c{k:02}"));
-                    assert!(matches!(
-                        p.process(&mut st, m.as_bytes(), T0, T0),
-                        Outcome::Accepted { .. }
-                    ));
-                }
+            let m = visit(&id, ts, &format!("c{k:02}"));
+            assert!(matches!(
+                p.process(&mut state.write(), m.as_bytes(), ts, T0),
+                Outcome::Accepted { .. }
+            ));
+        };
+        // Partition 0: keys 0..=20, key k with k + 1 visits now. Partition 1: keys 14..=33
+        // (seven shared, thirteen of its own), one visit now and one 90 minutes ago, which
+        // is in the hour before the last one.
+        for k in 0..=20 {
+            for n in 0..=k {
+                send(0, format!("0-{k}-{n}"), T0, k);
             }
         }
+        for k in 14..=33 {
+            send(1, format!("1-{k}-now"), T0, k);
+            send(1, format!("1-{k}-old"), T0 - 90 * MIN, k);
+        }
         let snap = store.snapshot(&p.windows, T0);
-        assert_eq!(snap.rows.len(), 21);
-        for k in 0..21 {
+        assert_eq!(snap.rows.len(), 34);
+        for k in 0..=33 {
             let row = &snap.rows[&Key::new(&format!("c{k:02}"), "email")];
-            let expected = k as u64 + 1 + u64::from(k % 3 == 0);
+            let (first, second) = (if k <= 20 { k as u64 + 1 } else { 0 }, u64::from(k >= 14));
+            let visits = |sums: &[Sums]| sums.iter().map(|s| s.visits).collect::<Vec<_>>();
             assert_eq!(
-                row.windows.iter().map(|w| w.visits).collect::<Vec<_>>(),
-                vec![expected; 3],
+                visits(&row.windows),
+                [first + second, first + second, first + 2 * second],
                 "key {k}"
             );
-            assert_eq!(row.totals.visits, expected, "key {k}");
+            assert_eq!(visits(&row.previous), [0, second, 0], "key {k}");
+            assert_eq!(row.totals.visits, first + 2 * second, "key {k}");
         }
     }
 

@@ -66,7 +66,10 @@ impl Windows {
     /// `previous[i]` keeps window `i`'s preceding window too (for drop alerts); missing
     /// entries mean no.
     pub fn new(lengths: &[WindowLength], buckets: u32, previous: &[bool]) -> Windows {
-        assert!(!lengths.is_empty() && buckets > 0, "validated by Config");
+        assert!(
+            !lengths.is_empty() && lengths.len() <= MAX_WINDOWS && buckets > 0,
+            "validated by Config"
+        );
         let mut offset = 0;
         let specs: Vec<WindowSpec> = lengths
             .iter()
@@ -285,13 +288,15 @@ impl<C: Cell> Series<C> {
         &self.all_time
     }
 
-    /// The newest buckets of the first `windows` windows, summed. What matters is the reading,
-    /// not the value: it brings in the lines a read of those windows needs (see
-    /// `Store::snapshot_with`).
+    /// Reads the head of each of the first `windows` windows, bucket and running total: the
+    /// lines a read of those windows at the head's time needs (see `Store::snapshot_with`).
+    /// What matters is the reading, not the value returned.
     pub fn touch_heads(&self, windows: usize) -> i64 {
-        self.heads[..windows]
-            .iter()
-            .fold(0, |acc, head| acc.wrapping_add(head.bucket))
+        self.heads[..windows].iter().fold(0, |acc, head| {
+            // A total can end on the line after its bucket's (an order head is 64 bytes).
+            std::hint::black_box(head.total);
+            acc.wrapping_add(head.bucket)
+        })
     }
 
     /// Sets the count of everything ever added (restoring it from a checkpoint).
