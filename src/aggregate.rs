@@ -937,6 +937,14 @@ mod tests {
         }
     }
 
+    /// The test pipeline, with the hour window's predecessor kept.
+    fn pipeline_keeping_the_hour_before() -> Pipeline {
+        Pipeline {
+            windows: Windows::with_previous(&["5m", "1h", "24h"], 60, &["1h"]),
+            ..pipeline()
+        }
+    }
+
     fn visit(id: &str, ts: i64, campaign: &str) -> String {
         format!(
             r#"{{"type":"visit","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email"}}"#
@@ -1042,10 +1050,7 @@ mod tests {
     /// a key's row is made by the first partition read or a later one.
     #[test]
     fn a_snapshot_reads_every_key_of_every_partition() {
-        let p = Pipeline {
-            windows: Windows::with_previous(&["5m", "1h", "24h"], 60, &["1h"]),
-            ..pipeline()
-        };
+        let p = pipeline_keeping_the_hour_before();
         let store = Store::default();
         let send = |partition: i32, id: String, ts: i64, k: usize| {
             let state =
@@ -1199,10 +1204,7 @@ mod tests {
 
     #[test]
     fn the_current_snapshot_is_the_full_one_without_preceding_windows() {
-        let p = Pipeline {
-            windows: Windows::with_previous(&["5m", "1h", "24h"], 60, &["1h"]),
-            ..pipeline()
-        };
+        let p = pipeline_keeping_the_hour_before();
         let store = Store::default();
         let shared = store.get_or_insert(&TopicPartition::new("visits", 0), || p.new_partition());
         // One visit in the preceding hour, two in the current one.
