@@ -185,6 +185,8 @@ trait SeriesRead {
     fn window(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums);
     fn previous(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums);
     fn all_time(&self, sums: &mut Sums);
+    /// See [`Series::touch_heads`].
+    fn touch_heads(&self, windows: usize) -> i64;
 }
 
 impl<C: Counted> SeriesRead for Series<C> {
@@ -196,6 +198,9 @@ impl<C: Counted> SeriesRead for Series<C> {
     }
     fn all_time(&self, sums: &mut Sums) {
         C::total_to(Series::all_time(self), sums);
+    }
+    fn touch_heads(&self, windows: usize) -> i64 {
+        Series::touch_heads(self, windows)
     }
 }
 
@@ -298,17 +303,19 @@ impl KeyState {
         }
     }
 
+    /// The series this key has, whatever their cell types.
+    fn series(&self) -> impl Iterator<Item = &dyn SeriesRead> {
+        let visits = self.visits.as_deref().map(|s| s as &dyn SeriesRead);
+        let orders = self.orders.as_deref().map(|s| s as &dyn SeriesRead);
+        let spend = self.ad_spend.as_deref().map(|s| s as &dyn SeriesRead);
+        [visits, orders, spend].into_iter().flatten()
+    }
+
     /// Sums `f` reads from each track's series.
     fn sum(&self, f: impl Fn(&dyn SeriesRead, &mut Sums)) -> Sums {
         let mut sums = Sums::default();
-        if let Some(s) = &self.visits {
-            f(&**s, &mut sums);
-        }
-        if let Some(s) = &self.orders {
-            f(&**s, &mut sums);
-        }
-        if let Some(s) = &self.ad_spend {
-            f(&**s, &mut sums);
+        for s in self.series() {
+            f(s, &mut sums);
         }
         sums
     }
@@ -316,10 +323,8 @@ impl KeyState {
     /// Reads the lines of each series that reading `windows` windows touches; see
     /// `Store::snapshot_with`.
     fn touch_heads(&self, windows: usize) -> i64 {
-        let visits = self.visits.as_ref().map_or(0, |s| s.touch_heads(windows));
-        let orders = self.orders.as_ref().map_or(0, |s| s.touch_heads(windows));
-        let spend = self.ad_spend.as_ref().map_or(0, |s| s.touch_heads(windows));
-        visits.wrapping_add(orders).wrapping_add(spend)
+        self.series()
+            .fold(0, |acc, s| acc.wrapping_add(s.touch_heads(windows)))
     }
 
     /// Window `w`'s sums at `now_ms`.
