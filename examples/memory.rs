@@ -7,6 +7,11 @@
 //! hold them (a key's three event types arrive on three partitions). De-duplication memory
 //! is included: ids of the last 15 minutes of event time, as in production.
 //!
+//! The dense hour arrives oldest first, as a live stream does. With `--newest-first` it arrives
+//! newest first, as a backlog might: the ids of that hour older than the de-duplication horizon
+//! are then held until each partition's table reaches `dedup.max_ids_per_partition`, which
+//! shows the de-duplication memory at its cap.
+//!
 //! `cargo run --release --example memory -- 10000 --stream 50000000` instead streams the
 //! synthetic load of `bench/` over those keys at 800 events per second of event time (69 M
 //! a day) and prints resident memory as the event count grows: once the de-duplication
@@ -49,9 +54,13 @@ fn main() {
     // plus a dense last hour, so all 3 windows' rings are allocated and populated.
     let mut events = 0u64;
     let mut seq = 0u64;
+    let mut dense_hour: Vec<i64> = (0..60).map(|i| (59 - i) * 60_000).collect();
+    if std::env::args().any(|a| a == "--newest-first") {
+        dense_hour.reverse();
+    }
     let steps: Vec<i64> = (0..60)
         .map(|i| day - i * (day / 60) - 1)
-        .chain((0..60).map(|i| i * 60_000))
+        .chain(dense_hour)
         .collect();
     for age in steps {
         let ts = now - age;
@@ -82,16 +91,16 @@ fn main() {
     }
     let after = rss_bytes();
     let snapshot = store.snapshot(&pipeline.windows, now);
-    let (ring_bytes, dedup_ids): (usize, usize) = store
+    let (ring_bytes, dedup_ids, dedup_bytes) = store
         .partitions()
         .iter()
         .map(|(_, p)| {
             let p = p.read();
-            (p.ring_bytes(), p.dedup().len())
+            (p.ring_bytes(), p.dedup().len(), p.dedup().table_bytes())
         })
-        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
     println!(
-        "keys={} events={events} windows={:?} rss_before={:.1}MiB rss_after={:.1}MiB state_rss={:.1}MiB ring_bytes={:.1}MiB dedup_ids={dedup_ids}",
+        "keys={} events={events} windows={:?} rss_before={:.1}MiB rss_after={:.1}MiB state_rss={:.1}MiB ring_bytes={:.1}MiB dedup_ids={dedup_ids} dedup_tables={:.1}MiB",
         snapshot.rows.len(),
         pipeline
             .windows
@@ -103,6 +112,7 @@ fn main() {
         after as f64 / 1048576.0,
         (after - before) as f64 / 1048576.0,
         ring_bytes as f64 / 1048576.0,
+        dedup_bytes as f64 / 1048576.0,
     );
 }
 

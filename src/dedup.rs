@@ -14,8 +14,9 @@
 //!
 //! Memory is capped at `max_ids`: past it, the oldest generation is forgotten early and
 //! counted as evictions, which shrinks the effective horizon instead of growing without bound.
-//! A table left mostly empty by a sweep (a burst that has passed) is shrunk, so resident memory
-//! follows the ids actually held rather than the largest burst ever seen.
+//! Each sweep sizes the table for the ids the last period brought, so resident memory follows
+//! the ids actually held rather than the largest burst ever seen, and a table at its cap is no
+//! larger than one made for the cap.
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
@@ -117,27 +118,50 @@ impl Dedup {
         }
     }
 
-    /// Drops entries older than generation `keep`, and gives back memory a burst left behind.
+    /// Drops entries older than generation `keep`, and sizes the table for the next period.
     fn sweep(&mut self, keep: u32) {
         self.oldest_kept = keep;
         let newest = self.newest;
-        // Ids only accumulate between sweeps: the count now is the peak of the last period.
+        // Ids only accumulate between sweeps: the count now is the peak of the last period,
+        // and what the next one will hold again (an eighth more allows for a rising rate).
         let peak = self.seen.len();
+        let need = (peak + peak / 8).min(self.max_ids);
         self.seen
             .retain(|e| Self::generation_of(newest, *e) >= keep);
+        // `capacity` is the ids the table takes before it must reallocate. Erasing leaves
+        // tombstones, which use it up: when it runs out, hashbrown rehashes in place only if
+        // at most half the table is live, and otherwise doubles it, so a steady stream's
+        // table would double hours after it had settled, and a table at its cap would be
+        // twice the size the cap needs. Rebuilding it here, at the size the next period
+        // needs, clears the tombstones without growing.
         let (len, capacity) = (self.seen.len(), self.seen.capacity());
-        if len < capacity / 8 {
-            // A burst has passed: give its memory back. (Below an eighth only: the headroom
-            // taken below can leave a steady table a fifth full.)
-            self.seen.shrink_to(len * 2, |e| slot(*e));
-        } else if capacity < peak * 9 / 4 {
-            // Erasing leaves tombstones that use up the table's free slots; when they run
-            // out, hashbrown rehashes in place if at most half the capacity is live (with a margin: a period brings a few more ids than the last), and
-            // otherwise doubles the table: for a steady stream, hours later (measured: from
-            // 15 to 30 MiB between 5 M and 20 M events). Taking that headroom now, while the
-            // stream is young, gives the table its final size early; after that a steady
-            // stream never reallocates and resident memory stays flat.
-            self.seen.reserve(peak * 9 / 4 - len, |e| slot(*e));
+        let target = if len < capacity / 8 {
+            // A burst has passed: give its memory back, and let the table grow again if the
+            // rate comes back. (A table sized for `need` is over a third full after a steady
+            // period, so this never flaps.)
+            len * 2
+        } else {
+            need
+        };
+        // Too small (or short of room through tombstones), or twice what the next period
+        // needs: a table that grew while a backlog arrived out of order, say.
+        if !fits(capacity, target) {
+            self.rebuild(target);
+        }
+    }
+
+    /// Puts the entries back into a table with room for `capacity` ids and no tombstones.
+    fn rebuild(&mut self, capacity: usize) {
+        // Draining empties the table (no tombstones left) and keeps its allocation.
+        let entries: Vec<u64> = self.seen.drain().collect();
+        if !fits(self.seen.capacity(), capacity) {
+            self.seen = HashTable::with_capacity(capacity);
+        }
+        // Otherwise the entries go back where they were: a fresh table allocated beside the
+        // old one each time made glibc's heap creep (RSS +6 % between 10 M and 20 M events
+        // of `examples/memory --stream`, flat with a fixed mmap threshold).
+        for e in entries {
+            self.seen.insert_unique(slot(e), e, |e| slot(*e));
         }
     }
 
@@ -170,12 +194,7 @@ impl Dedup {
 
     /// Bytes the table holds (entries and control bytes), for memory accounting.
     pub fn table_bytes(&self) -> usize {
-        let buckets = if self.seen.capacity() == 0 {
-            0
-        } else {
-            (self.seen.capacity() * 8 / 7).next_power_of_two()
-        };
-        buckets * (std::mem::size_of::<u64>() + 1)
+        self.seen.allocation_size()
     }
 
     /// Ids forgotten early because of `max_ids`, since creation.
@@ -193,6 +212,12 @@ impl Dedup {
             self.max_ids = fresh.max_ids;
         }
     }
+}
+
+/// Whether a table with room for `room` ids suits one that must take `needed`: enough, and
+/// not twice as much.
+fn fits(room: usize, needed: usize) -> bool {
+    room >= needed && room / 2 <= needed
 }
 
 /// Checkpoints hold the packed entries as a plain sequence.
@@ -260,23 +285,47 @@ mod tests {
     }
 
     /// At the cap, with several generations held (so room is made by sweeps, which leave
-    /// tombstones), the table keeps the size the cap needs: 1,000 ids and the headroom for
-    /// tombstones (`sweep`) fit 4,096 buckets.
+    /// tombstones), the table is never larger than one made for the cap.
     #[test]
     fn a_table_at_its_cap_does_not_grow() {
-        let mut d = Dedup::new(15 * MIN, 1000);
+        let cap = 1000;
+        let fitted = HashTable::<u64>::with_capacity(cap).allocation_size();
+        let mut d = Dedup::new(15 * MIN, cap);
         for i in 0..20_000u64 {
             // Two ids per second of event time: 450 per generation, so the cap is reached
             // with three generations live.
             d.insert(i, T0 + (i as i64) * 500);
-            assert!(d.len() <= 1000);
+            assert!(d.len() <= cap);
             assert!(
-                d.table_bytes() <= 4096 * 9,
-                "{} bytes at {i}",
+                d.table_bytes() <= fitted,
+                "{} bytes at {i}, {fitted} fit the cap",
                 d.table_bytes()
             );
         }
         assert!(d.evicted() > 0);
+    }
+
+    /// Ids older than the horizon, arriving before any newer ones (a backlog read newest
+    /// first), fill the table to its cap; the sweep that makes room sizes the table for the
+    /// cap, not for more.
+    #[test]
+    fn a_backlog_read_newest_first_fills_the_table_only_to_its_cap() {
+        let cap = 10_000;
+        let fitted = HashTable::<u64>::with_capacity(cap).allocation_size();
+        let mut d = Dedup::new(15 * MIN, cap);
+        // An hour of ids, newest first: four times what the horizon holds.
+        for i in 0..4 * cap as u64 {
+            assert!(d.insert(i, T0 - (i as i64) * 360));
+            assert!(d.len() <= cap);
+            assert!(
+                d.table_bytes() <= fitted,
+                "{} bytes at {i}, {fitted} fit the cap",
+                d.table_bytes()
+            );
+        }
+        assert!(d.evicted() > 0);
+        // The newest ids are still known.
+        assert!(!d.insert(0, T0));
     }
 
     #[test]
@@ -349,6 +398,34 @@ mod tests {
             sizes[20..].iter().all(|&s| s == settled),
             "table bytes per minute: {sizes:?}"
         );
+    }
+
+    /// A backlog that arrives behind the newest id (the two hours before it, oldest first)
+    /// is held until the next sweep and grows the table; once the stream is steady again,
+    /// the table is the size the steady stream alone gives it.
+    #[test]
+    fn a_table_grown_by_a_late_backlog_settles_at_the_steady_size() {
+        let id = |i: u64| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+        // Two hours at 100 ids per second of event time.
+        let steady = |d: &mut Dedup| {
+            for i in 0..2 * 3600 * 100u64 {
+                d.insert(id(i), T0 + i as i64 * 10);
+            }
+        };
+        let mut plain = Dedup::new(15 * MIN, 1_000_000);
+        steady(&mut plain);
+        let mut late = Dedup::new(15 * MIN, 1_000_000);
+        late.insert(id(u64::MAX), T0);
+        for i in 0..2 * 3600 * 100u64 {
+            late.insert(id(u64::MAX / 2 + i), T0 - 2 * 60 * MIN + i as i64 * 10);
+        }
+        let grown = late.table_bytes();
+        steady(&mut late);
+        assert!(
+            grown > 2 * plain.table_bytes(),
+            "{grown} bytes after the backlog"
+        );
+        assert_eq!(late.table_bytes(), plain.table_bytes());
     }
 
     #[test]
