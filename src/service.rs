@@ -175,7 +175,6 @@ impl Service {
             health,
             alerts,
             history,
-            bodies: Default::default(),
         };
         Ok(Service {
             listener,

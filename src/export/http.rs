@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -18,7 +17,7 @@ use crate::aggregate::{GroupBy, Store};
 use crate::alert::evaluator::AlertView;
 use crate::alert::notify;
 use crate::export::history::History;
-use crate::export::metrics::render_kpis;
+use crate::export::metrics::render_kpis_in_pieces;
 use crate::kpi::{ClvAssumptions, Sums};
 use crate::telemetry::{Health, Telemetry};
 use crate::window::Windows;
@@ -33,67 +32,6 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub alerts: Arc<AlertView>,
     pub history: Arc<History>,
-    /// `/metrics` bodies, kept from one scrape to the next.
-    pub bodies: Arc<BodyPool>,
-}
-
-/// Buffers for `/metrics` bodies (16 MiB at 10,000 keys), reused from scrape to scrape. A
-/// body allocated afresh on whichever blocking thread rendered it stays, once freed, in that
-/// thread's malloc arena: with scrapes served by several threads, RSS grew in steps of
-/// ~37 MiB (121 to 218 MiB over 300 scrapes at 10,000 keys). A pooled buffer is allocated
-/// once and goes back to the pool when the response has been sent.
-#[derive(Debug, Default)]
-pub struct BodyPool {
-    free: parking_lot::Mutex<Vec<String>>,
-    /// Length of the last body, to size a new buffer.
-    last_len: AtomicUsize,
-}
-
-impl BodyPool {
-    /// Buffers kept: one per scrape in flight at once, for the usual few scrapers.
-    const KEPT: usize = 2;
-
-    fn take(&self) -> String {
-        if let Some(body) = self.free.lock().pop() {
-            return body;
-        }
-        // Sized from the last body, a little over: growing a 16 MiB string copies it over
-        // and over.
-        let hint = self.last_len.load(Ordering::Relaxed);
-        String::with_capacity(hint + hint / 8 + 16_384)
-    }
-
-    fn put(&self, mut body: String) {
-        self.last_len.store(body.len(), Ordering::Relaxed);
-        body.clear();
-        let mut free = self.free.lock();
-        if free.len() < Self::KEPT {
-            free.push(body);
-        }
-    }
-
-    /// Bytes held by buffers waiting for the next scrape.
-    pub fn kept_bytes(&self) -> usize {
-        self.free.lock().iter().map(String::capacity).sum()
-    }
-}
-
-/// A rendered body that returns its buffer to the pool when the response is done with it.
-struct Pooled {
-    body: String,
-    pool: Arc<BodyPool>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        self.body.as_bytes()
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        self.pool.put(std::mem::take(&mut self.body));
-    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -108,37 +46,86 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Bytes of `/metrics` text rendered before they are sent. The body (16 MiB at 10,000 keys
+/// and 3 windows, ten times that at 100,000) is never held whole: held whole, it and the
+/// buffers kept for the next scrape were the largest thing in the process after the state.
+const PIECE_BYTES: usize = 256 * 1024;
+/// Pieces rendered ahead of what the scraper has read.
+const PIECES_AHEAD: usize = 4;
+
 async fn metrics(State(state): State<AppState>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel(PIECES_AHEAD);
     // Reading every partition and formatting ~10 samples per key is CPU work: keep it off the
     // async workers. Partition locks are held only while their sums are read, never while
-    // the text is written.
-    let rendered = tokio::task::spawn_blocking(move || {
+    // the text is written; the renderer waits for the scraper only between pieces.
+    tokio::task::spawn_blocking(move || {
+        let mut pieces = Pieces {
+            tx,
+            finished: false,
+        };
         let snapshot = state
             .store
             .snapshot_current(&state.windows, crate::now_ms());
-        let mut body = Pooled {
-            body: state.bodies.take(),
-            pool: state.bodies.clone(),
-        };
-        render_kpis(&mut body.body, &snapshot, &state.windows, &state.clv);
+        let mut out = String::with_capacity(PIECE_BYTES + PIECE_BYTES / 4);
+        let mut send = |out: &mut String| pieces.send(out);
+        if !render_kpis_in_pieces(
+            &mut out,
+            &snapshot,
+            &state.windows,
+            &state.clv,
+            PIECE_BYTES,
+            &mut send,
+        ) {
+            return;
+        }
+        drop(snapshot);
         state.telemetry.refresh(&state.health);
-        let service =
-            prometheus::TextEncoder::new().encode_to_string(&state.telemetry.registry.gather())?;
-        body.body.push_str(&service);
-        Ok::<_, prometheus::Error>(axum::body::Body::from(bytes::Bytes::from_owner(body)))
-    })
-    .await;
-    match rendered {
-        Ok(Ok(body)) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        match prometheus::TextEncoder::new().encode_to_string(&state.telemetry.registry.gather()) {
+            Ok(service) => out.push_str(&service),
+            Err(e) => {
+                tracing::error!(error = %e, "encoding the service's own metrics failed");
+                return;
+            }
+        }
+        pieces.finished = pieces.send(&mut out);
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// The rendered pieces of one `/metrics` body, on their way to the response.
+struct Pieces {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    /// Whether the whole body was sent.
+    finished: bool,
+}
+
+impl Pieces {
+    /// Sends what `out` holds, leaving it empty. False if the scraper has gone.
+    fn send(&mut self, out: &mut String) -> bool {
+        let piece = std::mem::replace(out, String::with_capacity(out.capacity()));
+        self.tx.blocking_send(Ok(piece.into())).is_ok()
+    }
+}
+
+impl Drop for Pieces {
+    /// A body cut short (an error, a panic) must not read as a complete scrape with fewer
+    /// series: it ends with an error, and the connection is dropped mid-body.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.tx.blocking_send(Err(std::io::Error::other(
+                "/metrics rendering stopped before the end",
+            )));
+        }
     }
 }
 
@@ -357,11 +344,11 @@ mod tests {
     use tower::ServiceExt;
 
     fn app() -> (Router, Arc<Health>, Arc<AlertView>) {
-        let (app, health, alerts, _) = app_with_bodies();
-        (app, health, alerts)
+        app_with_visitors(0)
     }
 
-    fn app_with_bodies() -> (Router, Arc<Health>, Arc<AlertView>, Arc<BodyPool>) {
+    /// The app over four orders and a spend, plus one visit for each of `visitors` more keys.
+    fn app_with_visitors(visitors: usize) -> (Router, Arc<Health>, Arc<AlertView>) {
         let windows = Windows::from_labels(&["5m", "1h"], 60);
         let clv = ClvAssumptions {
             purchases_per_year: 4.0,
@@ -392,6 +379,12 @@ mod tests {
             );
             pipeline.process(&mut part.write(), json.as_bytes(), now, now);
         }
+        for k in 0..visitors {
+            let json = format!(
+                r#"{{"type":"visit","event_id":"v{k}","campaign":"visited-{k}","channel":"web"}}"#
+            );
+            pipeline.process(&mut part.write(), json.as_bytes(), now, now);
+        }
         let telemetry = Arc::new(Telemetry::new("USD", &["5m", "1h"], 12.0));
         let health = Arc::new(Health::default());
         let alerts = Arc::new(AlertView::default());
@@ -399,7 +392,6 @@ mod tests {
             .registry
             .register(Box::new(AlertCollector::new(alerts.clone())))
             .unwrap();
-        let bodies = Arc::new(BodyPool::default());
         (
             router(AppState {
                 store,
@@ -409,11 +401,9 @@ mod tests {
                 health: health.clone(),
                 alerts: alerts.clone(),
                 history: Arc::new(History::new(10, 10)),
-                bodies: bodies.clone(),
             }),
             health,
             alerts,
-            bodies,
         )
     }
 
@@ -467,20 +457,63 @@ mod tests {
         );
     }
 
+    /// A body larger than a piece arrives in pieces of whole lines, which together are the
+    /// whole text: the KPI families as one rendering gives them, then the service's own.
     #[tokio::test]
-    async fn metrics_bodies_are_reused() {
-        let (app, _, _, bodies) = app_with_bodies();
-        let (status, first) = get(&app, "/metrics").await;
-        assert_eq!(status, StatusCode::OK);
-        let kept = bodies.kept_bytes();
-        assert!(kept >= first.len(), "{kept} < {}", first.len());
-        let (_, second) = get(&app, "/metrics").await;
-        assert!(second.contains("ecom_visits{"));
-        assert_eq!(
-            bodies.kept_bytes(),
-            kept,
-            "the same buffer again, no second one"
+    async fn a_large_metrics_body_is_sent_in_pieces() {
+        let (app, _, _) = app_with_visitors(2000);
+        let response = app
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut stream = response.into_body().into_data_stream();
+        let mut pieces = Vec::new();
+        while let Some(piece) = futures_util::StreamExt::next(&mut stream).await {
+            pieces.push(String::from_utf8(piece.unwrap().to_vec()).unwrap());
+        }
+        assert!(pieces.len() > 2, "{} pieces", pieces.len());
+        for piece in &pieces[..pieces.len() - 1] {
+            assert!(piece.len() >= PIECE_BYTES, "{} bytes", piece.len());
+            assert!(piece.ends_with('\n'));
+        }
+        let text = pieces.concat();
+        assert_eq!(text.matches("# TYPE ecom_visits gauge").count(), 1);
+        assert!(
+            text.contains(r#"ecom_visits{campaign="visited-1999",channel="web",window="1h"} 1"#)
         );
+        assert!(text.contains("\necom_pulse_tracked_keys 2003\n"));
+        assert!(text.ends_with("\n"));
+        assert!(text.contains("\necom_pulse_ready 0\n"));
+    }
+
+    /// A body cut short ends with an error, so that the scrape fails rather than reading as
+    /// complete; a scraper that has gone stops the rendering.
+    #[test]
+    fn pieces_cut_short_end_in_an_error() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let mut pieces = Pieces {
+            tx,
+            finished: false,
+        };
+        let mut out = String::from("ecom_visits 1\n");
+        assert!(pieces.send(&mut out));
+        assert!(out.is_empty());
+        drop(pieces);
+        assert_eq!(
+            &rx.blocking_recv().unwrap().unwrap()[..],
+            b"ecom_visits 1\n"
+        );
+        assert!(rx.blocking_recv().unwrap().is_err());
+        assert!(rx.blocking_recv().is_none());
+
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        drop(rx);
+        let mut pieces = Pieces {
+            tx,
+            finished: false,
+        };
+        assert!(!pieces.send(&mut String::from("ecom_visits 1\n")));
     }
 
     #[tokio::test]

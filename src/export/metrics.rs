@@ -134,6 +134,22 @@ const TRACKED_KEYS: (&str, &str) = (
 /// them (infinities `+Inf`/`-Inf`, past 1e16 in exponent form), and `promtool check metrics`
 /// checks the output in the tests.
 pub fn render_kpis(out: &mut String, snapshot: &Snapshot, windows: &Windows, clv: &ClvAssumptions) {
+    render_kpis_in_pieces(out, snapshot, windows, clv, usize::MAX, &mut |_| true);
+}
+
+/// [`render_kpis`], handing `out` to `flush` whenever it holds `piece` bytes or more (always
+/// after a whole sample), so that a large body need never be held whole. `flush` takes the
+/// text and returns false when nobody wants the rest (the scraper has gone); rendering then
+/// stops, and so does this function, returning false.
+pub fn render_kpis_in_pieces(
+    out: &mut String,
+    snapshot: &Snapshot,
+    windows: &Windows,
+    clv: &ClvAssumptions,
+    piece: usize,
+    flush: &mut dyn FnMut(&mut String) -> bool,
+) -> bool {
+    let mut flushed = |out: &mut String| out.len() < piece || flush(out);
     // Every label set, one after the other; the lists below hold where each one lies.
     let mut labels = String::with_capacity(snapshot.rows.len() * 128);
     // One key's `campaign="…",channel="…"`, escaped once for its windows and its counters.
@@ -178,6 +194,9 @@ pub fn render_kpis(out: &mut String, snapshot: &Snapshot, windows: &Windows, clv
         for (at, values) in &windowed {
             if let Some(v) = values[m] {
                 sample(out, metric.name, &labels[at.clone()], v);
+                if !flushed(out) {
+                    return false;
+                }
             }
         }
     }
@@ -191,11 +210,15 @@ pub fn render_kpis(out: &mut String, snapshot: &Snapshot, windows: &Windows, clv
                     &labels[at.clone()],
                     (metric.value)(&row.totals),
                 );
+                if !flushed(out) {
+                    return false;
+                }
             }
         }
     }
     header(out, TRACKED_KEYS.0, TRACKED_KEYS.1, "gauge");
     sample(out, TRACKED_KEYS.0, "", snapshot.rows.len() as f64);
+    true
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
