@@ -143,10 +143,22 @@ impl Dedup {
         } else {
             need
         };
-        // Too small (or short of room through tombstones), or twice what the next period
+        // Too small (or short of room through tombstones), or well over what the next period
         // needs: a table that grew while a backlog arrived out of order, say.
-        if !fits(capacity, target) {
+        if capacity < target || !fits(self.full_room(), target) {
             self.rebuild(target);
+        }
+    }
+
+    /// Ids the table takes before it must grow, tombstones aside (`capacity` counts them
+    /// against it): hashbrown's load factor (7/8, or one less than the buckets below 8) of the
+    /// buckets its allocation holds, 9 bytes each beside a group of control bytes.
+    fn full_room(&self) -> usize {
+        let buckets = self.seen.allocation_size().saturating_sub(16) / 9;
+        if buckets < 8 {
+            buckets.saturating_sub(1)
+        } else {
+            buckets / 8 * 7
         }
     }
 
@@ -215,9 +227,11 @@ impl Dedup {
 }
 
 /// Whether a table with room for `room` ids suits one that must take `needed`: enough, and
-/// not twice as much.
+/// not much more. A table made for `needed` has less than twice the room; the gap between
+/// that and 5/2 keeps a need that wobbles around a size boundary from growing and shrinking
+/// the table at every sweep.
 fn fits(room: usize, needed: usize) -> bool {
-    room >= needed && room / 2 <= needed
+    room >= needed && room <= needed * 5 / 2
 }
 
 /// Checkpoints hold the packed entries as a plain sequence.
@@ -426,6 +440,18 @@ mod tests {
             "{grown} bytes after the backlog"
         );
         assert_eq!(late.table_bytes(), plain.table_bytes());
+    }
+
+    /// A need that wobbles just either side of a size boundary keeps the table it grew to,
+    /// rather than shrinking it again at the next sweep.
+    #[test]
+    fn a_need_wobbling_at_a_size_boundary_keeps_the_table() {
+        // 917,504 ids fill 2^20 buckets; one more takes 2^21.
+        let grown = HashTable::<u64>::with_capacity(917_505).capacity();
+        assert!(fits(grown, 917_505));
+        assert!(fits(grown, 916_000));
+        assert!(!fits(grown, 600_000));
+        assert!(!fits(grown, 2_000_000));
     }
 
     #[test]

@@ -59,10 +59,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     // async workers. Partition locks are held only while their sums are read, never while
     // the text is written; the renderer waits for the scraper only between pieces.
     tokio::task::spawn_blocking(move || {
-        let mut pieces = Pieces {
-            tx,
-            finished: false,
-        };
+        let mut pieces = Pieces { tx };
         let snapshot = state
             .store
             .snapshot_current(&state.windows, crate::now_ms());
@@ -87,11 +84,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 return;
             }
         }
-        pieces.finished = pieces.send(&mut out);
+        if pieces.send(&mut out) {
+            pieces.end();
+        }
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|piece| (piece, rx))
-    });
+    let body = pieces_of(rx);
     (
         [(
             header::CONTENT_TYPE,
@@ -102,31 +99,48 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// What the renderer hands to the response: text, then the end.
+enum Piece {
+    Text(bytes::Bytes),
+    End,
+}
+
 /// The rendered pieces of one `/metrics` body, on their way to the response.
 struct Pieces {
-    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
-    /// Whether the whole body was sent.
-    finished: bool,
+    tx: tokio::sync::mpsc::Sender<Piece>,
 }
 
 impl Pieces {
     /// Sends what `out` holds, leaving it empty. False if the scraper has gone.
     fn send(&mut self, out: &mut String) -> bool {
         let piece = std::mem::replace(out, String::with_capacity(out.capacity()));
-        self.tx.blocking_send(Ok(piece.into())).is_ok()
+        self.tx.blocking_send(Piece::Text(piece.into())).is_ok()
+    }
+
+    fn end(self) {
+        let _ = self.tx.blocking_send(Piece::End);
     }
 }
 
-impl Drop for Pieces {
-    /// A body cut short (an error, a panic) must not read as a complete scrape with fewer
-    /// series: it ends with an error, and the connection is dropped mid-body.
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = self.tx.blocking_send(Err(std::io::Error::other(
-                "/metrics rendering stopped before the end",
-            )));
+/// The response body: the pieces until the end. If the renderer stops first (an error, a
+/// panic, a shutdown before it ran), the body ends with an error, so the connection drops
+/// mid-body and the scrape fails rather than reading as complete with fewer series.
+fn pieces_of(
+    rx: tokio::sync::mpsc::Receiver<Piece>,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Piece::Text(text)) => Some((Ok(text), Some(rx))),
+            Some(Piece::End) => None,
+            None => Some((
+                Err(std::io::Error::other(
+                    "/metrics rendering stopped before the end",
+                )),
+                None,
+            )),
         }
-    }
+    })
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -488,32 +502,32 @@ mod tests {
     }
 
     /// A body cut short ends with an error, so that the scrape fails rather than reading as
-    /// complete; a scraper that has gone stops the rendering.
-    #[test]
-    fn pieces_cut_short_end_in_an_error() {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let mut pieces = Pieces {
-            tx,
-            finished: false,
-        };
-        let mut out = String::from("ecom_visits 1\n");
-        assert!(pieces.send(&mut out));
-        assert!(out.is_empty());
-        drop(pieces);
-        assert_eq!(
-            &rx.blocking_recv().unwrap().unwrap()[..],
-            b"ecom_visits 1\n"
-        );
-        assert!(rx.blocking_recv().unwrap().is_err());
-        assert!(rx.blocking_recv().is_none());
+    /// complete; one that reaches its end ends cleanly; a scraper that has gone stops the
+    /// renderer.
+    #[tokio::test]
+    async fn a_body_cut_short_ends_in_an_error() {
+        use futures_util::StreamExt;
+        for finished in [false, true] {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::task::spawn_blocking(move || {
+                let mut pieces = Pieces { tx };
+                assert!(pieces.send(&mut String::from("ecom_visits 1\n")));
+                if finished {
+                    pieces.end();
+                }
+            });
+            let items: Vec<_> = pieces_of(rx).collect().await;
+            assert_eq!(&items[0].as_ref().unwrap()[..], b"ecom_visits 1\n");
+            assert_eq!(items.len(), if finished { 1 } else { 2 });
+            assert!(items[1..].iter().all(|i| i.is_err()));
+        }
 
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         drop(rx);
-        let mut pieces = Pieces {
-            tx,
-            finished: false,
-        };
-        assert!(!pieces.send(&mut String::from("ecom_visits 1\n")));
+        let sent = tokio::task::spawn_blocking(move || {
+            Pieces { tx }.send(&mut String::from("ecom_visits 1\n"))
+        });
+        assert!(!sent.await.unwrap());
     }
 
     #[tokio::test]
