@@ -338,7 +338,7 @@ mod tests {
             );
         }
         assert!(d.evicted() > 0);
-        // The newest ids are still known.
+        // The newest id is still known.
         assert!(!d.insert(0, T0));
     }
 

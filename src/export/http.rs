@@ -52,6 +52,11 @@ pub fn router(state: AppState) -> Router {
 const PIECE_BYTES: usize = 256 * 1024;
 /// Pieces rendered ahead of what the scraper has read.
 const PIECES_AHEAD: usize = 4;
+/// How long the renderer waits for a scraper to take a piece before giving up: a client that
+/// keeps its connection open but stops reading would otherwise hold a blocking thread, the
+/// snapshot and the label lists for as long as it likes. (Prometheus gives up on a scrape
+/// after its `scrape_timeout`, at most the scrape interval, and closes the connection.)
+const SCRAPER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel(PIECES_AHEAD);
@@ -59,7 +64,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     // async workers. Partition locks are held only while their sums are read, never while
     // the text is written; the renderer waits for the scraper only between pieces.
     tokio::task::spawn_blocking(move || {
-        let mut pieces = Pieces { tx };
+        let mut pieces = Pieces {
+            tx,
+            patience: SCRAPER_PATIENCE,
+        };
         let snapshot = state
             .store
             .snapshot_current(&state.windows, crate::now_ms());
@@ -106,19 +114,28 @@ enum Piece {
 }
 
 /// The rendered pieces of one `/metrics` body, on their way to the response.
+/// Used on a blocking thread of the runtime.
 struct Pieces {
     tx: tokio::sync::mpsc::Sender<Piece>,
+    patience: std::time::Duration,
 }
 
 impl Pieces {
-    /// Sends what `out` holds, leaving it empty. False if the scraper has gone.
+    /// Sends what `out` holds, leaving it empty. False if the scraper has gone, or has not
+    /// taken a piece for `patience`.
     fn send(&mut self, out: &mut String) -> bool {
         let piece = std::mem::replace(out, String::with_capacity(out.capacity()));
-        self.tx.blocking_send(Piece::Text(piece.into())).is_ok()
+        self.put(Piece::Text(piece.into()))
     }
 
     fn end(self) {
-        let _ = self.tx.blocking_send(Piece::End);
+        self.put(Piece::End);
+    }
+
+    fn put(&self, piece: Piece) -> bool {
+        tokio::runtime::Handle::current()
+            .block_on(self.tx.send_timeout(piece, self.patience))
+            .is_ok()
     }
 }
 
@@ -502,15 +519,18 @@ mod tests {
     }
 
     /// A body cut short ends with an error, so that the scrape fails rather than reading as
-    /// complete; one that reaches its end ends cleanly; a scraper that has gone stops the
-    /// renderer.
+    /// complete; one that reaches its end ends cleanly; a scraper that has gone, or stopped
+    /// reading, stops the renderer.
     #[tokio::test]
     async fn a_body_cut_short_ends_in_an_error() {
         use futures_util::StreamExt;
         for finished in [false, true] {
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             tokio::task::spawn_blocking(move || {
-                let mut pieces = Pieces { tx };
+                let mut pieces = Pieces {
+                    tx,
+                    patience: SCRAPER_PATIENCE,
+                };
                 assert!(pieces.send(&mut String::from("ecom_visits 1\n")));
                 if finished {
                     pieces.end();
@@ -525,9 +545,25 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         drop(rx);
         let sent = tokio::task::spawn_blocking(move || {
-            Pieces { tx }.send(&mut String::from("ecom_visits 1\n"))
+            let mut pieces = Pieces {
+                tx,
+                patience: SCRAPER_PATIENCE,
+            };
+            pieces.send(&mut String::from("ecom_visits 1\n"))
         });
         assert!(!sent.await.unwrap());
+
+        // A scraper that stays but stops reading: the renderer gives up after its patience.
+        let (tx, _stalled) = tokio::sync::mpsc::channel(1);
+        let sent = tokio::task::spawn_blocking(move || {
+            let mut pieces = Pieces {
+                tx,
+                patience: std::time::Duration::from_millis(50),
+            };
+            let first = pieces.send(&mut String::from("ecom_visits 1\n"));
+            (first, pieces.send(&mut String::from("ecom_visits 2\n")))
+        });
+        assert_eq!(sent.await.unwrap(), (true, false));
     }
 
     #[tokio::test]
