@@ -386,7 +386,8 @@ impl Service {
     }
 }
 
-/// A plain HTTP/1.1 GET, enough for our own endpoints.
+/// A plain HTTP/1.1 GET, enough for our own endpoints (`/metrics` comes chunked, as it is
+/// sent while it is rendered).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -396,20 +397,52 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8(raw).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8(raw[..split].to_vec()).expect("an ASCII head");
+    let body = &raw[split + 4..];
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("a status");
-    Ok((status, body.to_string()))
+    Ok((status, String::from_utf8(body).expect("utf-8 response")))
+}
+
+/// A chunked body's data. An error unless it ends with the last (empty) chunk: a body cut
+/// short must not pass for a whole one.
+fn dechunk(mut rest: &[u8]) -> std::io::Result<Vec<u8>> {
+    let cut = |what: &str| std::io::Error::other(format!("chunked body cut short: {what}"));
+    let mut out = Vec::new();
+    loop {
+        let line = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| cut("no chunk size"))?;
+        let size = std::str::from_utf8(&rest[..line])
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.split(';').next()?.trim(), 16).ok())
+            .ok_or_else(|| cut("a bad chunk size"))?;
+        rest = &rest[line + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size + 2 {
+            return Err(cut("a short chunk"));
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
 }
 
 /// A scrape, as series text → value.
