@@ -298,24 +298,31 @@ mod tests {
         assert!(!d.insert(4999, T0 + 4999 * 20));
     }
 
+    /// Feeds distinct ids (id, event time) to a table capped at `cap`, checking after each
+    /// that it was new and that the table holds at most `cap` ids, in no more memory than a
+    /// table made for `cap`.
+    fn feed_within_cap(cap: usize, ids: impl Iterator<Item = (u64, i64)>) -> Dedup {
+        let fitted = HashTable::<u64>::with_capacity(cap).allocation_size();
+        let mut d = Dedup::new(15 * MIN, cap);
+        for (id, ts) in ids {
+            assert!(d.insert(id, ts), "id {id} taken for a duplicate");
+            assert!(d.len() <= cap);
+            assert!(
+                d.table_bytes() <= fitted,
+                "{} bytes at id {id}, {fitted} fit the cap",
+                d.table_bytes()
+            );
+        }
+        d
+    }
+
     /// At the cap, with several generations held (so room is made by sweeps, which leave
     /// tombstones), the table is never larger than one made for the cap.
     #[test]
     fn a_table_at_its_cap_does_not_grow() {
-        let cap = 1000;
-        let fitted = HashTable::<u64>::with_capacity(cap).allocation_size();
-        let mut d = Dedup::new(15 * MIN, cap);
-        for i in 0..20_000u64 {
-            // Two ids per second of event time: 450 per generation, so the cap is reached
-            // with three generations live.
-            d.insert(i, T0 + (i as i64) * 500);
-            assert!(d.len() <= cap);
-            assert!(
-                d.table_bytes() <= fitted,
-                "{} bytes at {i}, {fitted} fit the cap",
-                d.table_bytes()
-            );
-        }
+        // Two ids per second of event time: 450 per generation, so the cap is reached with
+        // three generations live.
+        let d = feed_within_cap(1000, (0..20_000u64).map(|i| (i, T0 + i as i64 * 500)));
         assert!(d.evicted() > 0);
     }
 
@@ -324,19 +331,8 @@ mod tests {
     /// cap, not for more.
     #[test]
     fn a_backlog_read_newest_first_fills_the_table_only_to_its_cap() {
-        let cap = 10_000;
-        let fitted = HashTable::<u64>::with_capacity(cap).allocation_size();
-        let mut d = Dedup::new(15 * MIN, cap);
         // An hour of ids, newest first: four times what the horizon holds.
-        for i in 0..4 * cap as u64 {
-            assert!(d.insert(i, T0 - (i as i64) * 360));
-            assert!(d.len() <= cap);
-            assert!(
-                d.table_bytes() <= fitted,
-                "{} bytes at {i}, {fitted} fit the cap",
-                d.table_bytes()
-            );
-        }
+        let mut d = feed_within_cap(10_000, (0..40_000u64).map(|i| (i, T0 - i as i64 * 360)));
         assert!(d.evicted() > 0);
         // The newest id is still known.
         assert!(!d.insert(0, T0));
