@@ -378,7 +378,7 @@ mod tests {
         app_with_visitors(0)
     }
 
-    /// The app over four orders and a spend, plus one visit for each of `visitors` more keys.
+    /// The app over three orders and a spend, plus one visit for each of `visitors` more keys.
     fn app_with_visitors(visitors: usize) -> (Router, Arc<Health>, Arc<AlertView>) {
         let windows = Windows::from_labels(&["5m", "1h"], 60);
         let clv = ClvAssumptions {
