@@ -83,6 +83,21 @@ const WINDOWED: &[WindowedMetric] = &[
     },
 ];
 
+/// One (key, window) with data, as the exposition writes it: where its label set lies in the
+/// shared label buffer, and its windowed values, `values[m]` standing only where bit `m` of
+/// `present` is set (a KPI with a zero denominator has no sample). 112 bytes where a list of
+/// `Option<f64>` took 192: at 100,000 keys and 3 windows, 34 MB per scrape instead of 58.
+struct WindowedRow {
+    labels: Range<usize>,
+    present: u16,
+    values: [f64; WINDOWED.len()],
+}
+
+const _: () = assert!(
+    WINDOWED.len() <= 16,
+    "one bit of WindowedRow::present per metric"
+);
+
 /// A monotonic counter per key.
 struct TotalMetric {
     name: &'static str,
@@ -154,10 +169,9 @@ pub fn render_kpis_in_pieces(
     let mut labels = String::with_capacity(snapshot.rows.len() * 128);
     // One key's `campaign="…",channel="…"`, escaped once for its windows and its counters.
     let mut pair = String::new();
-    // Every (key, window) with data: its label set and all windowed values. Sized up front:
-    // growing it would move every entry (~200 bytes each) several times.
-    let mut windowed: Vec<(Range<usize>, [Option<f64>; WINDOWED.len()])> =
-        Vec::with_capacity(snapshot.rows.len() * windows.len());
+    // Every (key, window) with data. Sized up front: growing it would move every entry
+    // several times.
+    let mut windowed: Vec<WindowedRow> = Vec::with_capacity(snapshot.rows.len() * windows.len());
     let mut keys: Vec<Range<usize>> = Vec::with_capacity(snapshot.rows.len());
     for (key, row) in &snapshot.rows {
         pair.clear();
@@ -171,14 +185,25 @@ pub fn render_kpis_in_pieces(
                 continue;
             }
             let kpis = sums.kpis(clv);
-            let values = std::array::from_fn(|m| (WINDOWED[m].value)(sums, &kpis));
+            let mut row = WindowedRow {
+                labels: 0..0,
+                present: 0,
+                values: [0.0; WINDOWED.len()],
+            };
+            for (m, metric) in WINDOWED.iter().enumerate() {
+                if let Some(v) = (metric.value)(sums, &kpis) {
+                    row.values[m] = v;
+                    row.present |= 1 << m;
+                }
+            }
             let start = labels.len();
             labels.push('{');
             labels.push_str(&pair);
             labels.push_str(",window=\"");
             escape_into(&mut labels, &spec.label);
             labels.push_str("\"}");
-            windowed.push((start..labels.len(), values));
+            row.labels = start..labels.len();
+            windowed.push(row);
         }
         let start = labels.len();
         labels.push('{');
@@ -187,13 +212,13 @@ pub fn render_kpis_in_pieces(
         keys.push(start..labels.len());
     }
     for (m, metric) in WINDOWED.iter().enumerate() {
-        if windowed.iter().all(|(_, v)| v[m].is_none()) {
+        if windowed.iter().all(|w| w.present & 1 << m == 0) {
             continue; // a family without samples is invalid
         }
         header(out, metric.name, metric.help, "gauge");
-        for (at, values) in &windowed {
-            if let Some(v) = values[m] {
-                sample(out, metric.name, &labels[at.clone()], v);
+        for w in &windowed {
+            if w.present & 1 << m != 0 {
+                sample(out, metric.name, &labels[w.labels.clone()], w.values[m]);
                 if !flushed(out) {
                     return false;
                 }
