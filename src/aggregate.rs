@@ -180,13 +180,15 @@ fn count<C: Counted>(
         .add(windows, at_ms, now_ms, &cell)
 }
 
-/// Reads a series of any cell type into sums.
+/// Reads a series of any cell type: into sums, and what eviction and memory accounting ask.
 trait SeriesRead {
     fn window(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums);
     fn previous(&self, windows: &Windows, w: usize, now_ms: i64, sums: &mut Sums);
     fn all_time(&self, sums: &mut Sums);
     /// See [`Series::touch_heads`].
     fn touch_heads(&self, windows: usize) -> i64;
+    fn is_idle(&self, windows: &Windows, now_ms: i64) -> bool;
+    fn heap_bytes(&self) -> usize;
 }
 
 impl<C: Counted> SeriesRead for Series<C> {
@@ -201,6 +203,12 @@ impl<C: Counted> SeriesRead for Series<C> {
     }
     fn touch_heads(&self, windows: usize) -> i64 {
         Series::touch_heads(self, windows)
+    }
+    fn is_idle(&self, windows: &Windows, now_ms: i64) -> bool {
+        Series::is_idle(self, windows, now_ms)
+    }
+    fn heap_bytes(&self) -> usize {
+        Series::heap_bytes(self)
     }
 }
 
@@ -366,23 +374,11 @@ impl KeyState {
 
     /// True when no window of any of its series holds anything at `now_ms`.
     fn is_idle(&self, windows: &Windows, now_ms: i64) -> bool {
-        self.visits
-            .as_ref()
-            .is_none_or(|s| s.is_idle(windows, now_ms))
-            && self
-                .orders
-                .as_ref()
-                .is_none_or(|s| s.is_idle(windows, now_ms))
-            && self
-                .ad_spend
-                .as_ref()
-                .is_none_or(|s| s.is_idle(windows, now_ms))
+        self.series().all(|s| s.is_idle(windows, now_ms))
     }
 
     fn heap_bytes(&self) -> usize {
-        self.visits.as_ref().map_or(0, |s| s.heap_bytes())
-            + self.orders.as_ref().map_or(0, |s| s.heap_bytes())
-            + self.ad_spend.as_ref().map_or(0, |s| s.heap_bytes())
+        self.series().map(|s| s.heap_bytes()).sum()
     }
 }
 
