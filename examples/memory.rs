@@ -91,14 +91,7 @@ fn main() {
     }
     let after = rss_bytes();
     let snapshot = store.snapshot(&pipeline.windows, now);
-    let (ring_bytes, dedup_ids, dedup_bytes) = store
-        .partitions()
-        .iter()
-        .map(|(_, p)| {
-            let p = p.read();
-            (p.ring_bytes(), p.dedup().len(), p.dedup().table_bytes())
-        })
-        .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+    let (ring_bytes, dedup_ids, dedup_bytes) = held(&store);
     println!(
         "keys={} events={events} windows={:?} rss_before={:.1}MiB rss_after={:.1}MiB state_rss={:.1}MiB ring_bytes={:.1}MiB dedup_ids={dedup_ids} dedup_tables={:.1}MiB",
         snapshot.rows.len(),
@@ -148,14 +141,7 @@ fn stream(keys: usize, total: usize) {
             let base = *first.get_or_insert(rss);
             let change = (rss as f64 / base as f64 - 1.0) * 100.0;
             worst = worst.max(change.abs());
-            let (dedup_ids, dedup_bytes) = store
-                .partitions()
-                .iter()
-                .map(|(_, p)| {
-                    let p = p.read();
-                    (p.dedup().len(), p.dedup().table_bytes())
-                })
-                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            let (_, dedup_ids, dedup_bytes) = held(&store);
             println!(
                 "events={:>10} keys={keys} rss={:.1}MiB ({change:+.1} % of the 1 M figure) dedup_ids={dedup_ids} dedup_tables={:.1}MiB",
                 i + 1,
@@ -165,6 +151,18 @@ fn stream(keys: usize, total: usize) {
         }
     }
     println!("largest change from the 1 M figure: {worst:.1} %");
+}
+
+/// Over every partition: ring bytes, de-duplication ids and de-duplication table bytes.
+fn held(store: &Store) -> (usize, usize, usize) {
+    store
+        .partitions()
+        .iter()
+        .map(|(_, p)| {
+            let p = p.read();
+            (p.ring_bytes(), p.dedup().len(), p.dedup().table_bytes())
+        })
+        .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
 }
 
 /// The default configuration, with `limits.max_keys` raised to the key count as a deployment
