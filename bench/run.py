@@ -118,6 +118,13 @@ def curl_ms(port):
     return float(out.stdout) * 1000
 
 
+def scrape_cost(proc, port, scrapes=50):
+    """Back-to-back scrapes: curl's time for each, and the service's CPU per scrape in ms."""
+    c = cpu_seconds(proc.pid)
+    latencies = [curl_ms(port) for _ in range(scrapes)]
+    return latencies, (cpu_seconds(proc.pid) - c) / scrapes * 1000
+
+
 def metric_sum(text, name):
     total = 0.0
     for line in text.splitlines():
@@ -323,11 +330,7 @@ def scrapes(events, keys, out, repeat=3):
         seen, text = e.seen()
         keys_seen = metric_sum(text, "ecom_pulse_tracked_keys")
         # Steady state after ingestion: every key in every window; CPU per scrape.
-        full = []
-        c1 = cpu_seconds(e.proc.pid)
-        for _ in range(50):
-            full.append(curl_ms(e.port))
-        render_cpu_ms = (cpu_seconds(e.proc.pid) - c1) / 50 * 1000
+        full, render_cpu_ms = scrape_cost(e.proc, e.port)
         exposition = len(http(e.port, "/metrics")[1])
         series = sum(1 for line in text.splitlines() if line.startswith("ecom_visits{"))
         rss = rss_bytes(e.proc.pid)

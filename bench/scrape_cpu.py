@@ -45,9 +45,8 @@ def main():
                     rec = subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-o", f"/tmp/scrape-{name}.data",
                                             "-p", str(e.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(1)
-                f0, c0 = minor_faults(e.proc.pid), run.cpu_seconds(e.proc.pid)
-                latencies = [run.curl_ms(e.port) for _ in range(scrapes)]
-                per_scrape = (run.cpu_seconds(e.proc.pid) - c0) / scrapes * 1000
+                f0 = minor_faults(e.proc.pid)
+                latencies, per_scrape = run.scrape_cost(e.proc, e.port, scrapes)
                 faults = (minor_faults(e.proc.pid) - f0) / scrapes
                 if rec:
                     rec.send_signal(2)
