@@ -320,6 +320,19 @@ mod tests {
         d
     }
 
+    /// The default cap is what a power-of-two table holds at hashbrown's load factor: a cap
+    /// just above it would take a table twice the size (18 MiB instead of 9 at 2^20 slots).
+    #[test]
+    fn the_default_cap_fills_its_table() {
+        let config = crate::config::Config::load(None).unwrap();
+        let cap = config.dedup.max_ids_per_partition;
+        let table = HashTable::<u64>::with_capacity(cap);
+        assert_eq!(table.capacity(), cap);
+        let d = feed_within_cap(cap, (0..cap as u64 + 5_000).map(|i| (i, T0 + i as i64)));
+        assert_eq!(d.table_bytes(), table.allocation_size());
+        assert!(d.evicted() > 0);
+    }
+
     /// At the cap, with several generations held (so room is made by sweeps, which leave
     /// tombstones), the table is never larger than one made for the cap.
     #[test]
