@@ -611,6 +611,55 @@ mod tests {
         assert_eq!(sums(&s, &w, T0), [11, 111, 1111]);
     }
 
+    /// Saved and read back as a checkpoint does (eight heads on the wire), then restored
+    /// under `w`.
+    fn restored(s: &Series<u64>, w: &Windows) -> Series<u64> {
+        let bytes = postcard::to_allocvec(s).unwrap();
+        let mut back: Series<u64> = postcard::from_bytes(&bytes).unwrap();
+        back.set_all_time(*s.all_time());
+        back.recompute_totals(w);
+        back
+    }
+
+    #[test]
+    fn the_default_windows_heads_live_in_the_series() {
+        let w = windows();
+        let mut s = Series::<u64>::new(&w);
+        s.add(&w, T0 - 2 * M, T0, &10);
+        s.add(&w, T0, T0, &1);
+        assert!(!s.heads.spilled());
+        let back = restored(&s, &w);
+        assert!(!back.heads.spilled());
+        assert_eq!(back.heads.len(), 3);
+        assert_eq!(back, s);
+        assert_eq!(sums(&back, &w, T0), [11, 11, 11]);
+    }
+
+    /// More windows than a series holds inline: their heads go to an allocation of their
+    /// own, which the memory accounting counts, and every window still counts and restores.
+    #[test]
+    fn more_windows_than_fit_inline_count_and_restore_the_same() {
+        let w = Windows::from_labels(&["1m", "5m", "15m", "1h", "6h", "24h"], 60);
+        let mut s = Series::<u64>::new(&w);
+        s.add(&w, T0, T0, &1);
+        s.add(&w, T0 - 2 * M, T0, &10);
+        s.add(&w, T0 - 30 * M, T0, &100);
+        s.add(&w, T0 - 5 * H, T0, &1000);
+        s.add(&w, T0 - 20 * H, T0, &10_000);
+        let expected = [1, 11, 11, 111, 1111, 11_111];
+        assert_eq!(sums(&s, &w, T0), expected);
+        let totals: Vec<u128> = (0..w.len()).map(|i| s.window_total(&w, i, T0)).collect();
+        assert_eq!(totals, expected.map(u128::from));
+        assert!(s.heads.spilled());
+        let cells = std::mem::size_of::<u64>() * w.cells;
+        assert!(s.heap_bytes() >= std::mem::size_of::<Series<u64>>() + cells + 6 * 32);
+        let back = restored(&s, &w);
+        assert_eq!(back, s);
+        assert_eq!(sums(&back, &w, T0), expected);
+        let back_totals: Vec<u128> = (0..w.len()).map(|i| back.window_total(&w, i, T0)).collect();
+        assert_eq!(back_totals, totals);
+    }
+
     #[test]
     fn values_decay_as_time_passes_without_traffic() {
         let w = windows();
