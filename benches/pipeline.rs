@@ -325,6 +325,10 @@ fn checkpoint(c: &mut Criterion) {
             scratch.payload().len()
         })
     });
+    let saved = scratch.payload().to_vec();
+    group.bench_function("decode (55k ids, 1k keys)", |b| {
+        b.iter(|| ecom_pulse::checkpoint::decode(&saved).unwrap().0.next_offset())
+    });
     group.finish();
 }
 

@@ -394,6 +394,27 @@ pub struct PartitionState {
     watermark_ms: i64,
 }
 
+/// A [`PartitionState`] as checkpoints of format 3 hold it: only its de-duplication ids are
+/// laid out differently.
+#[derive(Deserialize)]
+pub(crate) struct PartitionStateV3 {
+    keys: hashbrown::HashMap<Key, KeyState>,
+    dedup: crate::dedup::DedupV3,
+    next_offset: i64,
+    watermark_ms: i64,
+}
+
+impl From<PartitionStateV3> for PartitionState {
+    fn from(v3: PartitionStateV3) -> PartitionState {
+        PartitionState {
+            keys: v3.keys,
+            dedup: v3.dedup.into(),
+            next_offset: v3.next_offset,
+            watermark_ms: v3.watermark_ms,
+        }
+    }
+}
+
 impl PartitionState {
     pub fn new(dedup: Dedup) -> Self {
         PartitionState {
