@@ -148,8 +148,9 @@ impl Dedup {
             need
         };
         // Too small (or short of room through tombstones), or well over what the next period
-        // needs: a table that grew while a backlog arrived out of order, say.
-        if capacity < target || !fits(self.full_room(), target) {
+        // needs: a table that grew while a backlog arrived out of order, say, or one larger
+        // than the cap's (restored from a checkpoint taken under a higher cap).
+        if capacity < target || !self.suits(self.full_room(), target) {
             self.rebuild(target);
         }
     }
@@ -170,13 +171,19 @@ impl Dedup {
     fn rebuild(&mut self, capacity: usize) {
         // Draining empties the table (no tombstones left) and keeps its allocation.
         let entries: Vec<u64> = self.seen.drain().collect();
-        if !fits(self.seen.capacity(), capacity) {
+        if !self.suits(self.seen.capacity(), capacity) {
             self.seen = HashTable::with_capacity(capacity);
         }
         // Otherwise the entries go back where they were: a fresh table allocated beside the
         // old one each time made glibc's heap creep (RSS +6 % between 10 M and 20 M events
         // of `examples/memory --stream`, flat with a fixed mmap threshold).
         put_back(&mut self.seen, entries);
+    }
+
+    /// Whether a table with room for `room` ids suits one that must take `needed`: see
+    /// [`fits`]; and never larger than a table made for the cap.
+    fn suits(&self, room: usize, needed: usize) -> bool {
+        fits(room, needed) && room <= room_for(self.max_ids)
     }
 
     /// Forgets the oldest generation still held (or everything, if only one is left).
@@ -224,8 +231,21 @@ impl Dedup {
             *self = fresh;
         } else {
             self.max_ids = fresh.max_ids;
+            // Saved under a higher cap: down to this one now, as if those ids had come
+            // under it (the sweeps that make room also size the table for the cap).
+            while self.seen.len() > self.max_ids {
+                self.make_room();
+            }
         }
     }
+}
+
+/// Ids a table made for `ids` takes (its room): hashbrown's buckets are a power of two, of
+/// which it fills 7/8. (Exact from 15 ids, below which hashbrown rounds small tables up; caps
+/// are at least 1,000.)
+fn room_for(ids: usize) -> usize {
+    let buckets = (ids.max(15) * 8 / 7).next_power_of_two();
+    buckets / 8 * 7
 }
 
 /// Whether a table with room for `room` ids suits one that must take `needed`: enough, and
@@ -421,7 +441,8 @@ mod tests {
     /// just above it would take a table twice the size (18 MiB instead of 9 at 2^20 slots).
     #[test]
     fn the_default_cap_fills_its_table() {
-        let config = crate::config::Config::load(None).unwrap();
+        let env = Some(std::collections::BTreeMap::new());
+        let config = crate::config::Config::load_with_env(None, env).unwrap();
         let cap = config.dedup.max_ids_per_partition;
         let table = HashTable::<u64>::with_capacity(cap);
         assert_eq!(table.capacity(), cap);
@@ -587,6 +608,44 @@ mod tests {
         let mut torn = vec![1, 7, 1, 2, 3, 4, 5, 6, 7];
         torn.extend_from_slice(&empty[1..]);
         assert!(postcard::from_bytes::<Dedup>(&torn).is_err());
+    }
+
+    #[test]
+    fn room_for_matches_hashbrown() {
+        for ids in (15..100).chain([1000, 917_503, 917_504, 917_505, 1_000_000]) {
+            let room = HashTable::<u64>::with_capacity(ids).capacity();
+            assert_eq!(room_for(ids), room, "{ids} ids");
+        }
+    }
+
+    /// A table saved under a higher cap (before an upgrade lowered the default, say) comes
+    /// down to the running cap: its ids at once, its size by the next sweep.
+    #[test]
+    fn a_table_restored_under_a_lower_cap_comes_down_to_it() {
+        let id = |i: u64| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+        // 3,000 ids over three generations, under a cap of 4,000: a table of 4,096 slots.
+        let mut d = Dedup::new(15 * MIN, 4000);
+        for i in 0..3000u64 {
+            d.insert(id(i), T0 + i as i64 * 600);
+        }
+        let bytes = postcard::to_allocvec(&d).unwrap();
+        let mut back: Dedup = postcard::from_bytes(&bytes).unwrap();
+        back.reconfigure(15 * MIN, 1792);
+        assert!(back.len() <= 1792, "{} ids", back.len());
+        assert!(back.evicted() > 0);
+        // The newest ids are still known.
+        assert!(!back.insert(id(2999), T0 + 2999 * 600));
+        // Two more horizons at the cap, in no more memory than a table made for it.
+        let fitted = HashTable::<u64>::with_capacity(1792).allocation_size();
+        for i in 3000..9000u64 {
+            back.insert(id(i), T0 + i as i64 * 600);
+            assert!(back.len() <= 1792);
+        }
+        assert!(
+            back.table_bytes() <= fitted,
+            "{} of {fitted}",
+            back.table_bytes()
+        );
     }
 
     #[test]
