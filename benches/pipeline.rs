@@ -327,7 +327,12 @@ fn checkpoint(c: &mut Criterion) {
     });
     let saved = scratch.payload().to_vec();
     group.bench_function("decode (55k ids, 1k keys)", |b| {
-        b.iter(|| ecom_pulse::checkpoint::decode(&saved).unwrap().0.next_offset())
+        b.iter(|| {
+            ecom_pulse::checkpoint::decode(&saved)
+                .unwrap()
+                .0
+                .next_offset()
+        })
     });
     group.finish();
 }
