@@ -11,6 +11,10 @@
 //! - manifest key `{group}/{topic}/{p}/m`: JSON with the checkpoint id, the chunk count, the
 //!   offset of the first chunk, the input offset the state reaches, and a checksum.
 //!
+//! Chunks, manifests and the encoded state carry the format version. This build writes 4 and
+//! reads 3 as well (format 3 laid the de-duplication ids out as varints), so a checkpoint
+//! written before an upgrade restores after it.
+//!
 //! Chunks alternate between two slots, so while checkpoint *n* is being written the chunks of
 //! *n − 1* are never the latest value of their key, and compaction cannot remove them before
 //! the manifest of *n* exists. A reader finds the newest manifest whose chunks are all present
