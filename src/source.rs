@@ -505,11 +505,22 @@ impl Source {
             shutdown.clone(),
         ));
         let consuming = shutdown.clone();
-        let source = tokio::task::spawn_blocking(move || {
-            self.consume(&consuming);
-            self
-        });
-        let Ok(source) = source.await else {
+        // A thread of its own rather than one of tokio's blocking pool: its priority is
+        // lowered (`yield_to_serving`), and a pooled thread would carry that over to a later
+        // /metrics rendering or the final checkpoint.
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(CONSUMING_THREAD.into())
+            .spawn(move || {
+                yield_to_serving();
+                self.consume(&consuming);
+                let _ = done.send(self);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the consuming thread");
+            return;
+        }
+        let Ok(source) = finished.await else {
             tracing::error!("the consuming thread panicked");
             return;
         };
@@ -605,6 +616,29 @@ impl Source {
         if tokio::time::timeout(SHUTDOWN_STEP, leave).await.is_err() {
             tracing::warn!("leaving the consumer group timed out");
         }
+    }
+}
+
+/// The consuming thread's name, as `ps -L`, `top -H` and profilers show it.
+pub const CONSUMING_THREAD: &str = "ecom-consume";
+
+/// The consuming thread's nice value: 0 is the default, 19 the lowest priority. At 10 its
+/// scheduler weight is a tenth of a default thread's.
+pub const CONSUMER_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`CONSUMER_NICE`] (on Linux a nice
+/// value is per thread), so that while the consumer catches up at full speed on a busy
+/// machine (a restart, a backlog) the service's other threads get the CPU first: /metrics,
+/// /readyz and /healthz answer in their usual time, and a Kubernetes probe does not time out
+/// and restart the pod in the middle of its catch-up. Catching up is throughput work; it
+/// takes whatever CPU they leave, which is nearly all of it. Within a container's cgroup the
+/// value orders only the container's own threads. Failing to lower it is harmless.
+pub fn yield_to_serving() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), CONSUMER_NICE)
+    {
+        tracing::debug!(error = %e, "cannot lower the consuming thread's priority");
     }
 }
 
@@ -932,6 +966,27 @@ fn entry<'a>(
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    /// Only the calling thread yields: a thread started after it keeps the default priority.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_consuming_thread_yields_and_no_other() {
+        let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let before = std::thread::spawn(nice).join().unwrap();
+        let lowered = std::thread::spawn(move || {
+            yield_to_serving();
+            nice()
+        })
+        .join()
+        .unwrap();
+        let after = std::thread::spawn(nice).join().unwrap();
+        assert!(
+            before < CONSUMER_NICE,
+            "the test itself runs at nice {before}"
+        );
+        assert_eq!(lowered, CONSUMER_NICE);
+        assert_eq!(after, before);
+    }
 
     fn context() -> SourceContext {
         let config = Config::load_with_env(None, Some(Default::default())).unwrap();

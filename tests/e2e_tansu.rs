@@ -117,6 +117,21 @@ fn worked_examples(ts: i64) -> Vec<Msg> {
     m
 }
 
+/// (name, nice value) of each thread of process `pid`, from /proc.
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .map(|stat| {
+            let (head, tail) = stat.rsplit_once(')').unwrap();
+            let name = head.split_once('(').unwrap().1.to_string();
+            // Fields after the name start at the state (3rd); the nice value is the 19th.
+            let nice = tail.split_whitespace().nth(16).unwrap().parse().unwrap();
+            (name, nice)
+        })
+        .collect()
+}
+
 fn accepted(m: &Metrics) -> f64 {
     m.sum("ecom_pulse_events_total")
 }
@@ -144,6 +159,23 @@ fn worked_examples_come_out_exact_in_every_window() {
         },
     );
     assert_eq!(accepted(&m), expected, "{}", svc.log());
+    // The consumer runs on its own thread at a lower priority than the rest (README,
+    // "Design choices"); the threads that answer HTTP keep the default.
+    let threads = thread_nices(svc.proc.child.id());
+    assert_eq!(
+        threads
+            .iter()
+            .filter(|(name, nice)| name == "ecom-consume" && *nice == 10)
+            .count(),
+        1,
+        "{threads:?}"
+    );
+    assert!(
+        threads
+            .iter()
+            .any(|(name, nice)| name.starts_with("tokio-rt") && *nice == 0),
+        "{threads:?}"
+    );
 
     /// (campaign, channel, expected samples)
     type Case<'a> = (&'a str, &'a str, &'a [(&'a str, Option<f64>)]);
