@@ -337,9 +337,34 @@ fn checkpoint(c: &mut Criterion) {
     group.finish();
 }
 
+/// librdkafka's statistics report, which the consuming thread reads every second: as rdkafka's
+/// typed `Statistics` (what the service did before) and as the few fields it uses. Reports of
+/// a consumer of 3 topics with 6 partitions each (`bench/run.sh` on Tansu) and with 96 each
+/// (on the mock cluster).
+fn statistics(c: &mut Criterion) {
+    use ecom_pulse::source::stats::{Stats, sample_report};
+    let mut group = c.benchmark_group("statistics");
+    for partitions in [6, 96] {
+        let json = sample_report(partitions);
+        let what = format!("{} partitions, {} KiB", 3 * partitions, json.len() / 1024);
+        group.bench_function(format!("typed ({what})"), |b| {
+            b.iter(|| {
+                serde_json::from_slice::<rdkafka::statistics::Statistics>(&json)
+                    .unwrap()
+                    .topics
+                    .len()
+            })
+        });
+        group.bench_function(format!("lean ({what})"), |b| {
+            b.iter(|| Stats::parse(&json).unwrap().topics.len())
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench, scrape, ingest_while_scraped, checkpoint
+    targets = bench, scrape, ingest_while_scraped, checkpoint, statistics
 }
 criterion_main!(benches);

@@ -26,7 +26,6 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
@@ -37,6 +36,8 @@ use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{KafkaConfig, Redactor};
 use crate::decode::{Reason, Rejection};
 use crate::telemetry::{Health, Progress, RateLimit, Tally, Telemetry};
+
+pub mod stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -117,6 +118,46 @@ impl SourceContext {
         if let Some(suppressed) = self.error_log.check() {
             tracing::warn!(error = %error, suppressed, "{what}");
         }
+    }
+
+    /// Connection state and consumer lag from a statistics report; partitions whose target
+    /// was unknown at assignment are marked caught up once they reach the high watermark.
+    fn on_stats(&self, report: &stats::Stats<'_>) {
+        self.set_connected(report.connected());
+        let mut last = self.lags.lock();
+        let mut lags = BTreeMap::new();
+        for tp in self.health.assigned() {
+            let Some(hi_offset) = report.hi_offset(&tp.topic, tp.partition) else {
+                continue;
+            };
+            let Some(state) = self.store.get(&tp) else {
+                continue;
+            };
+            // This runs on the consuming thread, which does not wait for the lock: a partition
+            // whose lock a writer holds (or waits for) keeps its last lag until the next report.
+            let Some(next) = state.try_read().map(|s| s.next_offset()) else {
+                if let Some(&lag) = last.get(&tp) {
+                    lags.insert(tp, lag);
+                }
+                continue;
+            };
+            if hi_offset >= 0 {
+                lags.insert(tp.clone(), (hi_offset - next).max(0));
+            }
+            // A partition whose target was unknown at assignment is caught up once everything
+            // up to the high watermark has been fetched and applied.
+            if self
+                .health
+                .progress(&tp)
+                .is_some_and(|pr| pr.target.is_none() && !pr.caught_up)
+                && hi_offset >= 0
+                && next >= hi_offset
+            {
+                self.reached.lock().push(tp.clone());
+            }
+        }
+        self.telemetry.set_consumer_lag(&lags);
+        *last = lags;
     }
 
     /// Restores (or starts fresh) the state of newly assigned partitions and says where each
@@ -289,46 +330,13 @@ impl ClientContext for SourceContext {
         }
     }
 
-    fn stats(&self, stats: Statistics) {
-        self.set_connected(stats.brokers.values().any(|b| b.state == "UP"));
-        let mut last = self.lags.lock();
-        let mut lags = BTreeMap::new();
-        for tp in self.health.assigned() {
-            let Some(p) = stats
-                .topics
-                .get(&*tp.topic)
-                .and_then(|t| t.partitions.get(&tp.partition))
-            else {
-                continue;
-            };
-            let Some(state) = self.store.get(&tp) else {
-                continue;
-            };
-            // This runs on the consuming thread, which does not wait for the lock: a partition
-            // whose lock a writer holds (or waits for) keeps its last lag until the next report.
-            let Some(next) = state.try_read().map(|s| s.next_offset()) else {
-                if let Some(&lag) = last.get(&tp) {
-                    lags.insert(tp, lag);
-                }
-                continue;
-            };
-            if p.hi_offset >= 0 {
-                lags.insert(tp.clone(), (p.hi_offset - next).max(0));
-            }
-            // A partition whose target was unknown at assignment is caught up once everything
-            // up to the high watermark has been fetched and applied.
-            if self
-                .health
-                .progress(&tp)
-                .is_some_and(|pr| pr.target.is_none() && !pr.caught_up)
-                && p.hi_offset >= 0
-                && next >= p.hi_offset
-            {
-                self.reached.lock().push(tp.clone());
-            }
+    /// Reads only what it needs of the report (see [`stats`]) instead of rdkafka's typed
+    /// `Statistics`, which builds every field of it each second on this thread.
+    fn stats_raw(&self, json: &[u8]) {
+        match stats::Stats::parse(json) {
+            Ok(report) => self.on_stats(&report),
+            Err(e) => self.warn_limited("cannot read librdkafka's statistics", &e),
         }
-        self.telemetry.set_consumer_lag(&lags);
-        *last = lags;
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
