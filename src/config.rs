@@ -82,6 +82,9 @@ pub struct KafkaConfig {
     pub alerts_topic: String,
     /// Topic for KPI snapshots (not implemented yet).
     pub kpis_topic: String,
+    /// Nice value of the consuming thread, 0..=19 (Linux; ignored elsewhere): how far it
+    /// yields the CPU to serving while it catches up.
+    pub consumer_nice: u8,
     /// librdkafka properties, flattened to dotted names; applied after ecom-pulse's own.
     /// Values may be `${file:PATH}` or `${env:NAME}` (resolved at load).
     #[serde(default, deserialize_with = "flatten_properties")]
@@ -481,6 +484,12 @@ impl Config {
                     format!("{topic:?} is not a valid topic name"),
                 ));
             }
+        }
+        if self.kafka.consumer_nice > 19 {
+            return Err(invalid(
+                "kafka.consumer_nice",
+                format!("must be between 0 and 19, got {}", self.kafka.consumer_nice),
+            ));
         }
         self.window_lengths()?;
         if self.windows.buckets == 0 || self.windows.buckets > 3600 {
@@ -1109,6 +1118,8 @@ mod tests {
             ),
             ("[windows]\nlengths = []\n", "windows.lengths"),
             ("[windows]\nbuckets = 0\n", "windows.buckets"),
+            ("[kafka]\nconsumer_nice = 20\n", "kafka.consumer_nice"),
+            ("[kafka]\nconsumer_nice = -1\n", "kafka.consumer_nice"),
             (
                 "[windows]\nmax_future_skew = \"soon\"\n",
                 "windows.max_future_skew",

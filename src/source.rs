@@ -458,6 +458,8 @@ pub struct Source {
     consumer: Arc<Kafka>,
     topics: Vec<String>,
     checkpoint_interval: Duration,
+    /// `kafka.consumer_nice`.
+    nice: u8,
 }
 
 impl Source {
@@ -501,6 +503,7 @@ impl Source {
             consumer: Arc::new(consumer),
             topics: cfg.topics.clone(),
             checkpoint_interval,
+            nice: cfg.consumer_nice,
         })
     }
 
@@ -517,10 +520,11 @@ impl Source {
         // lowered (`yield_to_serving`), and a pooled thread would carry that over to a later
         // /metrics rendering or the final checkpoint.
         let (done, finished) = tokio::sync::oneshot::channel();
+        let nice = self.nice;
         let spawned = std::thread::Builder::new()
             .name(CONSUMING_THREAD.into())
             .spawn(move || {
-                yield_to_serving();
+                yield_to_serving(nice);
                 self.consume(&consuming);
                 let _ = done.send(self);
             });
@@ -630,24 +634,23 @@ impl Source {
 /// The consuming thread's name, as `ps -L`, `top -H` and profilers show it.
 pub const CONSUMING_THREAD: &str = "ecom-consume";
 
-/// The consuming thread's nice value: 0 is the default, 19 the lowest priority. At 10 its
-/// scheduler weight is a tenth of a default thread's.
-pub const CONSUMER_NICE: i32 = 10;
-
-/// Lowers the calling thread's scheduling priority to [`CONSUMER_NICE`] (on Linux a nice
-/// value is per thread), so that while the consumer catches up at full speed on a busy
-/// machine (a restart, a backlog) the service's other threads get the CPU first: /metrics,
+/// Lowers the calling thread's scheduling priority to `nice` (`kafka.consumer_nice`; on
+/// Linux a nice value is per thread), so that while the consumer catches up at full speed on a
+/// busy machine (a restart, a backlog) the service's other threads get the CPU first: /metrics,
 /// /readyz and /healthz answer in their usual time, and a Kubernetes probe does not time out
-/// and restart the pod in the middle of its catch-up. Catching up is throughput work; it
-/// takes whatever CPU they leave, which is nearly all of it. Within a container's cgroup the
-/// value orders only the container's own threads. Failing to lower it is harmless.
-pub fn yield_to_serving() {
+/// and restart the pod in the middle of its catch-up. Catching up is throughput work; it takes
+/// whatever CPU they leave, which is nearly all of it. Within a container's cgroup the value
+/// orders only the container's own threads. Failing to lower it is harmless.
+pub fn yield_to_serving(nice: u8) {
     #[cfg(target_os = "linux")]
-    if let Err(e) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), CONSUMER_NICE)
+    if nice > 0
+        && let Err(e) =
+            rustix::process::setpriority_process(Some(rustix::thread::gettid()), i32::from(nice))
     {
-        tracing::debug!(error = %e, "cannot lower the consuming thread's priority");
+        tracing::warn!(error = %e, nice, "cannot lower the consuming thread's priority");
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// Saves every changed partition every `every`, off the async workers.
@@ -982,17 +985,14 @@ mod tests {
         let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
         let before = std::thread::spawn(nice).join().unwrap();
         let lowered = std::thread::spawn(move || {
-            yield_to_serving();
+            yield_to_serving(10);
             nice()
         })
         .join()
         .unwrap();
         let after = std::thread::spawn(nice).join().unwrap();
-        assert!(
-            before < CONSUMER_NICE,
-            "the test itself runs at nice {before}"
-        );
-        assert_eq!(lowered, CONSUMER_NICE);
+        assert!(before < 10, "the test itself runs at nice {before}");
+        assert_eq!(lowered, 10);
         assert_eq!(after, before);
     }
 
