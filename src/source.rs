@@ -90,6 +90,9 @@ pub struct SourceContext {
     checkpoints: Arc<CheckpointStore>,
     shutdown: CancellationToken,
     error_log: RateLimit,
+    /// Statistics that cannot be read would come every second: limited apart, so they do not
+    /// take the log lines of other errors.
+    stats_log: RateLimit,
     /// librdkafka's messages pass through it, in case one quotes a secret property.
     redactor: Redactor,
     /// Last connection state logged (0 none yet, 1 down, 2 up), so each change is logged once.
@@ -335,7 +338,12 @@ impl ClientContext for SourceContext {
     fn stats_raw(&self, json: &[u8]) {
         match stats::Stats::parse(json) {
             Ok(report) => self.on_stats(&report),
-            Err(e) => self.warn_limited("cannot read librdkafka's statistics", &e),
+            Err(e) => {
+                self.telemetry.kafka_error("statistics");
+                if let Some(suppressed) = self.stats_log.check() {
+                    tracing::warn!(error = %e, suppressed, "cannot read librdkafka's statistics");
+                }
+            }
         }
     }
 
@@ -484,6 +492,7 @@ impl Source {
             checkpoints,
             shutdown,
             error_log: RateLimit::new(Duration::from_secs(10)),
+            stats_log: RateLimit::new(Duration::from_secs(60)),
             redactor: cfg.properties.redactor(),
             logged_state: AtomicU8::new(0),
             lags: Default::default(),
@@ -518,20 +527,36 @@ impl Source {
         let consuming = shutdown.clone();
         // A thread of its own rather than one of tokio's blocking pool: its priority is
         // lowered (`yield_to_serving`), and a pooled thread would carry that over to a later
-        // /metrics rendering or the final checkpoint.
+        // /metrics rendering or the final checkpoint. The source is handed over only once the
+        // thread runs, so that if it cannot start, the source still consumes (on the pool, at
+        // the default priority) and still closes.
         let (done, finished) = tokio::sync::oneshot::channel();
+        let (hand_over, source) = std::sync::mpsc::sync_channel::<Source>(1);
         let nice = self.nice;
         let spawned = std::thread::Builder::new()
             .name(CONSUMING_THREAD.into())
             .spawn(move || {
+                let Ok(source) = source.recv() else { return };
                 yield_to_serving(nice);
-                self.consume(&consuming);
-                let _ = done.send(self);
+                source.consume(&consuming);
+                let _ = done.send(source);
             });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the consuming thread");
-            return;
-        }
+        let finished = match spawned {
+            Ok(_) => {
+                // The receiver lives until the thread has taken the source.
+                let _ = hand_over.send(self);
+                finished
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the consuming thread; consuming on a pooled one");
+                let (done, finished) = tokio::sync::oneshot::channel();
+                tokio::task::spawn_blocking(move || {
+                    self.consume(&shutdown);
+                    let _ = done.send(self);
+                });
+                finished
+            }
+        };
         let Ok(source) = finished.await else {
             tracing::error!("the consuming thread panicked");
             return;
@@ -635,7 +660,7 @@ impl Source {
 pub const CONSUMING_THREAD: &str = "ecom-consume";
 
 /// Lowers the calling thread's scheduling priority to `nice` (`kafka.consumer_nice`; on
-/// Linux a nice value is per thread), so that while the consumer catches up at full speed on a
+/// Linux a nice value is per thread) unless it already is that low, so that while the consumer catches up at full speed on a
 /// busy machine (a restart, a backlog) the service's other threads get the CPU first: /metrics,
 /// /readyz and /healthz answer in their usual time, and a Kubernetes probe does not time out
 /// and restart the pod in the middle of its catch-up. Catching up is throughput work; it takes
@@ -643,11 +668,16 @@ pub const CONSUMING_THREAD: &str = "ecom-consume";
 /// orders only the container's own threads. Failing to lower it is harmless.
 pub fn yield_to_serving(nice: u8) {
     #[cfg(target_os = "linux")]
-    if nice > 0
-        && let Err(e) =
-            rustix::process::setpriority_process(Some(rustix::thread::gettid()), i32::from(nice))
     {
-        tracing::warn!(error = %e, nice, "cannot lower the consuming thread's priority");
+        let me = Some(rustix::thread::gettid());
+        // A service started niced already yields at least this much: never ask for a raise,
+        // which an unprivileged process may not have.
+        let current = rustix::process::getpriority_process(me).unwrap_or(0);
+        if i32::from(nice) > current
+            && let Err(e) = rustix::process::setpriority_process(me, i32::from(nice))
+        {
+            tracing::warn!(error = %e, nice, "cannot lower the consuming thread's priority");
+        }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = nice;
@@ -994,6 +1024,16 @@ mod tests {
         assert!(before < 10, "the test itself runs at nice {before}");
         assert_eq!(lowered, 10);
         assert_eq!(after, before);
+        // A thread already lower keeps its value: no raise is asked for.
+        let kept = std::thread::spawn(move || {
+            let me = Some(rustix::thread::gettid());
+            rustix::process::setpriority_process(me, 15).unwrap();
+            yield_to_serving(10);
+            nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(kept, 15);
     }
 
     fn context() -> SourceContext {
@@ -1011,6 +1051,7 @@ mod tests {
             pipeline,
             shutdown: CancellationToken::new(),
             error_log: RateLimit::new(Duration::from_secs(10)),
+            stats_log: RateLimit::new(Duration::from_secs(60)),
             redactor: config.kafka.properties.redactor(),
             logged_state: AtomicU8::new(0),
             lags: Default::default(),
