@@ -350,7 +350,7 @@ mod fast {
 
     fn parse_into<'a>(bytes: &'a [u8], raw: &mut RawEvent<'a>) -> Option<()> {
         // One UTF-8 check for the whole value; slices cut at ASCII delimiters stay valid.
-        let text = std::str::from_utf8(bytes).ok()?;
+        let text = simdutf8::basic::from_utf8(bytes).ok()?;
         let b = text.as_bytes();
         let mut i = ws(b, 0);
         if b.get(i) != Some(&b'{') {
@@ -1149,6 +1149,23 @@ mod tests {
                 .reason,
             MalformedJson
         );
+        // Bytes that are not UTF-8 anywhere in the value: past the first 64 bytes (where the
+        // validator works a block at a time), in a field that is otherwise ignored.
+        let visit = r#"{"type":"visit","event_id":"v-1","timestamp":1763798400000,"campaign":"spring_sale","channel":"paid_social","device":"CUT"}"#;
+        let (head, tail) = visit.split_once("CUT").unwrap();
+        for bad in [&[0xffu8][..], &[0xc3], &[0xe2, 0x82], &[0xed, 0xa0, 0x80]] {
+            let value = [head.as_bytes(), bad, tail.as_bytes()].concat();
+            assert_eq!(
+                decoder().decode(&value, RECORD_TS).unwrap_err().reason,
+                MalformedJson,
+                "{bad:?}"
+            );
+        }
+        // Multi-byte characters that are UTF-8 pass, escaped or not.
+        let ok = visit
+            .replace("CUT", "t\\u00e9l\u{e9}phone \u{1f4f1}")
+            .replace("spring_sale", "\u{e9}t\u{e9}");
+        assert!(decoder().decode(ok.as_bytes(), RECORD_TS).is_ok());
     }
 
     #[test]
