@@ -118,9 +118,7 @@ impl SourceContext {
     }
 
     fn warn_limited(&self, what: &str, error: &dyn fmt::Display) {
-        if let Some(suppressed) = self.error_log.check() {
-            tracing::warn!(error = %error, suppressed, "{what}");
-        }
+        warn_within(&self.error_log, what, error);
     }
 
     /// Connection state and consumer lag from a statistics report; partitions whose target
@@ -250,6 +248,14 @@ impl SourceContext {
     }
 }
 
+/// Logs `what` as a warning unless `limit` has let one through lately; the next one that goes
+/// through says how many were suppressed.
+fn warn_within(limit: &RateLimit, what: &str, error: &dyn fmt::Display) {
+    if let Some(suppressed) = limit.check() {
+        tracing::warn!(error = %error, suppressed, "{what}");
+    }
+}
+
 /// Checkpoints `tps` and commits the offsets the checkpoints reach. Blocking.
 fn save_and_commit<C: Consumer<SourceContext>>(
     consumer: &C,
@@ -340,9 +346,7 @@ impl ClientContext for SourceContext {
             Ok(report) => self.on_stats(&report),
             Err(e) => {
                 self.telemetry.kafka_error("statistics");
-                if let Some(suppressed) = self.stats_log.check() {
-                    tracing::warn!(error = %e, suppressed, "cannot read librdkafka's statistics");
-                }
+                warn_within(&self.stats_log, "cannot read librdkafka's statistics", &e);
             }
         }
     }
@@ -524,45 +528,43 @@ impl Source {
             self.checkpoint_interval,
             shutdown.clone(),
         ));
-        let consuming = shutdown.clone();
         // A thread of its own rather than one of tokio's blocking pool: its priority is
         // lowered (`yield_to_serving`), and a pooled thread would carry that over to a later
         // /metrics rendering or the final checkpoint. The source is handed over only once the
         // thread runs, so that if it cannot start, the source still consumes (on the pool, at
         // the default priority) and still closes.
         let (done, finished) = tokio::sync::oneshot::channel();
-        let (hand_over, source) = std::sync::mpsc::sync_channel::<Source>(1);
-        let nice = self.nice;
+        let (hand_over, taken) = std::sync::mpsc::sync_channel::<(Source, Done)>(1);
+        let consuming = shutdown.clone();
         let spawned = std::thread::Builder::new()
             .name(CONSUMING_THREAD.into())
             .spawn(move || {
-                let Ok(source) = source.recv() else { return };
-                yield_to_serving(nice);
-                source.consume(&consuming);
-                let _ = done.send(source);
+                if let Ok((source, done)) = taken.recv() {
+                    yield_to_serving(source.nice);
+                    source.consume_then_return(&consuming, done);
+                }
             });
-        let finished = match spawned {
-            Ok(_) => {
-                // The receiver lives until the thread has taken the source.
-                let _ = hand_over.send(self);
-                finished
-            }
+        match spawned {
+            // The receiver lives until the thread has taken the source.
+            Ok(_) => drop(hand_over.send((self, done))),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the consuming thread; consuming on a pooled one");
-                let (done, finished) = tokio::sync::oneshot::channel();
-                tokio::task::spawn_blocking(move || {
-                    self.consume(&shutdown);
-                    let _ = done.send(self);
-                });
-                finished
+                let consuming = shutdown.clone();
+                tokio::task::spawn_blocking(move || self.consume_then_return(&consuming, done));
             }
-        };
+        }
         let Ok(source) = finished.await else {
             tracing::error!("the consuming thread panicked");
             return;
         };
         let _ = checkpointer.await;
         source.close().await;
+    }
+
+    /// Consumes until `shutdown`, then gives the source back to `run` for its close.
+    fn consume_then_return(self, shutdown: &CancellationToken, done: Done) {
+        self.consume(shutdown);
+        let _ = done.send(self);
     }
 
     /// The consuming thread: poll, apply, repeat. Rebalance, statistics and error callbacks
@@ -656,14 +658,17 @@ impl Source {
     }
 }
 
+/// How the consuming thread gives the source back when it is done.
+type Done = tokio::sync::oneshot::Sender<Source>;
+
 /// The consuming thread's name, as `ps -L`, `top -H` and profilers show it.
 pub const CONSUMING_THREAD: &str = "ecom-consume";
 
 /// Lowers the calling thread's scheduling priority to `nice` (`kafka.consumer_nice`; on
-/// Linux a nice value is per thread) unless it already is that low, so that while the consumer catches up at full speed on a
-/// busy machine (a restart, a backlog) the service's other threads get the CPU first: /metrics,
-/// /readyz and /healthz answer in their usual time, and a Kubernetes probe does not time out
-/// and restart the pod in the middle of its catch-up. Catching up is throughput work; it takes
+/// Linux a nice value is per thread) unless it already is that low, so that while the
+/// consumer catches up at full speed on a busy machine (a restart, a backlog) the service's
+/// other threads get the CPU first: /metrics, /readyz and /healthz answer in their usual time,
+/// and a Kubernetes probe does not time out and restart the pod in the middle of its catch-up. Catching up is throughput work; it takes
 /// whatever CPU they leave, which is nearly all of it. Within a container's cgroup the value
 /// orders only the container's own threads. Failing to lower it is harmless.
 pub fn yield_to_serving(nice: u8) {

@@ -166,7 +166,7 @@ fn worked_examples_come_out_exact_in_every_window() {
     let base = threads.iter().find(|(tid, ..)| *tid == pid).unwrap().2;
     let (consuming, others): (Vec<_>, Vec<_>) = threads
         .iter()
-        .partition(|(_, name, _)| name == "ecom-consume");
+        .partition(|(_, name, _)| name == ecom_pulse::source::CONSUMING_THREAD);
     assert_eq!(consuming.len(), 1, "{threads:?}");
     assert_eq!(consuming[0].2, base.max(10), "{threads:?}");
     assert!(others.iter().all(|t| t.2 == base), "{threads:?}");
