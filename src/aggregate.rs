@@ -93,6 +93,12 @@ impl Cell for VisitCell {
     fn sub_from_total(&self, total: &mut u64) {
         *total -= u64::from(self.0);
     }
+    fn fits(&self, other: &Self) -> bool {
+        self.0.fits(&other.0)
+    }
+    fn fits_under(total: &u64, other: &Self) -> bool {
+        u32::fits_under(total, &other.0)
+    }
 }
 
 impl Counted for VisitCell {
@@ -134,6 +140,16 @@ impl Cell for OrderCell {
         total.new_customers -= u64::from(self.new_customers);
         total.gmv_micros -= u128::from(self.gmv_micros);
     }
+    fn fits(&self, other: &Self) -> bool {
+        self.orders.fits(&other.orders)
+            && self.new_customers.fits(&other.new_customers)
+            && self.gmv_micros.fits(&other.gmv_micros)
+    }
+    fn fits_under(total: &OrderTotal, other: &Self) -> bool {
+        u32::fits_under(&total.orders, &other.orders)
+            && u32::fits_under(&total.new_customers, &other.new_customers)
+            && u64::fits_under(&total.gmv_micros, &other.gmv_micros)
+    }
 }
 
 impl Counted for OrderCell {
@@ -158,6 +174,12 @@ impl Cell for SpendCell {
     }
     fn sub_from_total(&self, total: &mut u128) {
         *total -= u128::from(self.0);
+    }
+    fn fits(&self, other: &Self) -> bool {
+        self.0.fits(&other.0)
+    }
+    fn fits_under(total: &u128, other: &Self) -> bool {
+        u64::fits_under(total, &other.0)
     }
 }
 
@@ -291,22 +313,50 @@ impl<'de> Deserialize<'de> for KeyState {
     }
 }
 
+fn order_cell(event: &Event<'_>) -> OrderCell {
+    OrderCell {
+        orders: 1,
+        new_customers: u32::from(event.new_customer),
+        gmv_micros: event.amount_micros,
+    }
+}
+
+/// True when the series (if any) takes `cell` at `at_ms` without a bucket saturating.
+fn has_room_for<C: Cell>(
+    series: &Option<Box<Series<C>>>,
+    windows: &Windows,
+    at_ms: i64,
+    now_ms: i64,
+    cell: C,
+) -> bool {
+    series
+        .as_ref()
+        .is_none_or(|s| s.has_room_for(windows, at_ms, now_ms, &cell))
+}
+
 impl KeyState {
     /// Counts the event and returns the windows it was too late for.
     fn add(&mut self, windows: &Windows, event: &Event<'_>, at_ms: i64, now_ms: i64) -> u32 {
         match event.kind {
             EventType::Visit => count(&mut self.visits, windows, at_ms, now_ms, VisitCell(1)),
-            EventType::Order => {
-                let cell = OrderCell {
-                    orders: 1,
-                    new_customers: u32::from(event.new_customer),
-                    gmv_micros: event.amount_micros,
-                };
-                count(&mut self.orders, windows, at_ms, now_ms, cell)
-            }
+            EventType::Order => count(&mut self.orders, windows, at_ms, now_ms, order_cell(event)),
             EventType::AdSpend => {
                 let cell = SpendCell(event.amount_micros);
                 count(&mut self.ad_spend, windows, at_ms, now_ms, cell)
+            }
+        }
+    }
+
+    /// True when `add` would saturate no bucket (see [`Series::has_room_for`]).
+    fn has_room_for(&self, windows: &Windows, event: &Event<'_>, at_ms: i64, now_ms: i64) -> bool {
+        match event.kind {
+            EventType::Visit => has_room_for(&self.visits, windows, at_ms, now_ms, VisitCell(1)),
+            EventType::Order => {
+                has_room_for(&self.orders, windows, at_ms, now_ms, order_cell(event))
+            }
+            EventType::AdSpend => {
+                let cell = SpendCell(event.amount_micros);
+                has_room_for(&self.ad_spend, windows, at_ms, now_ms, cell)
             }
         }
     }
@@ -348,6 +398,15 @@ impl KeyState {
     /// The monotonic counters.
     pub fn totals(&self) -> Sums {
         self.sum(|s, sums| s.all_time(sums))
+    }
+
+    /// The event types this key has counted.
+    pub fn counted(&self) -> EventTypes {
+        EventTypes {
+            visits: self.visits.is_some(),
+            orders: self.orders.is_some(),
+            ad_spend: self.ad_spend.is_some(),
+        }
     }
 
     /// After a restore: rebuilds the running totals of the rings that were saved under
@@ -392,6 +451,10 @@ pub struct PartitionState {
     next_offset: i64,
     /// Newest event time accepted (the partition's watermark); `i64::MIN` before any.
     watermark_ms: i64,
+    /// This partition's share of `limits.max_keys` (see [`Pipeline::key_share`]); `None`:
+    /// all of it. Set on every take-over, not saved.
+    #[serde(skip)]
+    key_share: Option<usize>,
 }
 
 /// A [`PartitionState`] as checkpoints of format 3 hold it: only its de-duplication ids are
@@ -411,6 +474,7 @@ impl From<PartitionStateV3> for PartitionState {
             dedup: v3.dedup.into(),
             next_offset: v3.next_offset,
             watermark_ms: v3.watermark_ms,
+            key_share: None,
         }
     }
 }
@@ -422,7 +486,18 @@ impl PartitionState {
             dedup,
             next_offset: 0,
             watermark_ms: i64::MIN,
+            key_share: None,
         }
+    }
+
+    /// Sets how many keys this partition may hold before new ones fold into "(other)".
+    pub fn set_key_share(&mut self, keys: usize) {
+        self.key_share = Some(keys);
+    }
+
+    /// The keys this partition may hold under `limits`.
+    fn max_keys(&self, limits: &Limits) -> usize {
+        self.key_share.unwrap_or(limits.max_keys)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = (&Key, &KeyState)> {
@@ -478,17 +553,17 @@ impl PartitionState {
     ) -> (&mut KeyState, bool) {
         let campaign = clean_label(campaign, limits.max_label_bytes);
         let channel = clean_label(channel, limits.max_label_bytes);
-        let (campaign, channel, folded): (&str, &str, bool) = if self.keys.len() < limits.max_keys
-            || self.keys.contains_key(&KeyRef(&campaign, &channel))
-        {
-            (&campaign, &channel, false)
-        } else if self.keys.len() < limits.max_keys + OTHER_CHANNELS
-            || self.keys.contains_key(&KeyRef(OTHER, &channel))
-        {
-            (OTHER, &channel, true)
-        } else {
-            (OTHER, OTHER, true)
-        };
+        let max_keys = self.max_keys(limits);
+        let (campaign, channel, folded): (&str, &str, bool) =
+            if self.keys.len() < max_keys || self.keys.contains_key(&KeyRef(&campaign, &channel)) {
+                (&campaign, &channel, false)
+            } else if self.keys.len() < max_keys + OTHER_CHANNELS
+                || self.keys.contains_key(&KeyRef(OTHER, &channel))
+            {
+                (OTHER, &channel, true)
+            } else {
+                (OTHER, OTHER, true)
+            };
         if !self.keys.contains_key(&KeyRef(campaign, channel)) {
             self.keys
                 .insert(Key::new(campaign, channel), KeyState::default());
@@ -504,7 +579,7 @@ impl PartitionState {
     /// "(other)" keys always do) the merged counter would step down, which Prometheus reads
     /// as a reset. For the same reason the "(other)" keys themselves are never evicted.
     pub fn evict_idle(&mut self, windows: &Windows, limits: &Limits, now_ms: i64) -> usize {
-        if self.keys.len() < limits.max_keys {
+        if self.keys.len() < self.max_keys(limits) {
             return 0;
         }
         let before = self.keys.len();
@@ -597,6 +672,15 @@ pub fn clean_label(value: &str, max: usize) -> Cow<'_, str> {
 }
 
 impl Pipeline {
+    /// The keys one partition of a topic with `partitions` partitions may hold: an equal share
+    /// of `limits.max_keys`, so that an instance holds at most `max_keys` keys of each topic
+    /// whatever partitions it owns (Prometheus' cardinality is what the limit protects), and
+    /// which keys fold into "(other)" depends only on the partition's own events, so a
+    /// replay folds the same ones.
+    pub fn key_share(&self, partitions: usize) -> usize {
+        (self.limits.max_keys / partitions.max(1)).max(1)
+    }
+
     pub fn new_partition(&self) -> PartitionState {
         PartitionState::new(Dedup::new(self.dedup_horizon_ms, self.dedup_max_ids))
     }
@@ -620,10 +704,12 @@ impl Pipeline {
     /// Applies a decoded event.
     pub fn apply(&self, state: &mut PartitionState, event: &Event<'_>, now_ms: i64) -> Outcome {
         let ts = event.timestamp_ms;
-        if ts <= now_ms - self.windows.longest_ms() {
+        // In no window's buckets any more, so it could change no exported value: counting it
+        // in the `*_total` counters alone would make them disagree with the windows.
+        if self.windows.too_late(ts, now_ms) {
             return Outcome::Rejected(Rejection {
                 reason: Reason::TooLate,
-                detail: "older than the longest window",
+                detail: "older than the oldest bucket of the longest window",
             });
         }
         if ts > now_ms + self.max_future_skew_ms {
@@ -632,14 +718,37 @@ impl Pipeline {
                 detail: "further in the future than windows.max_future_skew",
             });
         }
-        if !state.dedup.insert(event.id_hash, ts) {
-            return Outcome::Duplicate;
-        }
+        self.apply_in_time(state, event, now_ms)
+    }
+
+    /// `apply` for an event whose time is known to be acceptable.
+    pub(crate) fn apply_in_time(
+        &self,
+        state: &mut PartitionState,
+        event: &Event<'_>,
+        now_ms: i64,
+    ) -> Outcome {
+        let ts = event.timestamp_ms;
         // Within the allowed skew, a future event counts as arriving now.
         let at = ts.min(now_ms);
         // One probe for a known key. (Here rather than in `new_key_mut`: a function returning
         // the hit could not go on to use the table on a miss, and needed a second lookup.)
-        let (key, folded) = match state.keys.get_mut(&KeyRef(&event.campaign, &event.channel)) {
+        let known = state.keys.get_mut(&KeyRef(&event.campaign, &event.channel));
+        // Refused before its id is remembered, like every rejection. A new key's buckets are
+        // empty, and one event always fits one.
+        if known
+            .as_ref()
+            .is_some_and(|ks| !ks.has_room_for(&self.windows, event, at, now_ms))
+        {
+            return Outcome::Rejected(Rejection {
+                reason: Reason::InvalidValue,
+                detail: "amount (a window bucket would overflow)",
+            });
+        }
+        if !state.dedup.insert(event.id_hash, ts) {
+            return Outcome::Duplicate;
+        }
+        let (key, folded) = match known {
             Some(key) => (key, false),
             None => state.new_key_mut(&event.campaign, &event.channel, &self.limits),
         };
@@ -774,16 +883,33 @@ impl Store {
 
     /// Merges every partition into one row per key, read at `now_ms`.
     pub fn snapshot(&self, windows: &Windows, now_ms: i64) -> Snapshot {
-        self.snapshot_with(windows, now_ms, true)
+        self.snapshot_with(windows, now_ms, true, None)
     }
 
-    /// As `snapshot`, without the preceding windows (all zero): what `/metrics` and the API
-    /// show, for a quarter less reading per scrape.
+    /// As `snapshot`, without the preceding windows (all zero): what the API shows, for a
+    /// quarter less reading.
     pub fn snapshot_current(&self, windows: &Windows, now_ms: i64) -> Snapshot {
-        self.snapshot_with(windows, now_ms, false)
+        self.snapshot_with(windows, now_ms, false, None)
     }
 
-    fn snapshot_with(&self, windows: &Windows, now_ms: i64, previous: bool) -> Snapshot {
+    /// As `snapshot_current`, with each partition's own counters ([`Snapshot::counters`])
+    /// for the partitions `exported` accepts: what `/metrics` shows.
+    pub fn snapshot_for_metrics(
+        &self,
+        windows: &Windows,
+        now_ms: i64,
+        exported: &dyn Fn(&TopicPartition) -> bool,
+    ) -> Snapshot {
+        self.snapshot_with(windows, now_ms, false, Some(exported))
+    }
+
+    fn snapshot_with(
+        &self,
+        windows: &Windows,
+        now_ms: i64,
+        previous: bool,
+        exported: Option<&dyn Fn(&TopicPartition) -> bool>,
+    ) -> Snapshot {
         /// Keys whose series are read ahead together (see `merge`).
         const TOUCH_AHEAD: usize = 8;
         // Merged in a hash map and sorted once at the end: a B-tree lookup per key and
@@ -793,7 +919,12 @@ impl Store {
         // moves them all, several times over.
         let mut rows: hashbrown::HashMap<Key, Row> =
             hashbrown::HashMap::with_capacity(self.rows_hint.load(Ordering::Relaxed));
-        let mut merge = |state: &PartitionState| {
+        let mut counters = Vec::new();
+        let mut merge = |tp: &TopicPartition, state: &PartitionState| {
+            let mut own = exported.filter(|keep| keep(tp)).map(|_| PartitionCounters {
+                tp: tp.clone(),
+                keys: Vec::with_capacity(state.keys.len()),
+            });
             let mut keys = state.keys().fuse();
             loop {
                 // Read one key at a time, the core waits for each key's series (separate
@@ -830,8 +961,15 @@ impl Store {
                             row.previous[w] += &ks.previous_sums(windows, w, now_ms);
                         }
                     }
-                    row.totals += &ks.totals();
+                    let totals = ks.totals();
+                    row.totals += &totals;
+                    if let Some(own) = own.as_mut() {
+                        own.keys.push((key.clone(), totals, ks.counted()));
+                    }
                 }
+            }
+            if let Some(own) = own {
+                counters.push(own);
             }
         };
         // A partition the consumer is writing (it takes the lock for one message at a time)
@@ -841,13 +979,13 @@ impl Store {
         // lost 3-4.5 ms there on one or two partitions. One still taken after that means its
         // writer was preempted, and then waiting is right.
         let mut busy = Vec::new();
-        for (_, partition) in &partitions {
+        for (tp, partition) in &partitions {
             match partition.try_read() {
-                Some(state) => merge(&state),
-                None => busy.push(partition),
+                Some(state) => merge(tp, &state),
+                None => busy.push((tp, partition)),
             }
         }
-        for partition in busy {
+        for (tp, partition) in busy {
             let state = (0..1_000)
                 .find_map(|_| {
                     let state = partition.try_read();
@@ -857,16 +995,37 @@ impl Store {
                     state
                 })
                 .unwrap_or_else(|| partition.read());
-            merge(&state);
+            merge(tp, &state);
         }
+        counters.sort_unstable_by(|a, b| a.tp.cmp(&b.tp));
         self.rows_hint.store(rows.len(), Ordering::Relaxed);
         let mut sorted: Vec<(Key, Row)> = rows.into_iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // From sorted input, the B-tree is built in one linear pass.
         Snapshot {
             rows: sorted.into_iter().collect(),
+            counters,
         }
     }
+}
+
+/// One partition's counters per key, as `/metrics` exports them: a counter belongs to the
+/// partition whose events it counts, so it moves with the partition on a rebalance and never
+/// steps down where it is exported (see `export::metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionCounters {
+    pub tp: TopicPartition,
+    /// Each key's counters and the event types it has counted.
+    pub keys: Vec<(Key, Sums, EventTypes)>,
+}
+
+/// Which event types a key of a partition has counted: a counter is exported only for those,
+/// so a partition of visits does not add a zero `ecom_orders_total` for each of its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventTypes {
+    pub visits: bool,
+    pub orders: bool,
+    pub ad_spend: bool,
 }
 
 /// One key's merged sums.
@@ -899,6 +1058,8 @@ impl Row {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub rows: BTreeMap<Key, Row>,
+    /// Per partition, sorted by partition (only in [`Store::snapshot_for_metrics`]).
+    pub counters: Vec<PartitionCounters>,
 }
 
 /// How to roll keys up in `/api/v1/kpis` (`group_by`).
@@ -1154,6 +1315,86 @@ mod tests {
         ));
         let (_, ks) = st.keys().next().unwrap();
         assert_eq!(ks.window_sums(&p.windows, 0, T0).visits, 1);
+    }
+
+    /// The longest window starts at its oldest bucket, up to one bucket width (24 min for
+    /// 24h) later than `now - 24h`: an event between the two is in no window, so it is
+    /// `too_late` rather than counted in the counters alone.
+    #[test]
+    fn too_late_means_in_no_window() {
+        let p = pipeline();
+        let mut st = p.new_partition();
+        let now = T0 + 30_000; // T0 starts a 24-minute bucket
+        let start = T0 - 59 * 24 * MIN; // the 24h window's oldest bucket at `now`
+        let before = visit("before", start - 1, "a");
+        let reason = |o: Outcome| match o {
+            Outcome::Rejected(r) => Some(r.reason),
+            _ => None,
+        };
+        assert!(
+            start - 1 > now - 24 * 60 * MIN,
+            "newer than the window length"
+        );
+        assert_eq!(
+            reason(p.process(&mut st, before.as_bytes(), now, now)),
+            Some(Reason::TooLate)
+        );
+        let first = visit("first", start, "a");
+        assert!(matches!(
+            p.process(&mut st, first.as_bytes(), now, now),
+            Outcome::Accepted { late: 0b011, .. }
+        ));
+        let (_, ks) = st.keys().next().unwrap();
+        assert_eq!(ks.totals().visits, 1);
+        assert_eq!(ks.window_sums(&p.windows, 2, now).visits, 1);
+    }
+
+    /// An amount that would saturate a window bucket is refused, so a window never holds
+    /// less than the counter says; its id stays free.
+    #[test]
+    fn a_bucket_never_saturates_while_the_counter_goes_on() {
+        let p = pipeline();
+        let mut st = p.new_partition();
+        let big = |id: &str, ts: i64| order(id, ts, "a", "1e12", false);
+        // 10^12 units is 10^18 micro-units: eighteen fill a bucket's u64 (1.8·10^19) ...
+        for i in 0..18 {
+            let m = big(&format!("o{i}"), T0);
+            assert!(matches!(
+                p.process(&mut st, m.as_bytes(), T0, T0),
+                Outcome::Accepted { .. }
+            ));
+        }
+        // ... and a nineteenth would overflow it.
+        let reason = |o: Outcome| match o {
+            Outcome::Rejected(r) => Some(r.reason),
+            _ => None,
+        };
+        let m = big("o18", T0);
+        assert_eq!(
+            reason(p.process(&mut st, m.as_bytes(), T0, T0)),
+            Some(Reason::InvalidValue)
+        );
+        let (_, ks) = st.keys().next().unwrap();
+        assert_eq!(ks.totals().orders, 18);
+        for w in 0..3 {
+            assert_eq!(ks.window_sums(&p.windows, w, T0), ks.totals(), "window {w}");
+        }
+        // A small order still fits, and the refused id was not remembered: in the next
+        // 24-minute bucket (all fresh) it counts.
+        let small = order("small", T0, "a", "1", false);
+        assert!(matches!(
+            p.process(&mut st, small.as_bytes(), T0, T0),
+            Outcome::Accepted { .. }
+        ));
+        let later = T0 + 24 * MIN;
+        let m = big("o18", later);
+        assert!(matches!(
+            p.process(&mut st, m.as_bytes(), later, later),
+            Outcome::Accepted { .. }
+        ));
+        let (_, ks) = st.keys().next().unwrap();
+        assert_eq!(ks.totals().orders, 20);
+        assert_eq!(ks.window_sums(&p.windows, 2, later), ks.totals());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 pub const NONE_LABEL: &str = "(none)";
 /// Longest accepted `event_id`, in bytes.
 pub const MAX_EVENT_ID_BYTES: usize = 128;
-/// Largest accepted amount, in currency units. Keeps money sums far from overflow.
+/// Largest accepted amount, in units of the reporting currency (after conversion).
 pub const MAX_AMOUNT: f64 = 1e12;
 /// Money is carried as integer millionths of the reporting currency, so sums are exact and do
 /// not depend on the order events arrive in.
@@ -268,7 +268,12 @@ impl Decoder {
             .find(|(known, _)| code.eq_ignore_ascii_case(known))
             .map(|(_, rate)| *rate)
             .ok_or(reject(Reason::UnknownCurrency, "currency"))?;
-        Ok((micros as f64 * rate).round() as u64)
+        // The cap holds after conversion too: a float-to-integer `as` would saturate silently.
+        let converted = (micros as f64 * rate).round();
+        if converted > MAX_AMOUNT * MICROS_PER_UNIT {
+            return Err(reject(Reason::InvalidValue, "amount"));
+        }
+        Ok(converted as u64)
     }
 }
 
@@ -926,6 +931,21 @@ mod tests {
         assert_eq!(jpy.amount_micros, 6_700_000);
         let usd = ok(r#"{"type":"order","event_id":"a","amount":5,"currency":"USD"}"#);
         assert_eq!(usd.amount_micros, 5_000_000);
+    }
+
+    /// The cap is on the reporting currency: an amount within it in its own currency but
+    /// above it once converted is refused, not clamped to the largest integer.
+    #[test]
+    fn the_amount_cap_holds_after_conversion() {
+        let at_cap = ok(r#"{"type":"order","event_id":"a","amount":1e12,"currency":"JPY"}"#);
+        assert_eq!(at_cap.amount_micros, 6_700_000_000_000_000);
+        let rejected =
+            rejected(r#"{"type":"order","event_id":"a","amount":1e12,"currency":"EUR"}"#);
+        assert_eq!(rejected, reject(Reason::InvalidValue, "amount"));
+        let just_under = 1e12 / 1.08;
+        let json =
+            format!(r#"{{"type":"order","event_id":"a","amount":{just_under},"currency":"EUR"}}"#);
+        assert!(ok(&json).amount_micros <= 1_000_000_000_000_000_000);
     }
 
     #[test]

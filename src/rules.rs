@@ -111,6 +111,7 @@ pub fn render(config: &Config) -> String {
             format!("{level}:ecom_clv:ratio / ({level}:ecom_cac:ratio > 0)"),
         );
     }
+    render_counters(&mut out);
     if !rules.is_empty() {
         out.push_str("  - name: ecom-pulse-alerts\n    rules:\n");
         for rule in &rules {
@@ -118,6 +119,41 @@ pub fn render(config: &Config) -> String {
         }
     }
     out
+}
+
+/// The counters, one per key and input partition.
+const COUNTERS: [&str; 5] = [
+    "ecom_visits_total",
+    "ecom_orders_total",
+    "ecom_new_customers_total",
+    "ecom_gmv_total",
+    "ecom_ad_spend_total",
+];
+
+/// The series of a counter that follows its partition across instances.
+pub fn partition_counter(counter: &str) -> String {
+    format!("campaign_channel_partition:{counter}:max")
+}
+
+/// A counter series belongs to one input partition, which one instance exports at a time and
+/// which moves between instances on a rebalance. Taking the instance away gives one series
+/// per partition that goes on across moves, so `increase()` over it counts what happened
+/// while the partition changed hands (over the instances' own series it would miss what came
+/// between the old owner's last scrape and the new one's first). `max`, not `sum`: while a
+/// member that lost its partitions has not noticed yet, two may export the same one for a
+/// moment, the new owner at or above the old.
+fn render_counters(out: &mut String) {
+    out.push_str("  - name: ecom-pulse-counters\n    rules:\n");
+    for counter in COUNTERS {
+        let _ = writeln!(out, "      - record: {}", partition_counter(counter));
+        let _ = writeln!(
+            out,
+            "        expr: {}",
+            q(&format!(
+                "max by (campaign, channel, topic, partition) ({counter})"
+            ))
+        );
+    }
 }
 
 /// The same rules as a Prometheus Operator `PrometheusRule` (deploy/k8s/prometheusrule.yaml).
@@ -358,6 +394,31 @@ pub fn render_tests(config: &Config, rules_file: &str) -> String {
                 }
             }
         }
+    }
+
+    // Counters: a partition exported by one instance, then (after a rebalance, from a higher
+    // value) by another. Over the recorded series, increase() counts all of it.
+    let counter = COUNTERS[0];
+    let labels = "campaign=\"spring\",channel=\"social\",topic=\"visits\",partition=\"0\"";
+    let _ = writeln!(
+        out,
+        "  - name: counters follow their partition across instances\n    interval: 1m\n    input_series:\n      - series: {}\n        values: \"0+10x5 stale\"\n      - series: {}\n        values: \"_x6 70+10x4\"\n    promql_expr_test:",
+        q(&format!("{counter}{{instance=\"i1\",{labels}}}")),
+        q(&format!("{counter}{{instance=\"i2\",{labels}}}")),
+    );
+    for (expr, value) in [
+        (
+            format!("increase({}[10m])", partition_counter(counter)),
+            110,
+        ),
+        (format!("resets({}[10m])", partition_counter(counter)), 0),
+    ] {
+        let _ = writeln!(
+            out,
+            "      - expr: {}\n        eval_time: 10m\n        exp_samples:\n          - labels: {}\n            value: {value}",
+            q(&expr),
+            q(&format!("{{{labels}}}"))
+        );
     }
 
     // Alerting rules: for each, a key that breaches it (held long enough) and one that does not.

@@ -125,6 +125,10 @@ impl SourceContext {
     /// was unknown at assignment are marked caught up once they reach the high watermark.
     fn on_stats(&self, report: &stats::Stats<'_>) {
         self.set_connected(report.connected());
+        for (topic, partitions) in report.partition_counts() {
+            self.health.set_topic_partitions(topic, partitions);
+        }
+        let now = crate::now_ms();
         let mut last = self.lags.lock();
         let mut lags = BTreeMap::new();
         for tp in self.health.assigned() {
@@ -142,9 +146,11 @@ impl SourceContext {
                 }
                 continue;
             };
-            if hi_offset >= 0 {
-                lags.insert(tp.clone(), (hi_offset - next).max(0));
+            let lag = (hi_offset >= 0).then(|| (hi_offset - next).max(0));
+            if let Some(lag) = lag {
+                lags.insert(tp.clone(), lag);
             }
+            self.health.flow(&tp, next, lag, now);
             // A partition whose target was unknown at assignment is caught up once everything
             // up to the high watermark has been fetched and applied.
             if self
@@ -184,13 +190,14 @@ impl SourceContext {
                 }
             }
         };
+        self.learn_partition_counts(consumer, tps);
         let mut starts = Vec::with_capacity(tps.len());
         let mut progress = Vec::with_capacity(tps.len());
         for tp in tps {
             let watermarks = consumer
                 .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))
                 .ok();
-            let (state, start, how) = match loaded.remove(tp) {
+            let (mut state, start, how) = match loaded.remove(tp) {
                 Some(l) => {
                     let mut state = l.state;
                     let how = if state.reconfigure(&self.pipeline, &l.geometry) {
@@ -217,6 +224,13 @@ impl SourceContext {
                 }
             };
             self.telemetry.restored(how);
+            // Until the metadata is known, the assignment's own partitions of the topic: a
+            // larger share than the exact one, never a smaller one.
+            let partitions = self
+                .health
+                .topic_partitions(&tp.topic)
+                .unwrap_or_else(|| tps.iter().filter(|other| other.topic == tp.topic).count());
+            state.set_key_share(self.pipeline.key_share(partitions));
             let target = watermarks.map(|(_, high)| high);
             let caught_up = target.is_some_and(|t| state.next_offset() >= t);
             tracing::info!(
@@ -232,6 +246,28 @@ impl SourceContext {
         }
         self.health.assign(&progress);
         Some(starts)
+    }
+
+    /// Makes sure the partition counts of the assigned partitions' topics are known (the
+    /// statistics report them each second, but the first assignment can come before the
+    /// first report): they set each partition's share of `limits.max_keys`.
+    fn learn_partition_counts(&self, consumer: &BaseConsumer<Self>, tps: &[TopicPartition]) {
+        let unknown: std::collections::BTreeSet<&str> = tps
+            .iter()
+            .map(|tp| &*tp.topic)
+            .filter(|topic| self.health.topic_partitions(topic).is_none())
+            .collect();
+        for topic in unknown {
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+                Ok(metadata) => {
+                    for t in metadata.topics() {
+                        self.health
+                            .set_topic_partitions(t.name(), t.partitions().len());
+                    }
+                }
+                Err(e) => self.warn_limited("cannot read topic metadata", &e),
+            }
+        }
     }
 
     /// Forgets partitions this instance no longer owns.

@@ -466,6 +466,37 @@ pub struct Progress {
     pub caught_up: bool,
 }
 
+/// Which input partitions an instance's numbers come from, against all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    /// The partitions this instance holds.
+    pub held: Vec<TopicPartition>,
+    /// Partitions of the consumed topics, in the metadata; 0 while unknown.
+    pub total: usize,
+}
+
+impl Coverage {
+    /// True when this instance holds every partition of the consumed topics: its numbers
+    /// are the whole fleet's.
+    pub fn complete(&self) -> bool {
+        self.total > 0 && self.held.len() >= self.total
+    }
+}
+
+/// How an assigned partition moves: what the statistics last said of it, and when it last
+/// advanced. A partition that has lag but does not advance is stalled (an unreadable batch, a
+/// fetch the broker keeps failing), which nothing else shows: the consumer, readiness and the
+/// other partitions all carry on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// Messages behind the high watermark; `None` until a report gave it.
+    pub lag: Option<i64>,
+    /// Offset of the next message to apply, as last seen.
+    pub next_offset: i64,
+    /// Wall-clock time it was assigned or last seen to advance.
+    pub advanced_at_ms: i64,
+}
+
 /// Readiness: connection, assignment and catch-up.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -474,6 +505,10 @@ pub struct Health {
     restoring: AtomicBool,
     /// `None` until the group has given this instance its first assignment.
     assignment: Mutex<Option<BTreeMap<TopicPartition, Progress>>>,
+    /// Per assigned partition, from the statistics each second.
+    flows: Mutex<BTreeMap<TopicPartition, Flow>>,
+    /// Partition count of each consumed topic, as the client's metadata last had it.
+    topic_partitions: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Health {
@@ -491,11 +526,73 @@ impl Health {
 
     /// Records newly assigned (and already restored) partitions.
     pub fn assign(&self, partitions: &[(TopicPartition, Progress)]) {
+        let now = crate::now_ms();
         let mut assignment = self.assignment.lock();
         let map = assignment.get_or_insert_with(BTreeMap::new);
+        let mut flows = self.flows.lock();
         for (tp, progress) in partitions {
             map.insert(tp.clone(), *progress);
+            flows.insert(
+                tp.clone(),
+                Flow {
+                    lag: None,
+                    next_offset: i64::MIN,
+                    advanced_at_ms: now,
+                },
+            );
         }
+    }
+
+    /// Records a topic's partition count (a count of 0, a topic not known yet, is ignored).
+    pub fn set_topic_partitions(&self, topic: &str, partitions: usize) {
+        if partitions > 0 {
+            self.topic_partitions
+                .lock()
+                .insert(topic.to_string(), partitions);
+        }
+    }
+
+    /// The partition count of `topic`, if known.
+    pub fn topic_partitions(&self, topic: &str) -> Option<usize> {
+        self.topic_partitions.lock().get(topic).copied()
+    }
+
+    /// Every known partition of the consumed topics, and how many of them are assigned here.
+    pub fn coverage(&self) -> Coverage {
+        let total = self.topic_partitions.lock().values().sum();
+        let held = self.assigned();
+        Coverage { held, total }
+    }
+
+    /// Records a statistics report's view of an assigned partition at `now_ms`.
+    pub fn flow(&self, tp: &TopicPartition, next_offset: i64, lag: Option<i64>, now_ms: i64) {
+        if let Some(f) = self.flows.lock().get_mut(tp) {
+            // Nothing to read is not a stall: the clock starts when there is lag and the
+            // partition stops moving.
+            if next_offset > f.next_offset || lag.is_some_and(|l| l <= 0) {
+                f.advanced_at_ms = now_ms;
+            }
+            f.next_offset = f.next_offset.max(next_offset);
+            if lag.is_some() {
+                f.lag = lag;
+            }
+        }
+    }
+
+    /// Per assigned partition, how long it has had lag without advancing, at `now_ms` (zero
+    /// when it has no lag, or none is known yet).
+    pub fn stalled(&self, now_ms: i64) -> Vec<(TopicPartition, Duration)> {
+        self.flows
+            .lock()
+            .iter()
+            .map(|(tp, f)| {
+                let stalled = match f.lag {
+                    Some(lag) if lag > 0 => (now_ms - f.advanced_at_ms).max(0),
+                    _ => 0,
+                };
+                (tp.clone(), Duration::from_millis(stalled as u64))
+            })
+            .collect()
     }
 
     /// Marks the start of an assignment that may be empty (an idle group member).
@@ -508,6 +605,10 @@ impl Health {
             for tp in tps {
                 map.remove(tp);
             }
+        }
+        let mut flows = self.flows.lock();
+        for tp in tps {
+            flows.remove(tp);
         }
     }
 
@@ -530,6 +631,20 @@ impl Health {
             .lock()
             .as_ref()
             .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Assigned partitions that have caught up since they were assigned.
+    pub fn caught_up_partitions(&self) -> std::collections::BTreeSet<TopicPartition> {
+        self.assignment
+            .lock()
+            .as_ref()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, p)| p.caught_up)
+                    .map(|(tp, _)| tp.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -627,6 +742,36 @@ mod tests {
         assert_eq!(rl.check_at(t0 + Duration::from_secs(2)), None);
         assert_eq!(rl.check_at(t0 + Duration::from_secs(11)), Some(2));
         assert_eq!(rl.check_at(t0 + Duration::from_secs(12)), None);
+    }
+
+    /// Stalled means lag without progress: idling caught up is not, and neither is a
+    /// partition that keeps advancing however far behind it is.
+    #[test]
+    fn a_partition_is_stalled_only_while_it_has_lag_and_does_not_advance() {
+        let h = Health::default();
+        let tp = TopicPartition::new("visits", 0);
+        h.assign(&[(
+            tp.clone(),
+            Progress {
+                target: Some(0),
+                caught_up: true,
+            },
+        )]);
+        let stalled = |at: i64| h.stalled(at)[0].1.as_millis() as i64;
+        let t = crate::now_ms();
+        assert_eq!(stalled(t + 5_000), 0, "no lag known yet");
+        h.flow(&tp, 10, Some(0), t);
+        h.flow(&tp, 10, Some(0), t + 60_000);
+        assert_eq!(stalled(t + 61_000), 0, "idle, caught up");
+        // Messages arrive but the partition does not move.
+        h.flow(&tp, 10, Some(5), t + 62_000);
+        h.flow(&tp, 10, Some(9), t + 70_000);
+        assert_eq!(stalled(t + 72_000), 72_000 - 60_000);
+        // It moves again, still behind: not stalled.
+        h.flow(&tp, 11, Some(8), t + 73_000);
+        assert_eq!(stalled(t + 73_500), 500);
+        h.revoke(std::slice::from_ref(&tp));
+        assert!(h.stalled(t + 80_000).is_empty());
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct Windows {
     /// Cells of one series: the sum of every window's bucket count.
     cells: usize,
     longest_ms: i64,
+    /// The widest bucket of any window.
+    widest_ms: i64,
 }
 
 impl Windows {
@@ -99,10 +101,12 @@ impl Windows {
             })
             .collect();
         let longest_ms = specs.iter().map(|s| s.length_ms).max().unwrap_or(0);
+        let widest_ms = specs.iter().map(|s| s.width_ms).max().unwrap_or(0);
         Windows {
             specs,
             cells: offset,
             longest_ms,
+            widest_ms,
         }
     }
 
@@ -152,6 +156,21 @@ impl Windows {
         self.longest_ms
     }
 
+    /// True when at `now_ms` no window holds the bucket of `ts_ms` any more: an event that
+    /// old would show in no window, and is `too_late`. (Older than the longest window always
+    /// is; up to one bucket younger than that, the buckets decide.)
+    pub fn too_late(&self, ts_ms: i64, now_ms: i64) -> bool {
+        if ts_ms <= now_ms - self.longest_ms {
+            return true;
+        }
+        if ts_ms > now_ms - self.longest_ms + self.widest_ms {
+            return false;
+        }
+        self.specs.iter().all(|spec| {
+            (ts_ms.div_euclid(spec.width_ms) + spec.buckets as i64) * spec.width_ms <= now_ms
+        })
+    }
+
     pub fn index_of(&self, label: &str) -> Option<usize> {
         self.specs.iter().position(|s| &*s.label == label)
     }
@@ -184,6 +203,11 @@ pub trait Cell: Copy + Default {
         self.merge(other);
         self.add_to_total(total);
     }
+    /// True when `merge(other)` would not saturate any field.
+    fn fits(&self, other: &Self) -> bool;
+    /// True when a cell holding at most `total` would take `other` without saturating: then
+    /// no cell counted in `total` can overflow.
+    fn fits_under(total: &Self::Total, other: &Self) -> bool;
 }
 
 impl Cell for u32 {
@@ -197,6 +221,12 @@ impl Cell for u32 {
     fn sub_from_total(&self, total: &mut u64) {
         *total -= u64::from(*self);
     }
+    fn fits(&self, other: &u32) -> bool {
+        self.checked_add(*other).is_some()
+    }
+    fn fits_under(total: &u64, other: &u32) -> bool {
+        total.saturating_add(u64::from(*other)) <= u64::from(u32::MAX)
+    }
 }
 
 impl Cell for u64 {
@@ -209,6 +239,12 @@ impl Cell for u64 {
     }
     fn sub_from_total(&self, total: &mut u128) {
         *total -= u128::from(*self);
+    }
+    fn fits(&self, other: &u64) -> bool {
+        self.checked_add(*other).is_some()
+    }
+    fn fits_under(total: &u128, other: &u64) -> bool {
+        total.saturating_add(u128::from(*other)) <= u128::from(u64::MAX)
     }
 }
 
@@ -441,6 +477,34 @@ impl<C: Cell> Series<C> {
             // Else its slot was recycled for newer data (the clock went back): dropped.
         }
         late
+    }
+
+    /// True when adding `value` at `ts_ms` (as [`Series::add`] would, at `now_ms`) leaves
+    /// every bucket it goes to unsaturated, so the windows keep agreeing with the count of
+    /// everything. Cheap while the count of everything is below a cell's capacity (every
+    /// bucket holds part of it): then nothing can overflow, and no bucket is looked at.
+    pub fn has_room_for(&self, windows: &Windows, ts_ms: i64, now_ms: i64, value: &C) -> bool {
+        if C::fits_under(&self.all_time, value) {
+            return true;
+        }
+        windows
+            .specs
+            .iter()
+            .zip(self.heads.iter())
+            .all(|(spec, head)| {
+                let bucket = ts_ms.div_euclid(spec.width_ms);
+                let n = spec.slots as i64;
+                if bucket == head.bucket {
+                    head.value.fits(value)
+                } else if bucket > head.bucket
+                    || bucket <= now_ms.div_euclid(spec.width_ms) - n
+                    || bucket <= head.bucket - n
+                {
+                    true // a fresh bucket, or one `add` drops
+                } else {
+                    self.cells[spec.ring()][bucket.rem_euclid(n) as usize].fits(value)
+                }
+            })
     }
 
     /// The sum of window `w` at `now_ms`, from the running total: the buckets the window

@@ -89,3 +89,27 @@ fn json_logs_and_clean_exit_without_any_broker() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+/// Logs written to a file (or a pipe, as under systemd or a log shipper) carry no terminal
+/// colour codes.
+#[test]
+fn text_logs_to_a_file_have_no_escape_codes() {
+    let port = free_port();
+    let broker = free_port();
+    let config = service_config(&format!("127.0.0.1:{broker}"), "never-connects", port, "");
+    let mut svc = Service::start(&config, port);
+    wait_for(
+        "the disconnected state to be logged",
+        Duration::from_secs(20),
+        || {
+            svc.log()
+                .contains("no Kafka broker reachable")
+                .then_some(())
+        },
+    );
+    let status = svc.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    let log = svc.log();
+    assert!(log.contains(" WARN "), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in {log:?}");
+}

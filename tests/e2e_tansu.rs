@@ -257,23 +257,27 @@ fn worked_examples_come_out_exact_in_every_window() {
         ("roas", "display", 0.0, 200.0, 0.0, 10_000.0, 2_500.0),
     ] {
         assert_eq!(
-            m.get(&total("ecom_visits_total", campaign, channel)),
+            m.counter("ecom_visits_total", campaign, channel)
+                .or(Some(0.0)),
             Some(visits)
         );
         assert_eq!(
-            m.get(&total("ecom_orders_total", campaign, channel)),
+            m.counter("ecom_orders_total", campaign, channel)
+                .or(Some(0.0)),
             Some(orders)
         );
         assert_eq!(
-            m.get(&total("ecom_new_customers_total", campaign, channel)),
+            m.counter("ecom_new_customers_total", campaign, channel)
+                .or(Some(0.0)),
             Some(new)
         );
         assert_eq!(
-            m.get(&total("ecom_gmv_total", campaign, channel)),
+            m.counter("ecom_gmv_total", campaign, channel).or(Some(0.0)),
             Some(gmv)
         );
         assert_eq!(
-            m.get(&total("ecom_ad_spend_total", campaign, channel)),
+            m.counter("ecom_ad_spend_total", campaign, channel)
+                .or(Some(0.0)),
             Some(spend)
         );
     }

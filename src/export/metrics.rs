@@ -12,7 +12,7 @@ use std::sync::Arc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
-use crate::aggregate::{Snapshot, Store};
+use crate::aggregate::{EventTypes, Key, Snapshot, Store};
 use crate::alert::evaluator::AlertView;
 use crate::kpi::{ClvAssumptions, Kpis, Sums};
 use crate::telemetry::Health;
@@ -98,38 +98,45 @@ const _: () = assert!(
     "one bit of WindowedRow::present per metric"
 );
 
-/// A monotonic counter per key.
+/// A monotonic counter per key and input partition.
 struct TotalMetric {
     name: &'static str,
     help: &'static str,
     value: fn(&Sums) -> f64,
+    /// Whether a key of a partition has this counter: it has counted the event type.
+    has: fn(&EventTypes) -> bool,
 }
 
 const TOTALS: &[TotalMetric] = &[
     TotalMetric {
         name: "ecom_visits_total",
-        help: "Visit events counted since this instance took the partitions.",
+        help: "Visit events counted from one input partition (topic, partition), ever; the counter moves with its partition. sum by (campaign, channel) across instances; for increase() across rebalances use campaign_channel_partition:ecom_visits_total:max.",
         value: |s| s.visits as f64,
+        has: |t| t.visits,
     },
     TotalMetric {
         name: "ecom_orders_total",
-        help: "Orders counted since this instance took the partitions.",
+        help: "Orders counted from one input partition, ever (see ecom_visits_total).",
         value: |s| s.orders as f64,
+        has: |t| t.orders,
     },
     TotalMetric {
         name: "ecom_new_customers_total",
-        help: "Orders with new_customer=true counted since this instance took the partitions.",
+        help: "Orders with new_customer=true counted from one input partition, ever (see ecom_visits_total).",
         value: |s| s.new_customers as f64,
+        has: |t| t.orders,
     },
     TotalMetric {
         name: "ecom_gmv_total",
-        help: "Order amounts summed since this instance took the partitions, in the reporting currency.",
+        help: "Order amounts summed from one input partition, ever, in the reporting currency (see ecom_visits_total).",
         value: Sums::gmv,
+        has: |t| t.orders,
     },
     TotalMetric {
         name: "ecom_ad_spend_total",
-        help: "Ad spend summed since this instance took the partitions, in the reporting currency.",
+        help: "Ad spend summed from one input partition, ever, in the reporting currency (see ecom_visits_total).",
         value: Sums::ad_spend,
+        has: |t| t.ad_spend,
     },
 ];
 
@@ -165,21 +172,16 @@ pub fn render_kpis_in_pieces(
     flush: &mut dyn FnMut(&mut String) -> bool,
 ) -> bool {
     let mut flushed = |out: &mut String| out.len() < piece || flush(out);
+    let entries: usize = snapshot.counters.iter().map(|p| p.keys.len()).sum();
     // Every label set, one after the other; the lists below hold where each one lies.
-    let mut labels = String::with_capacity(snapshot.rows.len() * 128);
+    let mut labels = String::with_capacity((snapshot.rows.len() * windows.len() + entries) * 80);
     // One key's `campaign="…",channel="…"`, escaped once for its windows and its counters.
     let mut pair = String::new();
     // Every (key, window) with data. Sized up front: growing it would move every entry
     // several times.
     let mut windowed: Vec<WindowedRow> = Vec::with_capacity(snapshot.rows.len() * windows.len());
-    let mut keys: Vec<Range<usize>> = Vec::with_capacity(snapshot.rows.len());
     for (key, row) in &snapshot.rows {
-        pair.clear();
-        pair.push_str("campaign=\"");
-        escape_into(&mut pair, &key.campaign);
-        pair.push_str("\",channel=\"");
-        escape_into(&mut pair, &key.channel);
-        pair.push('"');
+        key_labels(&mut pair, key);
         for (spec, sums) in windows.specs().iter().zip(&row.windows) {
             if sums.is_empty() {
                 continue;
@@ -205,11 +207,25 @@ pub fn render_kpis_in_pieces(
             row.labels = start..labels.len();
             windowed.push(row);
         }
-        let start = labels.len();
-        labels.push('{');
-        labels.push_str(&pair);
-        labels.push('}');
-        keys.push(start..labels.len());
+    }
+    // Every (key, partition) with counters: its label set and where its values are.
+    let mut counted: Vec<(Range<usize>, &Sums, &EventTypes)> = Vec::with_capacity(entries);
+    let mut partition = String::new();
+    for part in &snapshot.counters {
+        partition.clear();
+        partition.push_str(",topic=\"");
+        escape_into(&mut partition, &part.tp.topic);
+        partition.push_str("\",partition=\"");
+        partition.push_str(itoa::Buffer::new().format(part.tp.partition));
+        partition.push_str("\"}");
+        for (key, sums, types) in &part.keys {
+            key_labels(&mut pair, key);
+            let start = labels.len();
+            labels.push('{');
+            labels.push_str(&pair);
+            labels.push_str(&partition);
+            counted.push((start..labels.len(), sums, types));
+        }
     }
     for (m, metric) in WINDOWED.iter().enumerate() {
         if windowed.iter().all(|w| w.present & 1 << m == 0) {
@@ -225,25 +241,31 @@ pub fn render_kpis_in_pieces(
             }
         }
     }
-    if !keys.is_empty() {
-        for metric in TOTALS {
-            header(out, metric.name, metric.help, "counter");
-            for (at, row) in keys.iter().zip(snapshot.rows.values()) {
-                sample(
-                    out,
-                    metric.name,
-                    &labels[at.clone()],
-                    (metric.value)(&row.totals),
-                );
-                if !flushed(out) {
-                    return false;
-                }
+    for metric in TOTALS {
+        if !counted.iter().any(|(_, _, types)| (metric.has)(types)) {
+            continue;
+        }
+        header(out, metric.name, metric.help, "counter");
+        for (at, sums, _) in counted.iter().filter(|(_, _, types)| (metric.has)(types)) {
+            sample(out, metric.name, &labels[at.clone()], (metric.value)(sums));
+            if !flushed(out) {
+                return false;
             }
         }
     }
     header(out, TRACKED_KEYS.0, TRACKED_KEYS.1, "gauge");
     sample(out, TRACKED_KEYS.0, "", snapshot.rows.len() as f64);
     true
+}
+
+/// `campaign="…",channel="…"`, escaped, into `pair` (cleared first).
+fn key_labels(pair: &mut String, key: &Key) {
+    pair.clear();
+    pair.push_str("campaign=\"");
+    escape_into(pair, &key.campaign);
+    pair.push_str("\",channel=\"");
+    escape_into(pair, &key.channel);
+    pair.push('"');
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
@@ -320,6 +342,10 @@ const DEDUP_EVICTED: (&str, &str) = (
     "ecom_pulse_dedup_evicted_ids",
     "Ids forgotten before the dedup horizon because of dedup.max_ids_per_partition, by the partitions this instance holds.",
 );
+const STALLED: (&str, &str) = (
+    "ecom_pulse_partition_stalled_seconds",
+    "How long each owned partition has had lag without advancing (0 while it advances or has no lag): an unreadable batch or a fetch the broker keeps failing.",
+);
 const BEHIND: (&str, &str) = (
     "ecom_pulse_restore_seconds_behind",
     "While partitions catch up after a restore: how far their newest applied event is behind the wall clock (0 when caught up).",
@@ -329,6 +355,7 @@ impl PartitionCollector {
     pub fn new(store: Arc<Store>, health: Arc<Health>) -> Self {
         let descs = [
             (WATERMARK, &["topic", "partition"][..]),
+            (STALLED, &["topic", "partition"][..]),
             (ASSIGNED, &[][..]),
             (CATCHING_UP, &[][..]),
             (BEHIND, &[][..]),
@@ -399,6 +426,18 @@ impl Collector for PartitionCollector {
         ];
         if !watermarks.get_metric().is_empty() {
             out.push(watermarks);
+        }
+        let mut stalled = family(STALLED.0, STALLED.1, MetricType::GAUGE);
+        for (tp, how_long) in self.health.stalled(now) {
+            let mut m = Metric::from_label(vec![
+                pair("topic", &tp.topic),
+                pair("partition", &tp.partition.to_string()),
+            ]);
+            m.set_gauge(gauge_value(how_long.as_secs_f64()));
+            stalled.mut_metric().push(m);
+        }
+        if !stalled.get_metric().is_empty() {
+            out.push(stalled);
         }
         out
     }
@@ -488,7 +527,7 @@ fn gauge_value(v: f64) -> Gauge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Key, Row};
+    use crate::aggregate::{PartitionCounters, Row, TopicPartition};
 
     fn render(snapshot: &Snapshot) -> String {
         let mut out = String::new();
@@ -529,6 +568,26 @@ mod tests {
                 },
             },
         );
+        let spring = Key::new("spring", "email");
+        let totals = snap.rows[&spring].totals;
+        let visits_only = EventTypes {
+            visits: true,
+            ..EventTypes::default()
+        };
+        let orders_only = EventTypes {
+            orders: true,
+            ..EventTypes::default()
+        };
+        snap.counters = vec![
+            PartitionCounters {
+                tp: TopicPartition::new("orders", 3),
+                keys: vec![(spring.clone(), totals, orders_only)],
+            },
+            PartitionCounters {
+                tp: TopicPartition::new("visits", 3),
+                keys: vec![(spring.clone(), totals, visits_only)],
+            },
+        ];
         let text = render(&snap);
         let l = r#"{campaign="spring",channel="email",window="5m"}"#;
         assert!(
@@ -545,7 +604,18 @@ mod tests {
         }
         // The empty 1h window has no series.
         assert!(!text.contains("window=\"1h\""));
-        assert!(text.contains(r#"ecom_gmv_total{campaign="spring",channel="email"} 20000"#));
+        // Counters per partition, each only for the event types it counted.
+        let at = |topic: &str| {
+            format!(r#"{{campaign="spring",channel="email",topic="{topic}",partition="3"}}"#)
+        };
+        assert!(text.contains(&format!("ecom_gmv_total{} 20000\n", at("orders"))));
+        assert!(text.contains(&format!("ecom_visits_total{} 10000\n", at("visits"))));
+        assert!(!text.contains(&format!("ecom_visits_total{}", at("orders"))));
+        assert!(!text.contains(&format!("ecom_gmv_total{}", at("visits"))));
+        assert!(
+            !text.contains("ecom_ad_spend_total"),
+            "no partition counted spend"
+        );
         assert!(text.contains("# TYPE ecom_visits_total counter"));
         assert!(text.contains("ecom_pulse_tracked_keys 1"));
     }

@@ -65,6 +65,15 @@ impl<'a> Stats<'a> {
         self.brokers.values().any(|b| b.state == "UP")
     }
 
+    /// Each topic's partition count, as the client's metadata has it (librdkafka lists every
+    /// partition of a subscribed topic, assigned or not, plus its internal -1).
+    pub fn partition_counts(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.topics.iter().map(|(name, t)| {
+            let count = t.partitions.keys().filter(|&&p| p >= 0).count();
+            (name.as_str(), count)
+        })
+    }
+
     /// The high watermark of `topic`/`partition`, if the report has the partition.
     pub fn hi_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         Some(
