@@ -16,7 +16,7 @@
 use std::fmt::Write;
 
 use crate::aggregate::{Key, Row, Snapshot};
-use crate::alert::{Alert, Condition, Engine, Kpi, Op, Phase, Rule};
+use crate::alert::{Alert, Condition, Engine, Kpi, Op, Phase, Rule, drop_factors};
 use crate::config::Config;
 use crate::kpi::{ClvAssumptions, Sums};
 use crate::window::Windows;
@@ -169,25 +169,21 @@ pub fn alert_expr(rule: &Rule) -> String {
         rule.name
     );
     let (enter, stay) = match rule.condition {
-        Condition::Threshold { op, threshold } => {
-            let resolve = match op {
-                Op::Lt | Op::Le => threshold + threshold.abs() * rule.hysteresis,
-                Op::Gt | Op::Ge => threshold - threshold.abs() * rule.hysteresis,
-            };
-            (
-                format!("{x} {} {}", op.symbol(), num(threshold)),
-                format!("{x} {} {}", op.symbol(), num(resolve)),
-            )
-        }
+        Condition::Threshold { op, threshold } => (
+            format!("{x} {} {}", op.symbol(), num(threshold)),
+            format!(
+                "{x} {} {}",
+                op.symbol(),
+                num(op.resolve_at(threshold, rule.hysteresis))
+            ),
+        ),
         Condition::Drop { fraction } => {
             // Nothing falls from zero (nor does it in the engine).
             let before = format!("({x} offset {w} > 0)");
+            let (enter, stay) = drop_factors(fraction, rule.hysteresis);
             (
-                format!("{x} <= {} * {before}", num(1.0 - fraction)),
-                format!(
-                    "{x} <= {} * {before}",
-                    num(1.0 - fraction * (1.0 - rule.hysteresis))
-                ),
+                format!("{x} <= {} * {before}", num(enter)),
+                format!("{x} <= {} * {before}", num(stay)),
             )
         }
     };

@@ -140,13 +140,25 @@ impl Op {
         }
     }
 
-    /// The threshold a firing alert must cross back over to resolve.
-    fn resolve_at(self, threshold: f64, hysteresis: f64) -> f64 {
-        match self {
+    /// The threshold a firing alert must cross back over to resolve. Without float noise, as
+    /// the generated PromQL prints it: CVR < 0.1 resolves at exactly 0.105 (21 orders on 200
+    /// visits) in both, not at 0.10500000000000001 here only.
+    pub fn resolve_at(self, threshold: f64, hysteresis: f64) -> f64 {
+        without_noise(match self {
             Op::Lt | Op::Le => threshold + threshold.abs() * hysteresis,
             Op::Gt | Op::Ge => threshold - threshold.abs() * hysteresis,
-        }
+        })
     }
+}
+
+/// For a drop rule: the share of the preceding window's value at or under which it enters,
+/// and the share under which a firing alert stays (the drop less the hysteresis). Without
+/// float noise, as the generated PromQL prints them.
+pub fn drop_factors(fraction: f64, hysteresis: f64) -> (f64, f64) {
+    (
+        without_noise(1.0 - fraction),
+        without_noise(1.0 - fraction * (1.0 - hysteresis)),
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -256,12 +268,13 @@ impl Rule {
             },
             Condition::Drop { fraction } => match self.kpi.of(previous, &previous.kpis(clv)) {
                 Some(before) if before > 0.0 => {
-                    let threshold = before * (1.0 - fraction);
+                    let (enter, stay) = drop_factors(fraction, self.hysteresis);
+                    let threshold = before * enter;
                     Check::Value {
                         value,
                         threshold,
                         breached: value <= threshold,
-                        holds: value <= before * (1.0 - fraction * (1.0 - self.hysteresis)),
+                        holds: value <= before * stay,
                     }
                 }
                 // Nothing to fall from (the PromQL asks for a positive preceding value too).
@@ -292,8 +305,8 @@ impl Rule {
     }
 }
 
-/// Rounds to 1e-9: a relaxed guard is then the number the PromQL prints (19, not
-/// 18.999999999999996), and a count exactly at it passes in both.
+/// Rounds to 1e-9: a computed bar is then the number the PromQL prints (a relaxed guard of
+/// 19, not 18.999999999999996), and a value exactly at it falls on the same side in both.
 fn without_noise(x: f64) -> f64 {
     (x * 1e9).round() / 1e9
 }
@@ -791,6 +804,36 @@ mod tests {
             (full.ad_spend, full.orders, full.visits),
             (500.0, 20.0, 7.0)
         );
+    }
+
+    #[test]
+    fn bars_are_the_numbers_the_promql_prints() {
+        let cvr = rule(
+            "name = \"CvrLow\"\nkpi = \"cvr\"\nop = \"<\"\nthreshold = 0.1\nwindow = \"1h\"\nseverity = \"info\"\n",
+        );
+        let mut e = Engine::new(vec![cvr], CLV);
+        let at = |orders: u64| {
+            let mut row = Row::new(2);
+            row.windows[1] = Sums {
+                visits: 200,
+                orders,
+                ..Sums::default()
+            };
+            let mut snapshot = Snapshot::default();
+            snapshot.rows.insert(Key::new("spring", "social"), row);
+            snapshot
+        };
+        assert_eq!(
+            phases(&e.evaluate(&at(10), T0)),
+            [(Phase::Inactive, Phase::Firing)]
+        );
+        // 21 / 200 is 0.105, which the PromQL compares with `< 0.105`: resolved in both
+        // (0.1 + 0.1 x 0.05 would be 0.10500000000000001, and kept it firing here).
+        assert_eq!(Op::Lt.resolve_at(0.1, 0.05), 0.105);
+        let t = e.evaluate(&at(21), T0 + MIN);
+        assert_eq!(phases(&t), [(Phase::Firing, Phase::Resolved)]);
+        assert_eq!(t[0].resolved_reason, Some(ResolvedReason::Recovered));
+        assert_eq!(drop_factors(0.3, 0.05), (0.7, 0.715));
     }
 
     /// `orders < 1` over the 5m window.
