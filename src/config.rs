@@ -398,7 +398,8 @@ pub struct AlertRuleConfig {
     #[serde(default)]
     pub min_visits: u64,
     /// A firing alert resolves only once the value is this fraction past the threshold
-    /// (e.g. ROAS back above 2 x 1.05), so it does not flap around it.
+    /// (e.g. ROAS back above 2 x 1.05), and its guards are relaxed by the same fraction
+    /// (spend down to 100 x 0.95), so it flaps around neither.
     #[serde(default = "default_hysteresis")]
     pub hysteresis: f64,
 }

@@ -5,14 +5,18 @@
 //! Names follow `level:metric:operation`. Alerting rules mirror the configured `[[alerts]]`
 //! on the (campaign, channel) series: same threshold, `for`, guards and hysteresis (the
 //! hysteresis through Prometheus' own `ALERTS` series, so a firing alert resolves only once
-//! clearly past its threshold).
+//! clearly past its threshold, and keeps it while its guards hold at the relaxed bar). A
+//! window without data has no series, so the rules do not fire on it, and neither does
+//! ecom-pulse's own engine.
 //!
 //! The unit tests for `promtool test rules` are generated too, with expected values computed
-//! by ecom-pulse's own KPI code: promtool then checks the PromQL against the Rust.
+//! by ecom-pulse's own KPI code and, for the guards' hysteresis, by its alert engine run over
+//! the same inputs: promtool then checks the PromQL against the Rust.
 
 use std::fmt::Write;
 
-use crate::alert::{Condition, Kpi, Op, Rule};
+use crate::aggregate::{Key, Row, Snapshot};
+use crate::alert::{Alert, Condition, Engine, Kpi, Op, Phase, Rule, drop_factors};
 use crate::config::Config;
 use crate::kpi::{ClvAssumptions, Sums};
 use crate::window::Windows;
@@ -188,60 +192,70 @@ fn num(x: f64) -> String {
     format!("{}", (x * 1e9).round() / 1e9)
 }
 
-/// The PromQL of an alert rule, guards and hysteresis included.
+const ON: &str = "on (campaign, channel, window)";
+
+/// The PromQL of an alert rule, guards and hysteresis included: entering needs the
+/// condition and the full guards; a firing alert stays while the condition holds within the
+/// hysteresis and the guards at their relaxed bars (`Rule::guards`), as in the engine.
 pub fn alert_expr(rule: &Rule) -> String {
     let w = &*rule.window_label;
     let x = sel(&series("campaign_channel", rule.kpi), w);
-    let on = "on (campaign, channel, window)";
     let firing = format!(
         "ALERTS{{alertname=\"{}\", alertstate=\"firing\", window=\"{w}\"}}",
         rule.name
     );
     let (enter, stay) = match rule.condition {
-        Condition::Threshold { op, threshold } => {
-            let resolve = match op {
-                Op::Lt | Op::Le => threshold + threshold.abs() * rule.hysteresis,
-                Op::Gt | Op::Ge => threshold - threshold.abs() * rule.hysteresis,
-            };
-            (
-                format!("{x} {} {}", op.symbol(), num(threshold)),
-                format!("{x} {} {}", op.symbol(), num(resolve)),
-            )
-        }
+        Condition::Threshold { op, threshold } => (
+            format!("{x} {} {}", op.symbol(), num(threshold)),
+            format!(
+                "{x} {} {}",
+                op.symbol(),
+                num(op.resolve_at(threshold, rule.hysteresis))
+            ),
+        ),
         Condition::Drop { fraction } => {
-            let before = format!("({x} offset {w})");
+            // Nothing falls from zero (nor does it in the engine).
+            let before = format!("({x} offset {w} > 0)");
+            let (enter, stay) = drop_factors(fraction, rule.hysteresis);
             (
-                format!("{x} <= {} * {before}", num(1.0 - fraction)),
-                format!(
-                    "{x} <= {} * {before}",
-                    num(1.0 - fraction * (1.0 - rule.hysteresis))
-                ),
+                format!("{x} <= {} * {before}", num(enter)),
+                format!("{x} <= {} * {before}", num(stay)),
             )
         }
     };
-    let mut expr = if rule.hysteresis > 0.0 {
-        format!("(({enter}) or ({stay} and {on} {firing}))")
+    let enter = format!("({enter}{})", guard_expr(rule, false));
+    if rule.hysteresis > 0.0 {
+        format!(
+            "{enter} or ({stay}{} and {ON} {firing})",
+            guard_expr(rule, true)
+        )
     } else {
-        format!("({enter})")
-    };
-    let mut guard = |series: String, min: f64| {
-        if min > 0.0 {
-            let _ = write!(expr, " and {on} {series} >= {min}");
-        }
-    };
+        enter
+    }
+}
+
+/// ` and on (…) <sum> >= <bar>` for each guard of the rule (and, for drops, of its preceding
+/// window), at the bars the engine uses when the alert is `firing` or not.
+fn guard_expr(rule: &Rule, firing: bool) -> String {
+    let w = &*rule.window_label;
+    let bars = rule.guards(firing);
     let drop = matches!(rule.condition, Condition::Drop { .. });
-    for (kpi, min) in [
-        (Kpi::AdSpend, rule.min_ad_spend),
-        (Kpi::Orders, rule.min_orders as f64),
-        (Kpi::Visits, rule.min_visits as f64),
+    let mut out = String::new();
+    for (kpi, min, bar) in [
+        (Kpi::AdSpend, rule.min_ad_spend, bars.ad_spend),
+        (Kpi::Orders, rule.min_orders as f64, bars.orders),
+        (Kpi::Visits, rule.min_visits as f64, bars.visits),
     ] {
+        if min <= 0.0 {
+            continue;
+        }
         let s = sel(&series("campaign_channel", kpi), w);
         if drop {
-            guard(format!("({s} offset {w})"), min);
+            let _ = write!(out, " and {ON} ({s} offset {w}) >= {}", num(bar));
         }
-        guard(s, min);
+        let _ = write!(out, " and {ON} {s} >= {}", num(bar));
     }
-    expr
+    out
 }
 
 /// `summary` as Prometheus renders it from the rule's template.
@@ -254,14 +268,21 @@ pub fn summary_template(rule: &Rule) -> String {
 }
 
 fn description(rule: &Rule) -> String {
+    let relaxed = rule.guards(true);
     let guards: Vec<String> = [
-        ("ad spend", rule.min_ad_spend),
-        ("orders", rule.min_orders as f64),
-        ("visits", rule.min_visits as f64),
+        ("ad spend", rule.min_ad_spend, relaxed.ad_spend),
+        ("orders", rule.min_orders as f64, relaxed.orders),
+        ("visits", rule.min_visits as f64, relaxed.visits),
     ]
     .iter()
-    .filter(|(_, m)| *m > 0.0)
-    .map(|(what, m)| format!("{what} >= {m}"))
+    .filter(|(_, m, _)| *m > 0.0)
+    .map(|(what, m, r)| {
+        if r < m {
+            format!("{what} >= {m} ({} once firing)", num(*r))
+        } else {
+            format!("{what} >= {m}")
+        }
+    })
     .collect();
     let guards = if guards.is_empty() {
         String::new()
@@ -429,6 +450,9 @@ pub fn render_tests(config: &Config, rules_file: &str) -> String {
         .collect();
     for rule in &rules {
         render_alert_test(&mut out, rule, &clv);
+        if let Some(test) = guard_test(rule, &clv, &windows) {
+            render_guard_test(&mut out, rule, &test);
+        }
     }
     out
 }
@@ -459,12 +483,64 @@ fn fmt_f64(v: f64) -> String {
 
 /// Sums for which `rule`'s KPI has `value`, with every guard comfortably met.
 fn sums_with(rule: &Rule, value: f64, clv: &ClvAssumptions) -> Sums {
-    let guard = rule.min_ad_spend.max(1.0) * 10.0;
-    let orders = (rule.min_orders.max(1) * 10) as f64;
-    let visits = (rule.min_visits.max(1) * 100).max(orders as u64 * 10) as f64;
+    sums_at(rule, value, clv, Volume::Ample)
+}
+
+/// How much of each guarded sum a campaign of a generated test holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Volume {
+    /// Every guard met many times over.
+    Ample,
+    /// Short of each full guard but at or above its relaxed bar (where a whole number fits
+    /// between the two; a count guard without room stays at its full bar).
+    Wobble,
+    /// Under every relaxed bar: spend that stopped.
+    Paused,
+}
+
+/// A guarded sum at `volume`: `min` is the full bar, `relaxed` the firing one.
+fn guarded(min: f64, relaxed: f64, volume: Volume, whole: bool) -> f64 {
+    match (volume, whole) {
+        (Volume::Ample, _) => unreachable!("ample volumes are the base"),
+        (Volume::Wobble, false) => (min + relaxed) / 2.0,
+        (Volume::Wobble, true) => relaxed.ceil().min(min),
+        (Volume::Paused, false) => relaxed * 0.9,
+        (Volume::Paused, true) => (relaxed * 0.9).floor(),
+    }
+}
+
+/// Sums for which `rule`'s KPI has `value`, with the guarded sums at `volume`.
+fn sums_at(rule: &Rule, value: f64, clv: &ClvAssumptions, volume: Volume) -> Sums {
+    let relaxed = rule.guards(true);
+    let at = |min: f64, relaxed: f64, ample: f64, whole: bool| {
+        if volume == Volume::Ample || min <= 0.0 {
+            ample
+        } else {
+            guarded(min, relaxed, volume, whole)
+        }
+    };
+    let guard = at(
+        rule.min_ad_spend,
+        relaxed.ad_spend,
+        rule.min_ad_spend.max(1.0) * 10.0,
+        false,
+    );
+    let orders = at(
+        rule.min_orders as f64,
+        relaxed.orders,
+        (rule.min_orders.max(1) * 10) as f64,
+        true,
+    );
+    let visits = at(
+        rule.min_visits as f64,
+        relaxed.visits,
+        (rule.min_visits.max(1) * 100).max(orders as u64 * 10) as f64,
+        true,
+    );
     let factor = clv.purchases_per_year * clv.lifetime_years;
     // Start from a base and solve for the one sum that sets the KPI.
-    let (mut v, mut o, mut n, mut g, mut a) = (visits, orders, orders / 2.0, orders * 50.0, guard);
+    let (mut v, mut o, mut n, mut g, mut a) =
+        (visits, orders, (orders / 2.0).floor(), orders * 50.0, guard);
     match rule.kpi {
         Kpi::Roas => g = value * a,
         Kpi::Cvr => o = value * v,
@@ -484,11 +560,10 @@ fn sums_with(rule: &Rule, value: f64, clv: &ClvAssumptions) -> Sums {
     sums(v as u64, o as u64, n as u64, g, a)
 }
 
-fn render_alert_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
-    let w = &*rule.window_label;
-    let window_ms = crate::config::parse_window(w);
-    // Values well past the threshold and well clear of it (hysteresis included).
-    let (bad, good, before) = match rule.condition {
+/// KPI values well past the threshold and well clear of it (hysteresis included), and for
+/// drops the preceding window's value.
+fn test_values(rule: &Rule) -> (f64, f64, Option<f64>) {
+    match rule.condition {
         Condition::Threshold {
             op: Op::Lt | Op::Le,
             threshold,
@@ -498,7 +573,38 @@ fn render_alert_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
             threshold,
         } => (threshold * 2.0 + 1.0, threshold * 0.5, None),
         Condition::Drop { fraction } => (4.0 * (1.0 - fraction) * 0.5, 4.0, Some(4.0)),
-    };
+    }
+}
+
+/// One entry of `exp_alerts`: the labels, and the annotations as Prometheus fills them in.
+fn render_exp_alert(out: &mut String, rule: &Rule, campaign: &str, value: f64) {
+    let w = &*rule.window_label;
+    let _ = writeln!(
+        out,
+        "          - exp_labels:\n              severity: {}\n              campaign: {campaign}\n              channel: social\n              window: {}",
+        q(&rule.severity),
+        q(w)
+    );
+    let summary = summary_template(rule)
+        .replace("{{ $labels.campaign }}", campaign)
+        .replace("{{ $labels.channel }}", "social")
+        .replace("{{ $labels.window }}", w)
+        .replace("{{ $value | printf \"%.3f\" }}", &format!("{value:.3}"));
+    let description = description(rule)
+        .replace("{{ $labels.campaign }}", campaign)
+        .replace("{{ $labels.channel }}", "social");
+    let _ = writeln!(
+        out,
+        "            exp_annotations:\n              summary: {}\n              description: {}",
+        q(&summary),
+        q(&description)
+    );
+}
+
+fn render_alert_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
+    let w = &*rule.window_label;
+    let window_ms = crate::config::parse_window(w);
+    let (bad, good, before) = test_values(rule);
     let step_ms = 60_000;
     // Enough samples for an `offset` of the window, then the `for` duration.
     let steps = (window_ms / step_ms) as usize + (rule.for_ms / step_ms) as usize + 5;
@@ -536,12 +642,6 @@ fn render_alert_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
         duration(eval_ms),
         rule.name
     );
-    let _ = writeln!(
-        out,
-        "          - exp_labels:\n              severity: {}\n              campaign: breaching\n              channel: social\n              window: {}",
-        q(&rule.severity),
-        q(w)
-    );
     let value = match rule.condition {
         Condition::Drop { .. } => bad,
         _ => rule
@@ -552,20 +652,7 @@ fn render_alert_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
             )
             .unwrap_or(bad),
     };
-    let summary = summary_template(rule)
-        .replace("{{ $labels.campaign }}", "breaching")
-        .replace("{{ $labels.channel }}", "social")
-        .replace("{{ $labels.window }}", w)
-        .replace("{{ $value | printf \"%.3f\" }}", &format!("{value:.3}"));
-    let description = description(rule)
-        .replace("{{ $labels.campaign }}", "breaching")
-        .replace("{{ $labels.channel }}", "social");
-    let _ = writeln!(
-        out,
-        "            exp_annotations:\n              summary: {}\n              description: {}",
-        q(&summary),
-        q(&description)
-    );
+    render_exp_alert(out, rule, "breaching", value);
     if rule.for_ms > step_ms {
         // Held for less than `for`: nothing yet.
         let early = if before.is_some() { window_ms } else { 0 } + step_ms;
@@ -575,6 +662,151 @@ fn render_alert_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
             duration(early),
             rule.name
         );
+    }
+}
+
+/// Samples a minute apart, as the generated tests' `interval`.
+const STEP_MS: i64 = 60_000;
+
+/// A generated test of the guards' hysteresis: what each campaign's window holds at each
+/// step, and the alerts that ecom-pulse's engine has firing at the steps checked.
+#[derive(Debug)]
+struct GuardTest {
+    /// Per campaign, the window's sums at each step, one a minute from 0.
+    campaigns: Vec<(&'static str, Vec<Sums>)>,
+    /// Steps checked, with the alerts firing there.
+    checks: Vec<(usize, Vec<Alert>)>,
+}
+
+/// Three campaigns breach the rule throughout. `wobbling` fires with ample volume, then its
+/// guarded sums fall between the relaxed and the full bars; `paused` fires, then falls under
+/// the relaxed bars; `entering` sits between the bars from the start. The expected alerts are
+/// whatever ecom-pulse's engine makes of these inputs, so promtool compares the PromQL with
+/// the engine itself: with guard hysteresis, `wobbling` still fires at the end and the other
+/// two do not (a unit test checks that the shipped rules' tests say so). `None` for a rule
+/// without guards or without hysteresis.
+fn guard_test(rule: &Rule, clv: &ClvAssumptions, windows: &Windows) -> Option<GuardTest> {
+    let guarded = rule.min_ad_spend > 0.0 || rule.min_orders > 0 || rule.min_visits > 0;
+    if !guarded || rule.hysteresis <= 0.0 {
+        return None;
+    }
+    let window_ms = crate::config::parse_window(&rule.window_label);
+    let (bad, _, before) = test_values(rule);
+    // Drops: a preceding window at the old value first.
+    let start = match before {
+        Some(_) => ((window_ms + STEP_MS - 1) / STEP_MS) as usize,
+        None => 0,
+    };
+    // Long enough to fire, and a margin.
+    let settle = ((rule.for_ms + STEP_MS - 1) / STEP_MS) as usize + 2;
+    let steps = start + settle + 3;
+    let campaigns: Vec<(&'static str, Vec<Sums>)> = [
+        ("wobbling", Volume::Wobble),
+        ("paused", Volume::Paused),
+        ("entering", Volume::Wobble),
+    ]
+    .into_iter()
+    .map(|(campaign, low)| {
+        let sums = (0..steps)
+            .map(|i| {
+                // Ample while the alert gets going; for a drop, also a window earlier, which
+                // that evaluation reads as the preceding window.
+                let ample =
+                    campaign != "entering" && (i < settle || (start..start + settle).contains(&i));
+                let value = match before {
+                    Some(b) if i < start => b,
+                    _ => bad,
+                };
+                sums_at(rule, value, clv, if ample { Volume::Ample } else { low })
+            })
+            .collect();
+        (campaign, sums)
+    })
+    .collect();
+    let checked = [start + settle - 1, steps - 1];
+    let mut engine = Engine::new(vec![rule.clone()], *clv);
+    let mut checks = Vec::new();
+    for i in 0..steps {
+        let at = i as i64 * STEP_MS;
+        let mut snapshot = Snapshot::default();
+        for (campaign, sums) in &campaigns {
+            let mut row = Row::new(windows.len());
+            row.windows[rule.window] = sums[i];
+            // What `offset <window>` reads: the newest sample at or before a window ago.
+            if before.is_some() && at >= window_ms {
+                row.previous[rule.window] = sums[((at - window_ms) / STEP_MS) as usize];
+            }
+            snapshot.rows.insert(Key::new(campaign, "social"), row);
+        }
+        engine.evaluate(&snapshot, at);
+        if checked.contains(&i) {
+            let firing = engine
+                .active()
+                .filter(|a| a.phase == Phase::Firing)
+                .cloned()
+                .collect();
+            checks.push((i, firing));
+        }
+    }
+    Some(GuardTest { campaigns, checks })
+}
+
+/// Promtool's expanding notation for a series: runs of one value as `v` or `vxN`.
+fn run_lengths(values: &[String]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < values.len() {
+        let run = values[i..].iter().take_while(|v| **v == values[i]).count();
+        out.push(match run {
+            1 => values[i].clone(),
+            _ => format!("{}x{}", values[i], run - 1),
+        });
+        i += run;
+    }
+    out.join(" ")
+}
+
+fn render_guard_test(out: &mut String, rule: &Rule, test: &GuardTest) {
+    let w = &*rule.window_label;
+    let _ = writeln!(
+        out,
+        "  - name: {}\n    interval: 1m\n    input_series:",
+        q(&format!(
+            "alert {}: guards with hysteresis (a firing alert stays firing just under them)",
+            rule.name
+        ))
+    );
+    for (campaign, sums) in &test.campaigns {
+        let columns: Vec<[(&str, String); 5]> = sums.iter().map(sum_values).collect();
+        for k in 0..SUMS.len() {
+            let sum = columns[0][k].0;
+            let values: Vec<String> = columns.iter().map(|c| c[k].1.clone()).collect();
+            let _ = writeln!(
+                out,
+                "      - series: {}\n        values: \"{}\"",
+                q(&format!(
+                    "ecom_{sum}{{instance=\"i1\",campaign=\"{campaign}\",channel=\"social\",window=\"{w}\"}}"
+                )),
+                run_lengths(&values)
+            );
+        }
+    }
+    let _ = writeln!(out, "    alert_rule_test:");
+    for (step, firing) in &test.checks {
+        let _ = write!(
+            out,
+            "      - eval_time: {}\n        alertname: {}\n        exp_alerts:",
+            duration(*step as i64 * STEP_MS),
+            rule.name
+        );
+        if firing.is_empty() {
+            out.push_str(" []\n");
+            continue;
+        }
+        out.push('\n');
+        for alert in firing {
+            render_exp_alert(out, rule, &alert.key.campaign, alert.value);
+        }
     }
 }
 
@@ -606,20 +838,89 @@ mod tests {
         let config = Config::load_with_env(None, Some(Default::default())).unwrap();
         let windows = windows(&config);
         let rule = Rule::from_config(&config.alerts[0], &windows);
+        // Entering needs the full guard; staying, the guard relaxed like the threshold.
         assert_eq!(
             alert_expr(&rule),
-            "((campaign_channel:ecom_roas:ratio{window=\"1h\"} < 2) or (campaign_channel:ecom_roas:ratio{window=\"1h\"} < 2.1 and on (campaign, channel, window) ALERTS{alertname=\"RoasBelowBreakEven\", alertstate=\"firing\", window=\"1h\"})) and on (campaign, channel, window) campaign_channel:ecom_ad_spend:sum{window=\"1h\"} >= 100"
+            "(campaign_channel:ecom_roas:ratio{window=\"1h\"} < 2 and on (campaign, channel, window) campaign_channel:ecom_ad_spend:sum{window=\"1h\"} >= 100) or (campaign_channel:ecom_roas:ratio{window=\"1h\"} < 2.1 and on (campaign, channel, window) campaign_channel:ecom_ad_spend:sum{window=\"1h\"} >= 95 and on (campaign, channel, window) ALERTS{alertname=\"RoasBelowBreakEven\", alertstate=\"firing\", window=\"1h\"})"
         );
         let drop = Rule::from_config(&config.alerts[3], &windows);
         let expr = alert_expr(&drop);
         assert!(
-            expr.contains("<= 0.7 * (campaign_channel:ecom_roas:ratio{window=\"1h\"} offset 1h)"),
+            expr.contains(
+                "<= 0.7 * (campaign_channel:ecom_roas:ratio{window=\"1h\"} offset 1h > 0)"
+            ),
+            "{expr}"
+        );
+        for bar in [100, 95] {
+            assert!(
+                expr.contains(&format!(
+                    "(campaign_channel:ecom_ad_spend:sum{{window=\"1h\"}} offset 1h) >= {bar}"
+                )),
+                "{expr}"
+            );
+        }
+        let clv_cac = Rule::from_config(&config.alerts[2], &windows);
+        let expr = alert_expr(&clv_cac);
+        assert!(
+            expr.contains("campaign_channel:ecom_orders:sum{window=\"24h\"} >= 20)"),
             "{expr}"
         );
         assert!(
-            expr.contains("(campaign_channel:ecom_ad_spend:sum{window=\"1h\"} offset 1h) >= 100"),
+            expr.contains("campaign_channel:ecom_orders:sum{window=\"24h\"} >= 19 and"),
             "{expr}"
         );
+        // Without hysteresis there is nothing to stay on.
+        let mut sharp = rule.clone();
+        sharp.hysteresis = 0.0;
+        assert_eq!(
+            alert_expr(&sharp),
+            "(campaign_channel:ecom_roas:ratio{window=\"1h\"} < 2 and on (campaign, channel, window) campaign_channel:ecom_ad_spend:sum{window=\"1h\"} >= 100)"
+        );
+    }
+
+    #[test]
+    fn the_guard_tests_show_a_wobble_staying_and_a_pause_resolving() {
+        let config = Config::load_with_env(None, Some(Default::default())).unwrap();
+        let windows = windows(&config);
+        let clv = ClvAssumptions {
+            purchases_per_year: config.kpi.purchases_per_year,
+            lifetime_years: config.kpi.lifetime_years,
+        };
+        let firing = |alerts: &[Alert]| -> Vec<String> {
+            alerts.iter().map(|a| a.key.campaign.to_string()).collect()
+        };
+        for c in &config.alerts {
+            let rule = Rule::from_config(c, &windows);
+            let test = guard_test(&rule, &clv, &windows).expect("every shipped rule has a guard");
+            let [(_, before), (_, after)] = &test.checks[..] else {
+                panic!("{test:?}")
+            };
+            assert_eq!(firing(before), ["paused", "wobbling"], "{}", rule.name);
+            assert_eq!(firing(after), ["wobbling"], "{}", rule.name);
+            // And the wobble is real: the last step is under the full guard, above the
+            // relaxed one.
+            let (_, sums) = &test.campaigns[0];
+            let last = sums.last().unwrap();
+            let (full, relaxed) = (rule.guards(false), rule.guards(true));
+            assert!(
+                last.ad_spend() < full.ad_spend && last.ad_spend() >= relaxed.ad_spend,
+                "{}: {last:?}",
+                rule.name
+            );
+        }
+        let mut unguarded = Rule::from_config(&config.alerts[0], &windows);
+        unguarded.min_ad_spend = 0.0;
+        assert!(guard_test(&unguarded, &clv, &windows).is_none());
+    }
+
+    #[test]
+    fn run_lengths_use_promtools_expanding_notation() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            run_lengths(&v(&["1", "1", "1", "2", "3", "3"])),
+            "1x2 2 3x1"
+        );
+        assert_eq!(run_lengths(&v(&["5"])), "5");
     }
 
     #[test]

@@ -214,6 +214,13 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
         assert_eq!(v["schema"], "ecom-pulse.alert.v1");
         assert_eq!(v["alertname"], "RoasBelowBreakEven");
     }
+    // Only the resolution has a reason: the sales came back.
+    assert!(
+        transitions[..2]
+            .iter()
+            .all(|(_, v)| v.get("resolved_reason").is_none())
+    );
+    assert_eq!(transitions[2].1["resolved_reason"], "recovered");
 
     // The KPI topic carries snapshots with every sum and KPI; the latest says ROAS 3.
     let snapshots = read_topic(&tansu.brokers(), "kpis", Duration::from_secs(30), |m| {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::notify::Update;
-use super::{Alert, Engine, Phase};
+use super::{Alert, Engine, Phase, ResolvedReason};
 use crate::aggregate::{Snapshot, Store};
 use crate::export::feed::Feed;
 use crate::export::history::History;
@@ -89,12 +89,16 @@ impl Evaluator {
         let transitions = self.engine.evaluate(&snapshot, now);
         for t in &transitions {
             let a = &t.alert;
-            let message = format!("alert {} {} -> {}", a.name, t.from, t.to);
+            let message = match t.resolved_reason {
+                Some(reason) => format!("alert {} {} -> {} ({reason})", a.name, t.from, t.to),
+                None => format!("alert {} {} -> {}", a.name, t.from, t.to),
+            };
             let (campaign, channel) = (&*a.key.campaign, &*a.key.channel);
             if t.to == Phase::Firing {
                 tracing::warn!(alertname = %a.name, campaign, channel, window = %a.window, value = a.value, threshold = a.threshold, severity = %a.severity, "{message}");
             } else {
-                tracing::info!(alertname = %a.name, campaign, channel, window = %a.window, value = a.value, threshold = a.threshold, "{message}");
+                let resolved_reason = t.resolved_reason.map(ResolvedReason::as_str);
+                tracing::info!(alertname = %a.name, campaign, channel, window = %a.window, value = a.value, threshold = a.threshold, resolved_reason, "{message}");
             }
             self.telemetry.alert_transition(t.to);
         }
@@ -113,7 +117,10 @@ impl Evaluator {
                 resolved: transitions
                     .iter()
                     .filter(|t| t.to == Phase::Resolved)
-                    .map(|t| (t.alert.clone(), t.at_ms))
+                    .map(|t| {
+                        let reason = t.resolved_reason.expect("every resolution has a reason");
+                        (t.alert.clone(), t.at_ms, reason)
+                    })
                     .collect(),
             };
             let _ = notifier.send(update).await;

@@ -9,10 +9,17 @@
 //! - **`for`**: the condition must hold that long;
 //! - **hysteresis**: a firing alert resolves only once the value is past the threshold by a
 //!   margin (ROAS < 2 resolves at ROAS ≥ 2.1 with the default 5 %), so a value hovering at
-//!   the threshold does not flap.
+//!   the threshold does not flap. The guards of a firing alert get the same margin (spend ≥ 95
+//!   instead of 100), so spend hovering at `min_ad_spend` does not flap it either.
 //!
 //! Drop rules compare the window with the preceding window of the same length: "ROAS fell by
 //! 30 % hour over hour" fires when this hour's ROAS ≤ 0.7 × last hour's.
+//!
+//! The generated Prometheus rules (`crate::rules`) evaluate the same conditions on the
+//! exported series, and `/metrics` has no series for a window without data. So here too a
+//! window without data is not evaluated, rather than read as zero orders: otherwise
+//! `orders < 1` would fire here for ever for every campaign that ended, and never in
+//! Prometheus.
 
 pub mod evaluator;
 pub mod notify;
@@ -133,13 +140,25 @@ impl Op {
         }
     }
 
-    /// The threshold a firing alert must cross back over to resolve.
-    fn resolve_at(self, threshold: f64, hysteresis: f64) -> f64 {
-        match self {
+    /// The threshold a firing alert must cross back over to resolve. Without float noise, as
+    /// the generated PromQL prints it: CVR < 0.1 resolves at exactly 0.105 (21 orders on 200
+    /// visits) in both, not at 0.10500000000000001 here only.
+    pub fn resolve_at(self, threshold: f64, hysteresis: f64) -> f64 {
+        without_noise(match self {
             Op::Lt | Op::Le => threshold + threshold.abs() * hysteresis,
             Op::Gt | Op::Ge => threshold - threshold.abs() * hysteresis,
-        }
+        })
     }
+}
+
+/// For a drop rule: the share of the preceding window's value at or under which it enters,
+/// and the share under which a firing alert stays (the drop less the hysteresis). Without
+/// float noise, as the generated PromQL prints them.
+pub fn drop_factors(fraction: f64, hysteresis: f64) -> (f64, f64) {
+    (
+        without_noise(1.0 - fraction),
+        without_noise(1.0 - fraction * (1.0 - hysteresis)),
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -198,19 +217,47 @@ impl Rule {
         }
     }
 
-    fn guards_pass(&self, s: &Sums) -> bool {
-        s.ad_spend() >= self.min_ad_spend
-            && s.orders >= self.min_orders
-            && s.visits >= self.min_visits
+    /// The volume a window must hold for the rule to be evaluated on it. A firing alert's
+    /// guards are relaxed by the hysteresis, like its threshold, so that spend wobbling around
+    /// `min_ad_spend` does not resolve and re-fire it; an alert not firing yet needs the full
+    /// amount, so a guard still means "enough volume to judge" before anyone is paged.
+    pub fn guards(&self, firing: bool) -> Guards {
+        let bar = |min: f64| {
+            if firing {
+                without_noise(min * (1.0 - self.hysteresis))
+            } else {
+                min
+            }
+        };
+        Guards {
+            ad_spend: bar(self.min_ad_spend),
+            orders: bar(self.min_orders as f64),
+            visits: bar(self.min_visits as f64),
+        }
     }
 
-    /// Evaluates the rule on one key's window (and preceding window, for drops).
-    pub fn check(&self, current: &Sums, previous: &Sums, clv: &ClvAssumptions) -> Check {
-        if !self.guards_pass(current) {
-            return Check::NotEvaluated;
+    /// Evaluates the rule on one key's window (and preceding window, for drops). `firing`
+    /// says whether the rule's alert for the key is firing now: it relaxes the guards.
+    pub fn check(
+        &self,
+        current: &Sums,
+        previous: &Sums,
+        clv: &ClvAssumptions,
+        firing: bool,
+    ) -> Check {
+        let drop = matches!(self.condition, Condition::Drop { .. });
+        // An empty window has no series in /metrics, so the generated PromQL cannot fire on
+        // it; reading it as zero orders here would fire `orders < 1` for ever once a
+        // campaign ended.
+        if current.is_empty() || (drop && previous.is_empty()) {
+            return Check::NotEvaluated(Skip::NoData);
+        }
+        let guards = self.guards(firing);
+        if !guards.pass(current) || (drop && !guards.pass(previous)) {
+            return Check::NotEvaluated(Skip::Guard);
         }
         let Some(value) = self.kpi.of(current, &current.kpis(clv)) else {
-            return Check::NotEvaluated;
+            return Check::NotEvaluated(Skip::NoData);
         };
         match self.condition {
             Condition::Threshold { op, threshold } => Check::Value {
@@ -219,23 +266,20 @@ impl Rule {
                 breached: op.holds(value, threshold),
                 holds: op.holds(value, op.resolve_at(threshold, self.hysteresis)),
             },
-            Condition::Drop { fraction } => {
-                if !self.guards_pass(previous) {
-                    return Check::NotEvaluated;
-                }
-                match self.kpi.of(previous, &previous.kpis(clv)) {
-                    Some(before) if before > 0.0 => {
-                        let threshold = before * (1.0 - fraction);
-                        Check::Value {
-                            value,
-                            threshold,
-                            breached: value <= threshold,
-                            holds: value <= before * (1.0 - fraction * (1.0 - self.hysteresis)),
-                        }
+            Condition::Drop { fraction } => match self.kpi.of(previous, &previous.kpis(clv)) {
+                Some(before) if before > 0.0 => {
+                    let (enter, stay) = drop_factors(fraction, self.hysteresis);
+                    let threshold = before * enter;
+                    Check::Value {
+                        value,
+                        threshold,
+                        breached: value <= threshold,
+                        holds: value <= before * stay,
                     }
-                    _ => Check::NotEvaluated,
                 }
-            }
+                // Nothing to fall from (the PromQL asks for a positive preceding value too).
+                _ => Check::NotEvaluated(Skip::NoData),
+            },
         }
     }
 
@@ -261,11 +305,83 @@ impl Rule {
     }
 }
 
+/// Rounds to 1e-9: a computed bar is then the number the PromQL prints (a relaxed guard of
+/// 19, not 18.999999999999996), and a value exactly at it falls on the same side in both.
+fn without_noise(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
+}
+
+/// The least volume a window must hold for a rule to be evaluated on it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guards {
+    pub ad_spend: f64,
+    pub orders: f64,
+    pub visits: f64,
+}
+
+impl Guards {
+    fn pass(&self, s: &Sums) -> bool {
+        s.ad_spend() >= self.ad_spend
+            && s.orders as f64 >= self.orders
+            && s.visits as f64 >= self.visits
+    }
+}
+
+/// Why a rule was not evaluated on a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The window (or, for a drop, the preceding one) is empty, or the KPI has no value
+    /// there (a zero denominator): where PromQL has no series.
+    NoData,
+    /// A volume guard is not met.
+    Guard,
+}
+
+/// Why an alert ended, sent with its resolution: a campaign that went quiet is not one that
+/// recovered, and whoever was paged should not have to guess which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolvedReason {
+    /// The condition no longer holds, hysteresis included.
+    Recovered,
+    /// A volume guard is no longer met: too little volume left to judge (a paused campaign's
+    /// spend runs out of the window).
+    Guard,
+    /// No data to judge: the window emptied, the KPI lost its denominator, or the key left
+    /// this instance (its partition moved).
+    NoData,
+}
+
+impl ResolvedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolvedReason::Recovered => "recovered",
+            ResolvedReason::Guard => "guard",
+            ResolvedReason::NoData => "no_data",
+        }
+    }
+}
+
+impl fmt::Display for ResolvedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Skip> for ResolvedReason {
+    fn from(skip: Skip) -> ResolvedReason {
+        match skip {
+            Skip::NoData => ResolvedReason::NoData,
+            Skip::Guard => ResolvedReason::Guard,
+        }
+    }
+}
+
 /// The result of evaluating a rule on one key.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Check {
-    /// Guards not met or the KPI undefined: as if the condition were false.
-    NotEvaluated,
+    /// No data or guards not met: as if the condition were false.
+    NotEvaluated(Skip),
     Value {
         value: f64,
         /// The value compared with (for drops: the preceding window's value × (1 − drop)).
@@ -323,6 +439,9 @@ pub struct Transition {
     pub at_ms: i64,
     /// The alert as of the transition (for `Resolved`, its last firing state).
     pub alert: Alert,
+    /// Why it ended, for transitions to `Resolved` (and to `Inactive`, a pending alert that
+    /// stopped); `None` for the others.
+    pub resolved_reason: Option<ResolvedReason>,
 }
 
 /// The rules and the alerts they hold.
@@ -357,12 +476,17 @@ impl Engine {
         let mut transitions = Vec::new();
         for (r, rule) in self.rules.iter().enumerate() {
             for (key, row) in &snapshot.rows {
+                let id = (r, key.clone());
+                let firing = self
+                    .active
+                    .get(&id)
+                    .is_some_and(|a| a.phase == Phase::Firing);
                 let check = rule.check(
                     &row.windows[rule.window],
                     &row.previous[rule.window],
                     &self.clv,
+                    firing,
                 );
-                let id = (r, key.clone());
                 match (self.active.get_mut(&id), check) {
                     (
                         None,
@@ -396,6 +520,7 @@ impl Engine {
                             to: alert.phase,
                             at_ms: now_ms,
                             alert: alert.clone(),
+                            resolved_reason: None,
                         });
                         self.active.insert(id, alert);
                     }
@@ -419,6 +544,7 @@ impl Engine {
                                 to: Phase::Firing,
                                 at_ms: now_ms,
                                 alert: alert.clone(),
+                                resolved_reason: None,
                             });
                         }
                     }
@@ -434,9 +560,13 @@ impl Engine {
                         alert.value = value;
                         alert.threshold = threshold;
                     }
-                    (Some(_), _) => {
+                    (Some(_), check) => {
+                        let reason = match check {
+                            Check::NotEvaluated(skip) => skip.into(),
+                            Check::Value { .. } => ResolvedReason::Recovered,
+                        };
                         let alert = self.active.remove(&id).expect("present");
-                        transitions.push(end(alert, now_ms));
+                        transitions.push(end(alert, now_ms, reason));
                     }
                 }
             }
@@ -450,14 +580,14 @@ impl Engine {
             .collect();
         for id in gone {
             let alert = self.active.remove(&id).expect("present");
-            transitions.push(end(alert, now_ms));
+            transitions.push(end(alert, now_ms, ResolvedReason::NoData));
         }
         transitions
     }
 }
 
 /// The transition that ends an alert: pending → inactive, firing → resolved.
-fn end(alert: Alert, now_ms: i64) -> Transition {
+fn end(alert: Alert, now_ms: i64, reason: ResolvedReason) -> Transition {
     let to = if alert.phase == Phase::Firing {
         Phase::Resolved
     } else {
@@ -468,6 +598,7 @@ fn end(alert: Alert, now_ms: i64) -> Transition {
         to,
         at_ms: now_ms,
         alert,
+        resolved_reason: Some(reason),
     }
 }
 
@@ -614,13 +745,203 @@ mod tests {
         );
         let mut e = Engine::new(vec![orders], CLV);
         assert_eq!(phases(&e.evaluate(&snap(100.0, 500.0, None), T0)), []);
-        // A firing alert whose guard stops passing (spend paused) resolves.
+        // A firing alert whose guard stops passing (spend paused) resolves, saying why.
         let mut e = Engine::new(vec![roas_below(2.0, "0s", 100.0)], CLV);
         e.evaluate(&snap(100.0, 200.0, None), T0);
+        let t = e.evaluate(&snap(10.0, 20.0, None), T0 + MIN);
+        assert_eq!(phases(&t), [(Phase::Firing, Phase::Resolved)]);
+        assert_eq!(t[0].resolved_reason, Some(ResolvedReason::Guard));
+    }
+
+    #[test]
+    fn guards_have_the_hysteresis_of_the_threshold() {
+        // ROAS 1.5 throughout; only the spend moves around the guard of 100.
+        let at_spend = |spend: f64| snap(1.5 * spend, spend, None);
+        let mut e = Engine::new(vec![roas_below(2.0, "0s", 100.0)], CLV);
         assert_eq!(
-            phases(&e.evaluate(&snap(10.0, 20.0, None), T0 + MIN)),
-            [(Phase::Firing, Phase::Resolved)]
+            phases(&e.evaluate(&at_spend(100.0), T0)),
+            [(Phase::Inactive, Phase::Firing)]
         );
+        // Spend wobbling between 96 and 101 (above the relaxed guard, 95): fired once, stays
+        // firing, and keeps its value up to date.
+        for i in 1..20 {
+            let spend = if i % 2 == 0 { 101.0 } else { 96.0 };
+            assert_eq!(phases(&e.evaluate(&at_spend(spend), T0 + i * MIN)), []);
+        }
+        assert_eq!(e.active().next().unwrap().phase, Phase::Firing);
+        // Exactly at the relaxed guard still counts; below it the alert resolves, saying so.
+        assert_eq!(e.rules()[0].guards(true).ad_spend, 95.0);
+        assert_eq!(phases(&e.evaluate(&at_spend(95.0), T0 + 20 * MIN)), []);
+        let t = e.evaluate(&at_spend(94.0), T0 + 21 * MIN);
+        assert_eq!(phases(&t), [(Phase::Firing, Phase::Resolved)]);
+        assert_eq!(t[0].resolved_reason, Some(ResolvedReason::Guard));
+        assert_eq!(t[0].alert.value, 1.5);
+        // An alert that is not firing needs the full guard: 96 does not start one ...
+        assert_eq!(phases(&e.evaluate(&at_spend(96.0), T0 + 22 * MIN)), []);
+        // ... and a pending one goes back to inactive below it, as before it had fired.
+        let mut e = Engine::new(vec![roas_below(2.0, "5m", 100.0)], CLV);
+        assert_eq!(
+            phases(&e.evaluate(&at_spend(100.0), T0)),
+            [(Phase::Inactive, Phase::Pending)]
+        );
+        let t = e.evaluate(&at_spend(96.0), T0 + MIN);
+        assert_eq!(phases(&t), [(Phase::Pending, Phase::Inactive)]);
+        assert_eq!(t[0].resolved_reason, Some(ResolvedReason::Guard));
+    }
+
+    #[test]
+    fn relaxed_count_guards_are_whole_numbers_where_they_should_be() {
+        let r = rule(
+            "name = \"R\"\nkpi = \"clv_cac\"\nop = \"<\"\nthreshold = 3.0\nwindow = \"1h\"\nseverity = \"info\"\nmin_orders = 20\nmin_visits = 7\nmin_ad_spend = 500.0\n",
+        );
+        let relaxed = r.guards(true);
+        assert_eq!(
+            (relaxed.ad_spend, relaxed.orders, relaxed.visits),
+            (475.0, 19.0, 6.65)
+        );
+        let full = r.guards(false);
+        assert_eq!(
+            (full.ad_spend, full.orders, full.visits),
+            (500.0, 20.0, 7.0)
+        );
+    }
+
+    #[test]
+    fn bars_are_the_numbers_the_promql_prints() {
+        let cvr = rule(
+            "name = \"CvrLow\"\nkpi = \"cvr\"\nop = \"<\"\nthreshold = 0.1\nwindow = \"1h\"\nseverity = \"info\"\n",
+        );
+        let mut e = Engine::new(vec![cvr], CLV);
+        let at = |orders: u64| {
+            let mut row = Row::new(2);
+            row.windows[1] = Sums {
+                visits: 200,
+                orders,
+                ..Sums::default()
+            };
+            let mut snapshot = Snapshot::default();
+            snapshot.rows.insert(Key::new("spring", "social"), row);
+            snapshot
+        };
+        assert_eq!(
+            phases(&e.evaluate(&at(10), T0)),
+            [(Phase::Inactive, Phase::Firing)]
+        );
+        // 21 / 200 is 0.105, which the PromQL compares with `< 0.105`: resolved in both
+        // (0.1 + 0.1 x 0.05 would be 0.10500000000000001, and kept it firing here).
+        assert_eq!(Op::Lt.resolve_at(0.1, 0.05), 0.105);
+        let t = e.evaluate(&at(21), T0 + MIN);
+        assert_eq!(phases(&t), [(Phase::Firing, Phase::Resolved)]);
+        assert_eq!(t[0].resolved_reason, Some(ResolvedReason::Recovered));
+        assert_eq!(drop_factors(0.3, 0.05), (0.7, 0.715));
+    }
+
+    /// `orders < 1` over the 5m window.
+    fn no_orders() -> Rule {
+        rule(
+            "name = \"NoOrders\"\nkpi = \"orders\"\nop = \"<\"\nthreshold = 1.0\nwindow = \"5m\"\nseverity = \"warning\"\n",
+        )
+    }
+
+    /// One key whose 5m window holds these sums.
+    fn snap_5m(sums: Sums) -> Snapshot {
+        let mut row = Row::new(2);
+        row.windows[0] = sums;
+        // The longer window still remembers the campaign: the key stays in the snapshot.
+        row.windows[1] = Sums {
+            visits: 500,
+            ..Sums::default()
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.rows.insert(Key::new("ended", "email"), row);
+        snapshot
+    }
+
+    #[test]
+    fn an_empty_window_is_not_evaluated_as_in_promql() {
+        let mut e = Engine::new(vec![no_orders()], CLV);
+        // Visits but no orders: /metrics exports `ecom_orders 0`, so both paths fire.
+        let visits_only = Sums {
+            visits: 50,
+            ..Sums::default()
+        };
+        let t = e.evaluate(&snap_5m(visits_only), T0);
+        assert_eq!(phases(&t), [(Phase::Inactive, Phase::Firing)]);
+        assert_eq!(t[0].alert.value, 0.0);
+        // The campaign ended and its 5m window emptied: no series in /metrics, no alert.
+        let t = e.evaluate(&snap_5m(Sums::default()), T0 + MIN);
+        assert_eq!(phases(&t), [(Phase::Firing, Phase::Resolved)]);
+        assert_eq!(t[0].resolved_reason, Some(ResolvedReason::NoData));
+        for i in 2..10 {
+            assert_eq!(
+                phases(&e.evaluate(&snap_5m(Sums::default()), T0 + i * MIN)),
+                [],
+                "an empty window never fires"
+            );
+        }
+        // Nor does it start a drop rule that had a preceding window.
+        let drop = rule(
+            "name = \"OrdersDrop\"\nkpi = \"orders\"\ndrop = 0.5\nwindow = \"1h\"\nseverity = \"warning\"\n",
+        );
+        assert_eq!(
+            drop.check(
+                &Sums::default(),
+                &Sums {
+                    orders: 40,
+                    ..Sums::default()
+                },
+                &CLV,
+                false
+            ),
+            Check::NotEvaluated(Skip::NoData)
+        );
+        assert_eq!(
+            drop.check(
+                &Sums {
+                    visits: 3,
+                    ..Sums::default()
+                },
+                &Sums {
+                    orders: 40,
+                    ..Sums::default()
+                },
+                &CLV,
+                false
+            ),
+            Check::Value {
+                value: 0.0,
+                threshold: 20.0,
+                breached: true,
+                holds: true
+            },
+            "a window with data and no orders did drop"
+        );
+        // A ratio without its denominator has no value either.
+        assert_eq!(
+            roas_below(2.0, "0s", 0.0).check(
+                &Sums {
+                    orders: 3,
+                    gmv_micros: money(30.0),
+                    ..Sums::default()
+                },
+                &Sums::default(),
+                &CLV,
+                false
+            ),
+            Check::NotEvaluated(Skip::NoData)
+        );
+    }
+
+    #[test]
+    fn a_recovery_says_so() {
+        let mut e = Engine::new(vec![roas_below(2.0, "0s", 100.0)], CLV);
+        e.evaluate(&snap(300.0, 200.0, None), T0);
+        let t = e.evaluate(&snap(600.0, 200.0, None), T0 + MIN);
+        assert_eq!(phases(&t), [(Phase::Firing, Phase::Resolved)]);
+        assert_eq!(t[0].resolved_reason, Some(ResolvedReason::Recovered));
+        // Transitions that start or escalate an alert carry no reason.
+        let t = e.evaluate(&snap(300.0, 200.0, None), T0 + 2 * MIN);
+        assert_eq!(t[0].resolved_reason, None);
     }
 
     #[test]
@@ -676,6 +997,10 @@ mod tests {
                 (Phase::Pending, Phase::Inactive),
                 (Phase::Firing, Phase::Resolved)
             ]
+        );
+        assert!(
+            t.iter()
+                .all(|t| t.resolved_reason == Some(ResolvedReason::NoData))
         );
     }
 

@@ -1,7 +1,8 @@
 //! Pushes firing and resolved alerts to Alertmanager's v2 API, the way Prometheus does:
 //! every firing alert is re-sent each `resend_interval` with `endsAt` a few intervals ahead
 //! (so Alertmanager resolves it by itself if ecom-pulse goes away), a resolved alert is sent
-//! once with `endsAt` set to when it resolved, and failed sends are retried with back-off.
+//! once with `endsAt` set to when it resolved and a `resolved_reason` annotation, and failed
+//! sends are retried with back-off.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Alert;
+use super::{Alert, ResolvedReason};
 use crate::config::AlertmanagerConfig;
 use crate::telemetry::{RateLimit, Telemetry};
 
@@ -21,8 +22,8 @@ use crate::telemetry::{RateLimit, Telemetry};
 pub struct Update {
     /// Every alert firing now.
     pub firing: Vec<Alert>,
-    /// Alerts that resolved in this evaluation, with when.
-    pub resolved: Vec<(Alert, i64)>,
+    /// Alerts that resolved in this evaluation, with when and why.
+    pub resolved: Vec<(Alert, i64, ResolvedReason)>,
 }
 
 /// One alert in Alertmanager's `POST /api/v2/alerts` body.
@@ -94,6 +95,22 @@ pub fn am_alert(alert: &Alert, ends_at_ms: i64, generator_url: &str) -> AmAlert 
         ends_at: rfc3339(ends_at_ms),
         generator_url: generator_url.to_string(),
     }
+}
+
+/// A resolved alert: as it last fired, ending when it resolved, with a `resolved_reason`
+/// annotation. Alertmanager keeps the annotations of the newest push, so its resolved
+/// notification tells a paused campaign (`guard`) or an ended one (`no_data`) from one that
+/// recovered.
+pub fn am_resolved(
+    alert: &Alert,
+    resolved_at_ms: i64,
+    reason: ResolvedReason,
+    generator_url: &str,
+) -> AmAlert {
+    let mut am = am_alert(alert, resolved_at_ms, generator_url);
+    am.annotations
+        .insert("resolved_reason".to_string(), reason.to_string());
+    am
 }
 
 pub struct Notifier {
@@ -206,7 +223,7 @@ impl Notifier {
     /// Sends until `shutdown`.
     pub async fn run(self, mut updates: mpsc::Receiver<Update>, shutdown: CancellationToken) {
         let mut firing: Vec<Alert> = Vec::new();
-        let mut resolved: Vec<(Alert, i64)> = Vec::new();
+        let mut resolved: Vec<(Alert, i64, ResolvedReason)> = Vec::new();
         let mut last_sent_ids: Vec<(String, String, String, String)> = Vec::new();
         let mut next_send: Option<Instant> = None;
         let mut backoff = Duration::from_secs(1);
@@ -252,7 +269,11 @@ impl Notifier {
         }
     }
 
-    async fn send(&self, firing: &[Alert], resolved: &[(Alert, i64)]) -> Result<(), NotifyError> {
+    async fn send(
+        &self,
+        firing: &[Alert],
+        resolved: &[(Alert, i64, ResolvedReason)],
+    ) -> Result<(), NotifyError> {
         let now = crate::now_ms();
         // Like Prometheus: a firing alert's endsAt lies a few resends ahead.
         let ends = now + 4 * self.resend.as_millis() as i64;
@@ -262,7 +283,7 @@ impl Notifier {
             .chain(
                 resolved
                     .iter()
-                    .map(|(a, at)| am_alert(a, *at, &self.generator_url)),
+                    .map(|(a, at, why)| am_resolved(a, *at, *why, &self.generator_url)),
             )
             .collect();
         let request = self.client.post(&self.endpoint).json(&body);
@@ -337,5 +358,18 @@ mod tests {
                 .unwrap()
                 .contains("roas < 2 over 1h")
         );
+        assert!(json["annotations"].get("resolved_reason").is_none());
+
+        // Resolved: it ends when it resolved, and says why.
+        let json = serde_json::to_value(am_resolved(
+            &alert,
+            1_795_335_000_000,
+            ResolvedReason::Guard,
+            "http://x/api/v1/alerts",
+        ))
+        .unwrap();
+        assert_eq!(json["endsAt"], "2026-11-22T08:10:00.000Z");
+        assert_eq!(json["annotations"]["resolved_reason"], "guard");
+        assert_eq!(json["annotations"]["summary"].as_str().unwrap(), summary);
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::aggregate::Snapshot;
 use crate::alert::notify::rfc3339;
-use crate::alert::{Phase, Transition};
+use crate::alert::{Phase, ResolvedReason, Transition};
 use crate::checkpoint::kafka::Quiet;
 use crate::config::KafkaConfig;
 use crate::export::http::{KpiRow, kpi_row};
@@ -54,6 +54,10 @@ pub struct AlertMessage<'a> {
     pub threshold: f64,
     pub condition: &'a str,
     pub active_since: String,
+    /// On `resolved` and `inactive`: `recovered`, `guard` (too little volume left to judge,
+    /// e.g. a paused campaign) or `no_data` (the window emptied, or the key left).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_reason: Option<ResolvedReason>,
 }
 
 /// Counts the feed's delivery reports.
@@ -204,6 +208,7 @@ impl Feed {
                 threshold: a.threshold,
                 condition: &a.condition,
                 active_since: rfc3339(a.active_since_ms),
+                resolved_reason: t.resolved_reason,
             };
             let payload = serde_json::to_vec(&message).expect("serialisable");
             self.send(&self.alerts_topic, &a.key.campaign, &payload);

@@ -804,6 +804,9 @@ pub fn kill9(svc: &mut Service) {
     svc.proc.child.wait().unwrap();
 }
 
+/// Alertmanager's configuration when notifications do not matter: a receiver that drops them.
+const BLACKHOLE: &str = "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: blackhole\n";
+
 /// A real Alertmanager (Debian's prometheus-alertmanager) on its own port, no clustering.
 pub struct Alertmanager {
     pub port: u16,
@@ -817,20 +820,32 @@ impl Alertmanager {
     }
 
     pub fn start_on(port: u16) -> Alertmanager {
-        let am = Self::spawn(port, None);
-        wait_for("alertmanager to be ready", Duration::from_secs(30), || {
-            http_get(port, "/-/ready").ok().filter(|(s, _)| *s == 200)
-        });
+        let am = Self::spawn(port, None, BLACKHOLE);
+        am.wait_ready();
+        am
+    }
+
+    /// Started with this `alertmanager.yml` (routes and receivers) instead.
+    pub fn start_with_config(config_yaml: &str) -> Alertmanager {
+        let am = Self::spawn(free_port(), None, config_yaml);
+        am.wait_ready();
         am
     }
 
     /// Started with `--web.config.file` holding `web_yaml` (TLS, basic auth); the caller
     /// waits for it with the right credentials.
     pub fn start_with_web_config(web_yaml: &str) -> Alertmanager {
-        Self::spawn(free_port(), Some(web_yaml))
+        Self::spawn(free_port(), Some(web_yaml), BLACKHOLE)
     }
 
-    fn spawn(port: u16, web_yaml: Option<&str>) -> Alertmanager {
+    fn wait_ready(&self) {
+        let port = self.port;
+        wait_for("alertmanager to be ready", Duration::from_secs(30), || {
+            http_get(port, "/-/ready").ok().filter(|(s, _)| *s == 200)
+        });
+    }
+
+    fn spawn(port: u16, web_yaml: Option<&str>, config_yaml: &str) -> Alertmanager {
         let dir = tempfile::tempdir().unwrap();
         let web = web_yaml.map(|yaml| {
             let path = dir.path().join("web.yml");
@@ -838,11 +853,7 @@ impl Alertmanager {
             format!("--web.config.file={}", path.display())
         });
         let config = dir.path().join("alertmanager.yml");
-        std::fs::write(
-            &config,
-            "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: blackhole\n",
-        )
-        .unwrap();
+        std::fs::write(&config, config_yaml).unwrap();
         let child = Command::new(tool(
             "prometheus-alertmanager",
             "apt-get install prometheus-alertmanager",
