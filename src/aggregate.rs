@@ -22,7 +22,11 @@ use crate::config::{Config, ConfigError};
 use crate::decode::{Decoder, Event, EventType, Reason, Rejection};
 use crate::dedup::Dedup;
 use crate::kpi::Sums;
-use crate::window::{Cell, Series, Windows};
+use crate::window::{Cell, RingLayout, Series, Windows};
+
+pub mod rebuild;
+
+use rebuild::{COMPLETE, CoveredFrom, OffsetIndex, Rebuild, UNKNOWN};
 
 /// A (campaign, channel) pair: the identity of every exported series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -211,6 +215,7 @@ trait SeriesRead {
     fn touch_heads(&self, windows: usize) -> i64;
     fn is_idle(&self, windows: &Windows, now_ms: i64) -> bool;
     fn heap_bytes(&self) -> usize;
+    fn cells(&self) -> usize;
 }
 
 impl<C: Counted> SeriesRead for Series<C> {
@@ -231,6 +236,9 @@ impl<C: Counted> SeriesRead for Series<C> {
     }
     fn heap_bytes(&self) -> usize {
         Series::heap_bytes(self)
+    }
+    fn cells(&self) -> usize {
+        Series::cells(self)
     }
 }
 
@@ -409,26 +417,83 @@ impl KeyState {
         }
     }
 
-    /// After a restore: rebuilds the running totals of the rings that were saved under
-    /// `windows`' geometry and can be read with it, and replaces the others with empty rings
-    /// of that geometry, keeping the counters. False if any ring was replaced.
-    fn restore_rings(&mut self, windows: &Windows, same_geometry: bool) -> bool {
-        fn one<C: Cell>(s: &mut Option<Box<Series<C>>>, windows: &Windows, same: bool) -> bool {
-            let Some(s) = s else { return true };
-            // A ring of another size (`windows.buckets` changed, which the saved geometry
-            // does not tell) or a series saved without rings does not fit.
-            if same && s.fits(windows) {
-                s.recompute_totals(windows);
-                true
-            } else {
-                **s = s.emptied(windows);
-                false
+    /// After a restore under the configuration the rings were saved with: rebuilds their
+    /// running totals (a series saved without rings gets empty ones).
+    fn recompute_totals(&mut self, windows: &Windows) {
+        fn one<C: Cell>(s: &mut Option<Box<Series<C>>>, windows: &Windows) {
+            if let Some(s) = s {
+                if s.fits(windows) {
+                    s.recompute_totals(windows);
+                } else {
+                    **s = s.emptied(windows);
+                }
             }
         }
-        // `&`, not `&&`: every series is restored whatever the others gave.
-        one(&mut self.visits, windows, same_geometry)
-            & one(&mut self.orders, windows, same_geometry)
-            & one(&mut self.ad_spend, windows, same_geometry)
+        one(&mut self.visits, windows);
+        one(&mut self.orders, windows);
+        one(&mut self.ad_spend, windows);
+    }
+
+    /// After a restore under another configuration: see [`Series::reshaped`].
+    fn reshape_rings(&mut self, from: &[RingLayout], windows: &Windows, keep_from: &[i64]) {
+        fn one<C: Cell>(
+            s: &mut Option<Box<Series<C>>>,
+            from: &[RingLayout],
+            windows: &Windows,
+            keep_from: &[i64],
+        ) {
+            if let Some(s) = s {
+                **s = s.reshaped(from, windows, keep_from);
+            }
+        }
+        one(&mut self.visits, from, windows, keep_from);
+        one(&mut self.orders, from, windows, keep_from);
+        one(&mut self.ad_spend, from, windows, keep_from);
+    }
+
+    /// Cells of this key's rings (all its series have the same layout), if it has any.
+    fn ring_cells(&self) -> Option<usize> {
+        self.series().map(|s| s.cells()).max()
+    }
+
+    /// Adds a replayed event to the buckets being rebuilt (see [`Series::add_below`]).
+    fn add_below(
+        &mut self,
+        windows: &Windows,
+        event: &Event<'_>,
+        at_ms: i64,
+        now_ms: i64,
+        below: &[i64],
+    ) {
+        fn one<C: Cell>(
+            s: &mut Option<Box<Series<C>>>,
+            windows: &Windows,
+            at_ms: i64,
+            now_ms: i64,
+            cell: C,
+            below: &[i64],
+        ) {
+            s.get_or_insert_with(|| Box::new(Series::new(windows)))
+                .add_below(windows, at_ms, now_ms, &cell, below);
+        }
+        match event.kind {
+            EventType::Visit => one(
+                &mut self.visits,
+                windows,
+                at_ms,
+                now_ms,
+                VisitCell(1),
+                below,
+            ),
+            EventType::Order => {
+                let cell = order_cell(event);
+                one(&mut self.orders, windows, at_ms, now_ms, cell, below)
+            }
+            EventType::AdSpend => {
+                let cell = SpendCell(event.amount_micros);
+                one(&mut self.ad_spend, windows, at_ms, now_ms, cell, below)
+            }
+        }
     }
 
     /// True when no window of any of its series holds anything at `now_ms`.
@@ -451,14 +516,44 @@ pub struct PartitionState {
     next_offset: i64,
     /// Newest event time accepted (the partition's watermark); `i64::MIN` before any.
     watermark_ms: i64,
+    /// Per configured window, in configuration order: its length and from when its buckets
+    /// hold everything (see [`rebuild::CoveredFrom`]).
+    coverage: Vec<(i64, CoveredFrom)>,
+    /// Where the input stood when: what a window rebuilt after a configuration change
+    /// replays from.
+    index: OffsetIndex,
     /// This partition's share of `limits.max_keys` (see [`Pipeline::key_share`]); `None`:
     /// all of it. Set on every take-over, not saved.
     #[serde(skip)]
     key_share: Option<usize>,
+    /// The index's slot width and length, from the configuration (0: not configured yet,
+    /// nothing recorded); and when its next slot starts.
+    #[serde(skip)]
+    index_slot_ms: i64,
+    #[serde(skip)]
+    index_keep: usize,
+    #[serde(skip)]
+    index_next_ms: i64,
+    /// Some window's coverage waits for the first message to say where it starts.
+    #[serde(skip)]
+    coverage_pending: bool,
+    /// Windows being read again from the input after a configuration change.
+    #[serde(skip)]
+    rebuild: Option<Box<Rebuild>>,
 }
 
-/// A [`PartitionState`] as checkpoints of format 3 hold it: only its de-duplication ids are
-/// laid out differently.
+/// A [`PartitionState`] as checkpoints of format 4 hold it: no coverage and no offset index
+/// (every window was taken to be complete).
+#[derive(Deserialize)]
+pub(crate) struct PartitionStateV4 {
+    keys: hashbrown::HashMap<Key, KeyState>,
+    dedup: Dedup,
+    next_offset: i64,
+    watermark_ms: i64,
+}
+
+/// A [`PartitionState`] as checkpoints of format 3 hold it: format 4, with its
+/// de-duplication ids laid out differently.
 #[derive(Deserialize)]
 pub(crate) struct PartitionStateV3 {
     keys: hashbrown::HashMap<Key, KeyState>,
@@ -467,15 +562,50 @@ pub(crate) struct PartitionStateV3 {
     watermark_ms: i64,
 }
 
+impl From<PartitionStateV4> for PartitionState {
+    fn from(v4: PartitionStateV4) -> PartitionState {
+        PartitionState {
+            next_offset: v4.next_offset,
+            watermark_ms: v4.watermark_ms,
+            keys: v4.keys,
+            ..PartitionState::new(v4.dedup)
+        }
+    }
+}
+
 impl From<PartitionStateV3> for PartitionState {
     fn from(v3: PartitionStateV3) -> PartitionState {
-        PartitionState {
+        PartitionStateV4 {
             keys: v3.keys,
             dedup: v3.dedup.into(),
             next_offset: v3.next_offset,
             watermark_ms: v3.watermark_ms,
-            key_share: None,
         }
+        .into()
+    }
+}
+
+/// What a checkpoint says of how its rings were laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavedLayout {
+    /// Format 5 on: every window's ring.
+    Rings(Vec<RingLayout>),
+    /// Before: each window's length and span, bucket counts left out.
+    Geometry(Vec<(i64, i64)>),
+}
+
+/// How a restored state's windows fit the running configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reshape {
+    /// Per configured window, as [`Rebuild::below`]: `i64::MIN` where the saved ring was
+    /// kept whole.
+    pub rebuild_below: Vec<i64>,
+}
+
+impl Reshape {
+    /// True when every window was carried over as it was saved.
+    pub fn kept_all(&self) -> bool {
+        self.rebuild_below.iter().all(|&b| b == i64::MIN)
     }
 }
 
@@ -486,7 +616,14 @@ impl PartitionState {
             dedup,
             next_offset: 0,
             watermark_ms: i64::MIN,
+            coverage: Vec::new(),
+            index: OffsetIndex::default(),
             key_share: None,
+            index_slot_ms: 0,
+            index_keep: 0,
+            index_next_ms: i64::MIN,
+            coverage_pending: false,
+            rebuild: None,
         }
     }
 
@@ -513,10 +650,140 @@ impl PartitionState {
         self.next_offset
     }
 
-    /// Records that the message at `offset` has been applied. Called under the same lock as
-    /// `Pipeline::process`, so state and offset always agree.
-    pub fn applied(&mut self, offset: i64) {
+    /// Records that the message at `offset` has been applied at `now_ms`. Called under the same
+    /// lock as `Pipeline::process`, so state and offset always agree. `record_ts_ms` is the
+    /// message's record time, which starts the coverage of windows that waited for it.
+    pub fn applied(&mut self, offset: i64, now_ms: i64, record_ts_ms: i64) {
         self.next_offset = self.next_offset.max(offset + 1);
+        // Once per slot (a minute or more), not per message.
+        if now_ms >= self.index_next_ms && self.index_slot_ms > 0 && offset + 1 >= self.next_offset
+        {
+            self.index_next_ms =
+                self.index
+                    .record(now_ms, offset, self.index_slot_ms, self.index_keep);
+        }
+        if self.coverage_pending {
+            self.coverage_pending = false;
+            // Windows being rebuilt learn theirs when the rebuild ends.
+            let rebuilding = self.rebuild.as_ref().map(|r| &r.below);
+            for (w, (_, from)) in self.coverage.iter_mut().enumerate() {
+                if *from == UNKNOWN && rebuilding.is_none_or(|below| below[w] == i64::MIN) {
+                    *from = record_ts_ms;
+                }
+            }
+        }
+        if let Some(rebuild) = &mut self.rebuild {
+            if rebuild.covers_from == UNKNOWN {
+                rebuild.covers_from = record_ts_ms;
+            }
+            if offset + 1 >= rebuild.until {
+                self.finish_rebuild();
+            }
+        }
+    }
+
+    /// True when the message at `offset` is read again only for the windows being rebuilt.
+    pub fn rebuilding(&self, offset: i64) -> bool {
+        self.rebuild.as_ref().is_some_and(|r| offset < r.until)
+    }
+
+    /// True while windows are being rebuilt: the state is then no checkpoint's to write (the
+    /// one it was restored from still holds), since its rebuilt windows are partial.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuild.is_some()
+    }
+
+    /// Starts reading the input again from `from_offset` into the windows `reshape` could
+    /// not carry over, up to where this state reached. `covers_from`: what the rebuilt windows
+    /// will cover, in time ([`UNKNOWN`]: the first message read says). Returns the offset
+    /// consumption must start at.
+    pub fn start_rebuild(
+        &mut self,
+        reshape: &Reshape,
+        from_offset: i64,
+        covers_from: CoveredFrom,
+        dedup: Dedup,
+    ) -> i64 {
+        if reshape.kept_all() {
+            return self.next_offset;
+        }
+        for ((_, from), &below) in self.coverage.iter_mut().zip(&reshape.rebuild_below) {
+            if below != i64::MIN {
+                *from = UNKNOWN;
+            }
+        }
+        self.rebuild = Some(Box::new(Rebuild {
+            until: self.next_offset,
+            below: reshape.rebuild_below.clone(),
+            dedup,
+            covers_from,
+        }));
+        if from_offset >= self.next_offset {
+            // Nothing older to read: the rebuilt windows cover from the next message on.
+            self.rebuild.as_mut().expect("just set").covers_from = UNKNOWN;
+            self.finish_rebuild();
+            return self.next_offset;
+        }
+        from_offset
+    }
+
+    fn finish_rebuild(&mut self) {
+        let Some(rebuild) = self.rebuild.take() else {
+            return;
+        };
+        for ((_, from), &below) in self.coverage.iter_mut().zip(&rebuild.below) {
+            if below != i64::MIN {
+                *from = rebuild.covers_from;
+                self.coverage_pending |= *from == UNKNOWN;
+            }
+        }
+    }
+
+    /// From when each configured window's buckets hold everything.
+    pub fn coverage(&self) -> impl Iterator<Item = CoveredFrom> + '_ {
+        self.coverage.iter().map(|&(_, from)| from)
+    }
+
+    /// Marks every window as covering only from the next message read on: the input before
+    /// it is gone (retention removed it before this state could read it).
+    pub fn cover_from_next_message(&mut self) {
+        for (_, from) in &mut self.coverage {
+            *from = UNKNOWN;
+        }
+        self.coverage_pending = true;
+    }
+
+    /// Where to read from to rebuild the windows `reshape` names at `now_ms`, as far as this
+    /// state's index reaches: the offset, and the time from which the rebuilt windows will
+    /// be complete. `None` when the index does not reach back far enough (the state is
+    /// younger than the windows need, or they are longer than any it had).
+    pub fn rebuild_start(
+        &self,
+        pipeline: &Pipeline,
+        reshape: &Reshape,
+        now_ms: i64,
+    ) -> Option<(i64, CoveredFrom)> {
+        let windows = &pipeline.windows;
+        let needed = windows
+            .specs()
+            .iter()
+            .zip(&reshape.rebuild_below)
+            .enumerate()
+            .filter(|(_, (_, below))| **below != i64::MIN)
+            .map(|(w, (spec, _))| {
+                let preceding = if spec.has_previous() {
+                    spec.length_ms
+                } else {
+                    0
+                };
+                windows.start_ms(w, now_ms) - preceding
+            })
+            .min()?;
+        // Ids seen up to a horizon before still decide which replayed events are duplicates.
+        let (slot, offset) = self
+            .index
+            .at_or_before(needed - pipeline.dedup_horizon_ms)?;
+        Some((offset, slot))
     }
 
     /// Sets where consumption starts for a state that has no history (no checkpoint).
@@ -528,17 +795,110 @@ impl PartitionState {
         (self.watermark_ms != i64::MIN).then_some(self.watermark_ms)
     }
 
-    /// Adapts a restored state to the running configuration: rings saved under another
-    /// window geometry cannot be read with this one and are dropped (counters stay).
-    pub fn reconfigure(&mut self, pipeline: &Pipeline, saved_geometry: &[(i64, i64)]) -> bool {
+    /// Adapts a restored state to the running configuration at `now_ms`. A window whose
+    /// ring was saved with the same length and buckets keeps it (with fewer slots, the
+    /// newest; with more, those of its current window, the preceding one to be rebuilt); any
+    /// other window starts empty, to be rebuilt. The counters and the de-duplication memory
+    /// are kept in every case. Says which windows need rebuilding ([`Self::start_rebuild`]).
+    pub fn reconfigure(
+        &mut self,
+        pipeline: &Pipeline,
+        saved: &SavedLayout,
+        now_ms: i64,
+    ) -> Reshape {
+        let windows = &pipeline.windows;
         self.dedup
             .reconfigure(pipeline.dedup_horizon_ms, pipeline.dedup_max_ids);
-        let same = saved_geometry == pipeline.windows.geometry();
-        let mut kept = true;
-        for ks in self.keys.values_mut() {
-            kept &= ks.restore_rings(&pipeline.windows, same);
+        self.configure_index(pipeline);
+        let layout = windows.layout();
+        let from = match saved {
+            SavedLayout::Rings(rings) => Some(rings.clone()),
+            SavedLayout::Geometry(geometry) => {
+                let cells = self
+                    .keys
+                    .values()
+                    .find_map(|ks| ks.ring_cells().filter(|&c| c > 0));
+                match cells {
+                    Some(cells) => RingLayout::infer(geometry, cells, windows.buckets_setting()),
+                    // No rings at all: nothing to keep or to miss.
+                    None => Some(layout.clone()),
+                }
+            }
+        };
+        let saved_coverage = std::mem::take(&mut self.coverage);
+        let covered = |length_ms: i64| {
+            saved_coverage
+                .iter()
+                .find(|(l, _)| *l == length_ms)
+                .map_or(COMPLETE, |&(_, from)| from)
+        };
+        let mut keep_from = Vec::with_capacity(windows.len());
+        let mut rebuild_below = Vec::with_capacity(windows.len());
+        for (w, spec) in windows.specs().iter().enumerate() {
+            let old = from.as_ref().and_then(|rings| {
+                rings
+                    .iter()
+                    .find(|r| r.length_ms == spec.length_ms && r.width_ms == spec.width_ms)
+            });
+            let start_bucket = windows.start_ms(w, now_ms).div_euclid(spec.width_ms);
+            let (keep, below) = match old {
+                // Kept whole, or as much as the new ring holds.
+                Some(old) if old.slots >= spec.slots => (i64::MIN, i64::MIN),
+                // It gained its preceding window: keep the current one, which must be
+                // complete for that to be worth it, and rebuild what precedes.
+                Some(_) if covered(spec.length_ms) <= windows.start_ms(w, now_ms) => {
+                    (start_bucket, start_bucket)
+                }
+                _ => (i64::MAX, i64::MAX),
+            };
+            keep_from.push(keep);
+            rebuild_below.push(below);
+            let from = if below == i64::MAX {
+                UNKNOWN
+            } else {
+                covered(spec.length_ms)
+            };
+            self.coverage.push((spec.length_ms, from));
         }
-        kept
+        let unchanged = from.as_ref() == Some(&layout);
+        for ks in self.keys.values_mut() {
+            match &from {
+                Some(old) if !unchanged => ks.reshape_rings(old, windows, &keep_from),
+                Some(_) => ks.recompute_totals(windows),
+                None => ks.reshape_rings(&[], windows, &keep_from),
+            }
+        }
+        self.coverage_pending = self.coverage.iter().any(|&(_, f)| f == UNKNOWN);
+        Reshape { rebuild_below }
+    }
+
+    /// Sets the offset index's slots from the configuration: as wide as the longest window's
+    /// buckets, for as long as that window and the de-duplication horizon reach back.
+    pub fn configure_index(&mut self, pipeline: &Pipeline) {
+        let windows = &pipeline.windows;
+        let slot = windows
+            .specs()
+            .iter()
+            .map(|s| s.width_ms)
+            .max()
+            .unwrap_or(60_000)
+            .max(1_000);
+        let span = windows
+            .specs()
+            .iter()
+            .map(|s| s.width_ms * s.slots as i64)
+            .max()
+            .unwrap_or(0)
+            + pipeline.dedup_horizon_ms;
+        self.index_slot_ms = slot;
+        self.index_keep = (span / slot) as usize + 2;
+        if self.coverage.len() != windows.len() {
+            self.coverage = windows
+                .specs()
+                .iter()
+                .map(|s| (s.length_ms, COMPLETE))
+                .collect();
+        }
     }
 
     /// A key not found under its raw names (the caller looked: a hit needs no cleaning, since
@@ -612,6 +972,8 @@ pub enum Outcome {
     },
     Duplicate,
     Rejected(Rejection),
+    /// Read again only to rebuild windows after a configuration change: counted nowhere.
+    Rebuilt,
 }
 
 /// The pure per-message step: decode, check time, de-duplicate, aggregate.
@@ -682,7 +1044,66 @@ impl Pipeline {
     }
 
     pub fn new_partition(&self) -> PartitionState {
-        PartitionState::new(Dedup::new(self.dedup_horizon_ms, self.dedup_max_ids))
+        let mut state = PartitionState::new(self.new_dedup());
+        state.configure_index(self);
+        state
+    }
+
+    /// An empty de-duplication memory as configured.
+    pub fn new_dedup(&self) -> Dedup {
+        Dedup::new(self.dedup_horizon_ms, self.dedup_max_ids)
+    }
+
+    /// Applies a message read again to rebuild windows (see `rebuild`): only to the buckets
+    /// being rebuilt, only if it counted the first time (valid, not a duplicate, in time),
+    /// and never to the counters, the live de-duplication memory or the watermark.
+    pub fn replay(
+        &self,
+        state: &mut PartitionState,
+        payload: &[u8],
+        record_ts_ms: i64,
+        now_ms: i64,
+    ) -> Outcome {
+        let Some(mut rebuild) = state.rebuild.take() else {
+            return self.process(state, payload, record_ts_ms, now_ms);
+        };
+        self.replay_into(state, &mut rebuild, payload, record_ts_ms, now_ms);
+        state.rebuild = Some(rebuild);
+        Outcome::Rebuilt
+    }
+
+    fn replay_into(
+        &self,
+        state: &mut PartitionState,
+        rebuild: &mut Rebuild,
+        payload: &[u8],
+        record_ts_ms: i64,
+        now_ms: i64,
+    ) {
+        let Ok(event) = self.decoder.decode(payload, record_ts_ms) else {
+            return;
+        };
+        let ts = event.timestamp_ms;
+        // Judged against now, as a replay after a crash judges them: the time each was read
+        // first is not kept. An event stamped ahead of its first reading by more than
+        // `max_future_skew` can count here, and one stamped ahead by less is placed at its
+        // own time rather than at that reading's.
+        if ts > now_ms + self.max_future_skew_ms || self.windows.out_of_rings(ts, now_ms) {
+            return;
+        }
+        if !rebuild.dedup.insert(event.id_hash, ts) {
+            return;
+        }
+        let at = ts.min(now_ms);
+        let below = &rebuild.below;
+        // A replayed event of a key that a later eviction dropped has nowhere to go: the key
+        // has no counters left to agree with either.
+        if let Some(ks) = state.keys.get_mut(&KeyRef(&event.campaign, &event.channel)) {
+            ks.add_below(&self.windows, &event, at, now_ms, below);
+        } else if state.keys.len() < state.max_keys(&self.limits) {
+            let (ks, _) = state.new_key_mut(&event.campaign, &event.channel, &self.limits);
+            ks.add_below(&self.windows, &event, at, now_ms, below);
+        }
     }
 
     /// Applies one message value at wall-clock time `now_ms`. `record_ts_ms` is the Kafka
@@ -920,7 +1341,11 @@ impl Store {
         let mut rows: hashbrown::HashMap<Key, Row> =
             hashbrown::HashMap::with_capacity(self.rows_hint.load(Ordering::Relaxed));
         let mut counters = Vec::new();
+        let mut coverage = vec![COMPLETE; windows.len()];
         let mut merge = |tp: &TopicPartition, state: &PartitionState| {
+            for (c, from) in coverage.iter_mut().zip(state.coverage()) {
+                *c = (*c).max(from);
+            }
             let mut own = exported.filter(|keep| keep(tp)).map(|_| PartitionCounters {
                 tp: tp.clone(),
                 keys: Vec::with_capacity(state.keys.len()),
@@ -1005,6 +1430,7 @@ impl Store {
         Snapshot {
             rows: sorted.into_iter().collect(),
             counters,
+            coverage,
         }
     }
 }
@@ -1060,6 +1486,35 @@ pub struct Snapshot {
     pub rows: BTreeMap<Key, Row>,
     /// Per partition, sorted by partition (only in [`Store::snapshot_for_metrics`]).
     pub counters: Vec<PartitionCounters>,
+    /// Per configured window, from when every partition read holds all of it (the least
+    /// covered partition decides). Empty in a snapshot made by hand: complete.
+    pub coverage: Vec<CoveredFrom>,
+}
+
+impl Snapshot {
+    /// How much of window `w` at `now_ms` every partition read covers, 0 to 1.
+    pub fn window_coverage(&self, windows: &Windows, w: usize, now_ms: i64) -> f64 {
+        let from = self.coverage.get(w).copied().unwrap_or(COMPLETE);
+        rebuild::coverage_ratio(from, windows.start_ms(w, now_ms), now_ms)
+    }
+
+    /// True when window `w` at `now_ms` is whole in every partition read, and, with
+    /// `preceding`, the window of the same length before it too.
+    pub fn window_complete(
+        &self,
+        windows: &Windows,
+        w: usize,
+        now_ms: i64,
+        preceding: bool,
+    ) -> bool {
+        let from = self.coverage.get(w).copied().unwrap_or(COMPLETE);
+        let length = if preceding {
+            windows.specs()[w].length_ms
+        } else {
+            0
+        };
+        from <= windows.start_ms(w, now_ms) - length
+    }
 }
 
 /// How to roll keys up in `/api/v1/kpis` (`group_by`).
@@ -1154,7 +1609,8 @@ mod tests {
         };
         let ghost: KeyState = postcard::from_bytes(&postcard::to_stdvec(&saved).unwrap()).unwrap();
         st.keys.insert(Key::new("ghost", "email"), ghost);
-        assert!(!st.reconfigure(&p, &p.windows.geometry()));
+        let layout = SavedLayout::Rings(p.windows.layout());
+        assert!(st.reconfigure(&p, &layout, T0).kept_all());
         let (a, ghost) = (
             &st.keys[&Key::new("a", "email")],
             &st.keys[&Key::new("ghost", "email")],
@@ -1419,8 +1875,8 @@ mod tests {
             0b011
         );
         assert_eq!(st.watermark_ms(), Some(T0));
-        st.applied(41);
-        st.applied(7);
+        st.applied(41, T0, T0);
+        st.applied(7, T0, T0);
         assert_eq!(st.next_offset(), 42, "offsets only move forward");
     }
 

@@ -562,7 +562,7 @@ mod tests {
                 match pipeline.process(&mut state, m.payload.as_bytes(), now, now) {
                     Outcome::Rejected(_) => rejected += 1,
                     Outcome::Duplicate => duplicates += 1,
-                    Outcome::Accepted { .. } => {}
+                    Outcome::Accepted { .. } | Outcome::Rebuilt => {}
                 }
             }
         }

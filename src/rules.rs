@@ -224,13 +224,50 @@ pub fn alert_expr(rule: &Rule) -> String {
         }
     };
     let enter = format!("({enter}{})", guard_expr(rule, false));
-    if rule.hysteresis > 0.0 {
+    let judged = if rule.hysteresis > 0.0 {
         format!(
             "{enter} or ({stay}{} and {ON} {firing})",
             guard_expr(rule, true)
         )
     } else {
         enter
+    };
+    // Only on a window every instance holds whole (and, for a drop, the one before it):
+    // while one fills after a configuration change, nothing new is raised, and an alert
+    // already firing stays firing, as in the engine.
+    let whole = complete_expr(rule);
+    format!("(({judged}) and {whole}) or ({x} and {ON} {firing} unless {whole})")
+}
+
+/// `on (window) …` that holds for the rule's window while every instance covers it whole.
+fn complete_expr(rule: &Rule) -> String {
+    let w = &*rule.window_label;
+    let mut out = format!(
+        "on (window) (min by (window) (ecom_pulse_window_coverage_ratio{{window=\"{w}\"}}) >= 1)"
+    );
+    if matches!(rule.condition, Condition::Drop { .. }) {
+        let _ = write!(
+            out,
+            " and on (window) (min by (window) (ecom_pulse_preceding_window_coverage_ratio{{window=\"{w}\"}}) >= 1)"
+        );
+    }
+    out
+}
+
+/// Input series saying that the rule's window (and its preceding one) is whole for
+/// `samples` samples, as an instance reports it: without them no rule fires.
+fn coverage_inputs(out: &mut String, rule: &Rule, samples: usize) {
+    let w = &*rule.window_label;
+    let mut gauges = vec!["ecom_pulse_window_coverage_ratio"];
+    if matches!(rule.condition, Condition::Drop { .. }) {
+        gauges.push("ecom_pulse_preceding_window_coverage_ratio");
+    }
+    for gauge in gauges {
+        let _ = writeln!(
+            out,
+            "      - series: {}\n        values: \"1x{samples}\"",
+            q(&format!("{gauge}{{instance=\"i1\",window=\"{w}\"}}"))
+        );
     }
 }
 
@@ -454,7 +491,68 @@ pub fn render_tests(config: &Config, rules_file: &str) -> String {
             render_guard_test(&mut out, rule, &test);
         }
     }
+    if let Some(rule) = rules
+        .iter()
+        .find(|r| matches!(r.condition, Condition::Threshold { .. }))
+    {
+        render_incomplete_test(&mut out, rule, &clv);
+    }
     out
+}
+
+/// A window an instance does not hold whole (coverage under 1): `breaching` fired before,
+/// and stays firing; `late` breaches only from then on, and is not raised while it lasts.
+fn render_incomplete_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
+    let w = &*rule.window_label;
+    let (bad, _, _) = test_values(rule);
+    let held = (rule.for_ms / STEP_MS) as usize;
+    let whole_until = held + 3;
+    let steps = whole_until + held + 6;
+    let _ = writeln!(
+        out,
+        "  - name: {}\n    interval: 1m\n    input_series:",
+        q(&format!(
+            "alert {}: not evaluated while its window is incomplete",
+            rule.name
+        ))
+    );
+    let sums = sums_with(rule, bad, clv);
+    for (campaign, from) in [("breaching", 0), ("late", whole_until)] {
+        for (sum, v) in sum_values(&sums) {
+            let values = if from == 0 {
+                format!("{v}x{steps}")
+            } else {
+                format!("_x{} {v}x{}", from - 1, steps - from)
+            };
+            let _ = writeln!(
+                out,
+                "      - series: {}\n        values: \"{values}\"",
+                q(&format!(
+                    "ecom_{sum}{{instance=\"i1\",campaign=\"{campaign}\",channel=\"social\",window=\"{w}\"}}"
+                ))
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "      - series: {}\n        values: \"1x{} 0.5x{}\"",
+        q(&format!(
+            "ecom_pulse_window_coverage_ratio{{instance=\"i1\",window=\"{w}\"}}"
+        )),
+        whole_until - 1,
+        steps - whole_until
+    );
+    let value = rule.kpi.of(&sums, &sums.kpis(clv)).unwrap_or(bad);
+    let _ = writeln!(out, "    alert_rule_test:");
+    for at in [held + 2, steps - 1] {
+        let _ = writeln!(
+            out,
+            "      - eval_time: {}\n        alertname: {}\n        exp_alerts:",
+            duration(at as i64 * STEP_MS),
+            rule.name
+        );
+        render_exp_alert(out, rule, "breaching", value);
+    }
 }
 
 fn sums(visits: u64, orders: u64, new_customers: u64, gmv: f64, ad_spend: f64) -> Sums {
@@ -634,6 +732,7 @@ fn render_alert_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
             );
         }
     }
+    coverage_inputs(out, rule, steps + (window_ms / step_ms) as usize);
     let eval_ms = if before.is_some() { window_ms } else { 0 } + rule.for_ms + 2 * step_ms;
     let _ = writeln!(out, "    alert_rule_test:");
     let _ = writeln!(
@@ -791,6 +890,13 @@ fn render_guard_test(out: &mut String, rule: &Rule, test: &GuardTest) {
             );
         }
     }
+    let samples = test
+        .campaigns
+        .iter()
+        .map(|(_, s)| s.len())
+        .max()
+        .unwrap_or(0);
+    coverage_inputs(out, rule, samples);
     let _ = writeln!(out, "    alert_rule_test:");
     for (step, firing) in &test.checks {
         let _ = write!(
@@ -839,9 +945,14 @@ mod tests {
         let windows = windows(&config);
         let rule = Rule::from_config(&config.alerts[0], &windows);
         // Entering needs the full guard; staying, the guard relaxed like the threshold.
+        // ... and only on a whole window; a firing alert stays firing while it is not.
+        let whole =
+            "on (window) (min by (window) (ecom_pulse_window_coverage_ratio{window=\"1h\"}) >= 1)";
         assert_eq!(
             alert_expr(&rule),
-            "(campaign_channel:ecom_roas:ratio{window=\"1h\"} < 2 and on (campaign, channel, window) campaign_channel:ecom_ad_spend:sum{window=\"1h\"} >= 100) or (campaign_channel:ecom_roas:ratio{window=\"1h\"} < 2.1 and on (campaign, channel, window) campaign_channel:ecom_ad_spend:sum{window=\"1h\"} >= 95 and on (campaign, channel, window) ALERTS{alertname=\"RoasBelowBreakEven\", alertstate=\"firing\", window=\"1h\"})"
+            format!(
+                "(((campaign_channel:ecom_roas:ratio{{window=\"1h\"}} < 2 and on (campaign, channel, window) campaign_channel:ecom_ad_spend:sum{{window=\"1h\"}} >= 100) or (campaign_channel:ecom_roas:ratio{{window=\"1h\"}} < 2.1 and on (campaign, channel, window) campaign_channel:ecom_ad_spend:sum{{window=\"1h\"}} >= 95 and on (campaign, channel, window) ALERTS{{alertname=\"RoasBelowBreakEven\", alertstate=\"firing\", window=\"1h\"}})) and {whole}) or (campaign_channel:ecom_roas:ratio{{window=\"1h\"}} and on (campaign, channel, window) ALERTS{{alertname=\"RoasBelowBreakEven\", alertstate=\"firing\", window=\"1h\"}} unless {whole})"
+            )
         );
         let drop = Rule::from_config(&config.alerts[3], &windows);
         let expr = alert_expr(&drop);
@@ -869,13 +980,15 @@ mod tests {
             expr.contains("campaign_channel:ecom_orders:sum{window=\"24h\"} >= 19 and"),
             "{expr}"
         );
-        // Without hysteresis there is nothing to stay on.
+        // Without hysteresis there is nothing to stay on (but while a window is incomplete).
         let mut sharp = rule.clone();
         sharp.hysteresis = 0.0;
-        assert_eq!(
-            alert_expr(&sharp),
-            "(campaign_channel:ecom_roas:ratio{window=\"1h\"} < 2 and on (campaign, channel, window) campaign_channel:ecom_ad_spend:sum{window=\"1h\"} >= 100)"
+        let expr = alert_expr(&sharp);
+        assert!(
+            expr.starts_with("(((campaign_channel:ecom_roas:ratio{window=\"1h\"} < 2 and on (campaign, channel, window) campaign_channel:ecom_ad_spend:sum{window=\"1h\"} >= 100)) and on (window)"),
+            "{expr}"
         );
+        assert!(!expr.contains("< 2.1"), "{expr}");
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl Service {
             .register(Box::new(PartitionCollector::new(
                 store.clone(),
                 health.clone(),
+                pipeline.windows.clone(),
             )))
             .expect("partition metric names are unique");
         let alerts = Arc::new(AlertView::default());
@@ -110,9 +111,18 @@ impl Service {
             config.checkpoint.interval,
             shutdown.clone(),
         )?;
+        let instance = format!(
+            "{}:{}",
+            host_name(),
+            listener
+                .local_addr()
+                .map_err(|source| ServiceError::Listen { addr, source })?
+                .port()
+        );
         let feed = Feed::new(
             &config.kafka,
             pipeline.decoder.reporting_currency(),
+            &instance,
             telemetry.clone(),
         )
         .map_err(ServiceError::Feed)?
@@ -234,6 +244,16 @@ impl Service {
             Err(join) => Err(ServiceError::Http(std::io::Error::other(join))),
         }
     }
+}
+
+/// This machine's (or pod's) name, to tell instances apart in the KPI feed.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Serves `app` on `listener` until `shutdown`, over TLS when the web config asks for it, and

@@ -140,7 +140,10 @@ impl SourceContext {
             };
             // This runs on the consuming thread, which does not wait for the lock: a partition
             // whose lock a writer holds (or waits for) keeps its last lag until the next report.
-            let Some(next) = state.try_read().map(|s| s.next_offset()) else {
+            let Some((next, rebuilding)) = state
+                .try_read()
+                .map(|s| (s.next_offset(), s.is_rebuilding()))
+            else {
                 if let Some(&lag) = last.get(&tp) {
                     lags.insert(tp, lag);
                 }
@@ -159,6 +162,7 @@ impl SourceContext {
                 .is_some_and(|pr| pr.target.is_none() && !pr.caught_up)
                 && hi_offset >= 0
                 && next >= hi_offset
+                && !rebuilding
             {
                 self.reached.lock().push(tp.clone());
             }
@@ -197,29 +201,38 @@ impl SourceContext {
             let watermarks = consumer
                 .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))
                 .ok();
+            let low = watermarks.map(|(low, _)| low);
             let (mut state, start, how) = match loaded.remove(tp) {
                 Some(l) => {
                     let mut state = l.state;
-                    let how = if state.reconfigure(&self.pipeline, &l.geometry) {
-                        "restored"
+                    let reshape = state.reconfigure(&self.pipeline, &l.layout, crate::now_ms());
+                    let (how, start) = if reshape.kept_all() {
+                        ("restored", l.manifest.next_offset)
                     } else {
-                        "rings_dropped"
+                        (
+                            "reconfigured",
+                            self.plan_rebuild(tp, &mut state, &reshape, low),
+                        )
                     };
-                    if let Some((low, _)) =
-                        watermarks.filter(|(low, _)| *low > l.manifest.next_offset)
-                    {
+                    if let Some(low) = low.filter(|low| *low > l.manifest.next_offset) {
                         tracing::warn!(
                             partition = %describe(std::slice::from_ref(tp)),
                             checkpoint = l.manifest.next_offset,
                             retained_from = low,
                             "the topic no longer holds everything after the checkpoint; those events are lost"
                         );
+                        state.cover_from_next_message();
                     }
-                    (state, Offset::Offset(l.manifest.next_offset), how)
+                    (state, Offset::Offset(start), how)
                 }
                 None => {
                     let mut state = self.pipeline.new_partition();
-                    state.start_at(watermarks.map_or(0, |(low, _)| low));
+                    state.start_at(low.unwrap_or(0));
+                    // Retention removed the start of the topic: the windows hold what is
+                    // left, from its first record on.
+                    if low.is_some_and(|low| low > 0) {
+                        state.cover_from_next_message();
+                    }
                     (state, Offset::Beginning, "fresh")
                 }
             };
@@ -232,7 +245,8 @@ impl SourceContext {
                 .unwrap_or_else(|| tps.iter().filter(|other| other.topic == tp.topic).count());
             state.set_key_share(self.pipeline.key_share(partitions));
             let target = watermarks.map(|(_, high)| high);
-            let caught_up = target.is_some_and(|t| state.next_offset() >= t);
+            let caught_up =
+                target.is_some_and(|t| state.next_offset() >= t) && !state.is_rebuilding();
             tracing::info!(
                 partition = %describe(std::slice::from_ref(tp)),
                 state = how,
@@ -246,6 +260,39 @@ impl SourceContext {
         }
         self.health.assign(&progress);
         Some(starts)
+    }
+
+    /// Where a restored partition whose windows the configuration changed starts reading:
+    /// from where its offset index says the rebuilt windows' events begin, or, if it does
+    /// not reach back that far, from the oldest record the topic retains (`low`).
+    fn plan_rebuild(
+        &self,
+        tp: &TopicPartition,
+        state: &mut PartitionState,
+        reshape: &crate::aggregate::Reshape,
+        low: Option<i64>,
+    ) -> i64 {
+        use crate::aggregate::rebuild::{COMPLETE, UNKNOWN};
+        let indexed = state
+            .rebuild_start(&self.pipeline, reshape, crate::now_ms())
+            .filter(|&(offset, _)| low.is_none_or(|low| offset >= low));
+        let (from, covers) = match (indexed, low) {
+            (Some(found), _) => found,
+            // The whole topic is still there: rebuilt from its beginning, complete.
+            (None, Some(0)) => (0, COMPLETE),
+            // Partly: complete from its oldest record's time.
+            (None, Some(low)) => (low, UNKNOWN),
+            // Watermarks unknown: nothing to rebuild from; the windows fill from now.
+            (None, None) => (state.next_offset(), UNKNOWN),
+        };
+        let start = state.start_rebuild(reshape, from, covers, self.pipeline.new_dedup());
+        tracing::info!(
+            partition = %describe(std::slice::from_ref(tp)),
+            from = start,
+            to = state.next_offset(),
+            "the window configuration changed: reading the partition again for the windows it cannot carry over"
+        );
+        start
     }
 
     /// Makes sure the partition counts of the assigned partitions' topics are known (the
@@ -299,9 +346,12 @@ fn save_and_commit<C: Consumer<SourceContext>>(
     mode: CommitMode,
 ) {
     let ctx = consumer.context();
+    // A partition whose windows are being rebuilt is not saved: its rebuilt windows are
+    // partial, and the checkpoint it was restored from still holds.
     let parts: Vec<_> = tps
         .iter()
         .filter_map(|tp| ctx.store.get(tp).map(|state| (tp.clone(), state)))
+        .filter(|(_, state)| !state.read().is_rebuilding())
         .collect();
     // In a partition at limits.max_keys, keys whose windows have all emptied make room.
     let now = crate::now_ms();
@@ -953,13 +1003,14 @@ impl Pending {
 }
 
 fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8]>) -> Outcome {
+    let record_ts = message.record_ts.unwrap_or(message.now);
     let outcome = match message.payload {
-        Some(payload) => ctx.pipeline.process(
-            state,
-            payload,
-            message.record_ts.unwrap_or(message.now),
-            message.now,
-        ),
+        // Read again for windows a configuration change could not carry over.
+        Some(payload) if state.rebuilding(message.offset) => {
+            ctx.pipeline.replay(state, payload, record_ts, message.now)
+        }
+        Some(payload) => ctx.pipeline.process(state, payload, record_ts, message.now),
+        None if state.rebuilding(message.offset) => Outcome::Rebuilt,
         None => Outcome::Rejected(Rejection {
             reason: Reason::MalformedJson,
             detail: "message has no value",
@@ -967,7 +1018,7 @@ fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8
     };
     // The offset moves with the state, under the same lock: a checkpoint never holds one
     // without the other.
-    state.applied(message.offset);
+    state.applied(message.offset, message.now, record_ts);
     outcome
 }
 

@@ -78,6 +78,8 @@ impl Tally {
             }
             Outcome::Duplicate => self.duplicates += 1,
             Outcome::Rejected(rejection) => telemetry.rejected(rejection, origin),
+            // Counted when it was first read.
+            Outcome::Rebuilt => {}
         }
     }
 

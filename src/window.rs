@@ -66,6 +66,8 @@ pub struct Windows {
     longest_ms: i64,
     /// The widest bucket of any window.
     widest_ms: i64,
+    /// The `windows.buckets` setting the bucket counts came from.
+    buckets: u32,
 }
 
 impl Windows {
@@ -107,6 +109,7 @@ impl Windows {
             cells: offset,
             longest_ms,
             widest_ms,
+            buckets,
         }
     }
 
@@ -133,6 +136,11 @@ impl Windows {
             .collect();
         let keep: Vec<bool> = labels.iter().map(|l| previous.contains(l)).collect();
         Windows::new(&lengths, buckets, &keep)
+    }
+
+    /// The `windows.buckets` setting these windows were made with.
+    pub fn buckets_setting(&self) -> u32 {
+        self.buckets
     }
 
     pub fn specs(&self) -> &[WindowSpec] {
@@ -171,19 +179,86 @@ impl Windows {
         })
     }
 
+    /// True when at `now_ms` no ring holds the bucket of `ts_ms` any more, its preceding
+    /// window included: what a rebuild, which reads the events of preceding windows too,
+    /// can skip.
+    pub fn out_of_rings(&self, ts_ms: i64, now_ms: i64) -> bool {
+        self.specs.iter().all(|spec| {
+            (ts_ms.div_euclid(spec.width_ms) + spec.slots as i64) * spec.width_ms <= now_ms
+        })
+    }
+
     pub fn index_of(&self, label: &str) -> Option<usize> {
         self.specs.iter().position(|s| &*s.label == label)
     }
 
     /// Each window's length and the time its ring spans (one length, or two where the
-    /// preceding window is kept). Saved with the rings; it does not tell bucket counts apart
-    /// (60 buckets of 1 min and 120 of 30 s span the same hour), so a restore also checks
-    /// the ring sizes ([`Series::fits`]).
+    /// preceding window is kept): what checkpoints before format 5 saved. It does not tell
+    /// bucket counts apart (60 buckets of 1 min and 120 of 30 s span the same hour); see
+    /// [`RingLayout::infer`].
     pub fn geometry(&self) -> Vec<(i64, i64)> {
         self.specs
             .iter()
             .map(|s| (s.length_ms, s.width_ms * s.slots as i64))
             .collect()
+    }
+
+    /// The layout of every window's ring, saved with the rings so a restore under another
+    /// configuration knows which of them it can keep.
+    pub fn layout(&self) -> Vec<RingLayout> {
+        self.specs
+            .iter()
+            .map(|s| RingLayout {
+                length_ms: s.length_ms,
+                width_ms: s.width_ms,
+                slots: s.slots,
+            })
+            .collect()
+    }
+
+    /// The start of window `w` at `now_ms`: its oldest bucket's.
+    pub fn start_ms(&self, w: usize, now_ms: i64) -> i64 {
+        let spec = &self.specs[w];
+        (now_ms.div_euclid(spec.width_ms) - spec.buckets as i64 + 1) * spec.width_ms
+    }
+}
+
+/// How one window's ring was laid out: what a ring saved under one configuration needs to be
+/// read under another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingLayout {
+    pub length_ms: i64,
+    pub width_ms: i64,
+    /// Buckets kept: the window's, or twice that with its preceding window.
+    pub slots: usize,
+}
+
+impl RingLayout {
+    /// The layouts behind a geometry saved before format 5 (`(length, span)` per window),
+    /// whose rings take `cells` cells in all: the bucket count is the largest divisor of each
+    /// length up to the `windows.buckets` setting then in force, which the checkpoint did not
+    /// record. `hint` (the setting now) is tried first, as the usual case is that it did not
+    /// change; `None` when no setting up to 1,000 gives `cells`.
+    pub fn infer(geometry: &[(i64, i64)], cells: usize, hint: u32) -> Option<Vec<RingLayout>> {
+        let layout = |buckets: u32| -> Vec<RingLayout> {
+            geometry
+                .iter()
+                .map(|&(length_ms, span_ms)| {
+                    let n = bucket_count(length_ms, buckets);
+                    let width_ms = length_ms / n as i64;
+                    let slots = if span_ms > length_ms { 2 * n } else { n };
+                    RingLayout {
+                        length_ms,
+                        width_ms,
+                        slots,
+                    }
+                })
+                .collect()
+        };
+        std::iter::once(hint)
+            .chain(1..=1000)
+            .map(layout)
+            .find(|l| l.iter().map(|r| r.slots).sum::<usize>() == cells)
     }
 }
 
@@ -379,6 +454,11 @@ impl<C: Cell> Series<C> {
         }
     }
 
+    /// Cells in its rings (0 for a series without rings).
+    pub fn cells(&self) -> usize {
+        self.cells.len()
+    }
+
     /// Everything ever added, whatever its age.
     pub fn all_time(&self) -> &C::Total {
         &self.all_time
@@ -406,6 +486,53 @@ impl<C: Cell> Series<C> {
         Self::with_cells(0, Box::default())
     }
 
+    /// The series under another configuration: for each window of `to`, the ring of the
+    /// window of `from` with the same length and bucket width, if there is one, keeping its
+    /// buckets from `keep_from[w]` on (as many as the new ring holds); every other window
+    /// empty. The count of everything is kept. A series whose rings do not match `from`
+    /// (saved without rings) gets empty ones.
+    pub fn reshaped(&self, from: &[RingLayout], to: &Windows, keep_from: &[i64]) -> Self {
+        let mut out = self.emptied(to);
+        if self.cells.len() != from.iter().map(|l| l.slots).sum::<usize>() {
+            return out;
+        }
+        let mut offset = 0;
+        let old_rings: Vec<std::ops::Range<usize>> = from
+            .iter()
+            .map(|l| {
+                offset += l.slots;
+                offset - l.slots..offset
+            })
+            .collect();
+        for (w, spec) in to.specs.iter().enumerate() {
+            let Some(old) = from
+                .iter()
+                .position(|l| l.length_ms == spec.length_ms && l.width_ms == spec.width_ms)
+            else {
+                continue;
+            };
+            let Some(head) = self.heads.get(old).filter(|h| h.bucket != EMPTY) else {
+                continue;
+            };
+            if head.bucket < keep_from[w] {
+                continue;
+            }
+            let (old_ring, old_n) = (&self.cells[old_rings[old].clone()], from[old].slots as i64);
+            let n = spec.slots as i64;
+            let ring = &mut out.cells[spec.ring()];
+            for b in (head.bucket - old_n + 1)
+                .max(head.bucket - n + 1)
+                .max(keep_from[w])..head.bucket
+            {
+                ring[b.rem_euclid(n) as usize] = old_ring[b.rem_euclid(old_n) as usize];
+            }
+            out.heads[w].bucket = head.bucket;
+            out.heads[w].value = head.value;
+        }
+        out.recompute_totals(to);
+        out
+    }
+
     /// The same series with empty rings of `windows`' geometry: the count is kept.
     pub fn emptied(&self, windows: &Windows) -> Self {
         Series {
@@ -420,6 +547,33 @@ impl<C: Cell> Series<C> {
     /// Callers clamp `ts_ms` to `now_ms` (future events count as arriving now).
     pub fn add(&mut self, windows: &Windows, ts_ms: i64, now_ms: i64, value: &C) -> u32 {
         value.add_to_total(&mut self.all_time);
+        self.add_to_windows(windows, ts_ms, now_ms, value, None)
+    }
+
+    /// Adds `value` at `ts_ms` to each window `w` whose bucket for it lies below `below[w]`,
+    /// and nothing to the count of everything: rebuilding windows from input already counted
+    /// (see `aggregate::Rebuild`). `i64::MIN` leaves a window alone, `i64::MAX` takes all.
+    pub fn add_below(
+        &mut self,
+        windows: &Windows,
+        ts_ms: i64,
+        now_ms: i64,
+        value: &C,
+        below: &[i64],
+    ) {
+        self.add_to_windows(windows, ts_ms, now_ms, value, Some(below));
+    }
+
+    // Inlined into both callers, so that `add`'s loop has no test of `below` left in it.
+    #[inline(always)]
+    fn add_to_windows(
+        &mut self,
+        windows: &Windows,
+        ts_ms: i64,
+        now_ms: i64,
+        value: &C,
+        below: Option<&[i64]>,
+    ) -> u32 {
         let mut late = 0;
         // Sliced once: a restore gave the series a head per window (`recompute_totals`).
         let heads = &mut self.heads[..windows.specs.len()];
@@ -427,6 +581,9 @@ impl<C: Cell> Series<C> {
             let n = spec.slots as i64;
             let in_window = spec.buckets as i64;
             let bucket = ts_ms.div_euclid(spec.width_ms);
+            if below.is_some_and(|below| bucket >= below[w]) {
+                continue;
+            }
             // Late when the window at `now_ms` starts after this bucket:
             // `bucket <= now / width - buckets`, without a division on the common path (a
             // head gone stale while its key was idle can still be hit by a late event).
@@ -649,6 +806,58 @@ mod tests {
 
     fn sums(s: &Series<u64>, w: &Windows, now: i64) -> Vec<u64> {
         (0..w.len()).map(|i| s.sum(w, i, now)).collect()
+    }
+
+    /// A ring under another configuration: kept whole where its window is unchanged, its
+    /// newest buckets where the new ring is shorter, its current window where the new ring
+    /// also holds the preceding one; other windows empty; the count of everything kept.
+    #[test]
+    fn a_series_reshaped_keeps_what_the_new_rings_can_hold() {
+        let old = Windows::with_previous(&["5m", "1h"], 60, &["5m"]);
+        let mut s = Series::<u64>::new(&old);
+        for i in 0..300 {
+            s.add(&old, T0 - i * 20 * S, T0, &1);
+        }
+        let new = Windows::with_previous(&["1h", "5m", "2h"], 60, &["1h"]);
+        let keep = [new.start_ms(0, T0) / M, i64::MIN, i64::MAX];
+        let r = s.reshaped(&old.layout(), &new, &keep);
+        assert_eq!(r.all_time, s.all_time);
+        // 1h: its current window, nothing of the hour before (to be rebuilt).
+        assert_eq!(r.sum(&new, 0, T0), s.sum(&old, 1, T0));
+        assert_eq!(r.sum(&new, 0, T0), 178);
+        let mut before = 0;
+        r.for_each_in_previous(&new, 0, T0, |c| before += c);
+        assert_eq!(before, 0);
+        // 5m: kept, without its preceding five minutes now.
+        assert_eq!(r.sum(&new, 1, T0), s.sum(&old, 0, T0));
+        assert_eq!(r.sum(&new, 1, T0), 15);
+        // 2h: new, empty.
+        assert_eq!(r.sum(&new, 2, T0), 0);
+        // And it goes on counting, totals included.
+        let mut r = r;
+        r.add(&new, T0 + S, T0 + S, &1);
+        assert_eq!(r.window_total(&new, 1, T0 + S), 16);
+        assert_eq!(r.window_total(&new, 0, T0 + S), 179);
+    }
+
+    /// Checkpoints before format 5 saved (length, span) per window: the bucket counts are
+    /// found back from the rings' size, the setting in force tried first.
+    #[test]
+    fn old_layouts_are_inferred_from_the_ring_size() {
+        for (labels, buckets) in [
+            (&["5m", "1h", "24h"][..], 60),
+            (&["5m", "1h"][..], 30),
+            (&["7s", "1h"][..], 120),
+        ] {
+            let w = Windows::with_previous(labels, buckets, &["1h"]);
+            let cells = w.layout().iter().map(|l| l.slots).sum();
+            assert_eq!(
+                RingLayout::infer(&w.geometry(), cells, 60),
+                Some(w.layout()),
+                "{labels:?} {buckets}"
+            );
+        }
+        assert_eq!(RingLayout::infer(&[(60_000, 60_000)], 1_001, 60), None);
     }
 
     #[test]

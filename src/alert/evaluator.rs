@@ -52,7 +52,13 @@ pub struct Evaluator {
 impl Evaluator {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut evaluate = tokio::time::interval(self.evaluation_interval);
-        let mut publish = tokio::time::interval(self.snapshot_interval);
+        // On multiples of the interval in wall-clock time, so that every instance's snapshots
+        // carry the same `at` and a consumer of the feed can add them up.
+        let every = self.snapshot_interval.as_millis().max(1) as i64;
+        let now = crate::now_ms();
+        let next = tokio::time::Instant::now()
+            + Duration::from_millis((every - now.rem_euclid(every)) as u64);
+        let mut publish = tokio::time::interval_at(next, self.snapshot_interval);
         for tick in [&mut evaluate, &mut publish] {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         }
@@ -86,7 +92,12 @@ impl Evaluator {
             return;
         }
         let (snapshot, now) = self.snapshot().await;
-        let transitions = self.engine.evaluate(&snapshot, now);
+        let windows = &self.windows;
+        let transitions = self
+            .engine
+            .evaluate_complete(&snapshot, now, &|w, preceding| {
+                snapshot.window_complete(windows, w, now, preceding)
+            });
         for t in &transitions {
             let a = &t.alert;
             let message = match t.resolved_reason {
@@ -133,7 +144,11 @@ impl Evaluator {
         let (snapshot, now) = self.snapshot().await;
         self.history.record(&snapshot, self.windows.len(), now);
         if let Some(feed) = &self.feed {
-            feed.publish_snapshot(&snapshot, &self.windows, &self.clv, now);
+            // The moment this tick stands for (the snapshot is read a little after it).
+            let every = self.snapshot_interval.as_millis().max(1) as i64;
+            let at = now - (now + every / 2).rem_euclid(every) + every / 2;
+            let partitions = self.health.coverage();
+            feed.publish_snapshot(&snapshot, &self.windows, &self.clv, &partitions, at, now);
             feed.poll();
         }
     }

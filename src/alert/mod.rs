@@ -350,6 +350,9 @@ pub enum ResolvedReason {
     /// No data to judge: the window emptied, the KPI lost its denominator, or the key left
     /// this instance (its partition moved).
     NoData,
+    /// The window is not whole (it fills after a configuration change): a pending alert is
+    /// not carried on partial numbers.
+    Incomplete,
 }
 
 impl ResolvedReason {
@@ -358,6 +361,7 @@ impl ResolvedReason {
             ResolvedReason::Recovered => "recovered",
             ResolvedReason::Guard => "guard",
             ResolvedReason::NoData => "no_data",
+            ResolvedReason::Incomplete => "incomplete",
         }
     }
 }
@@ -473,8 +477,37 @@ impl Engine {
     /// Evaluates every rule on every key of `snapshot` at `now_ms`; returns the transitions.
     /// Alerts of keys no longer in the snapshot (their partitions moved away) end.
     pub fn evaluate(&mut self, snapshot: &Snapshot, now_ms: i64) -> Vec<Transition> {
+        self.evaluate_complete(snapshot, now_ms, &|_, _| true)
+    }
+
+    /// As `evaluate`, for the rules whose window `complete(window, preceding)` says is whole
+    /// (with its preceding window, for drop rules). A rule on a window that is still filling
+    /// (after a configuration change it could not be rebuilt for) is not evaluated: nothing
+    /// new is raised on partial numbers (a pending alert goes back to inactive, as it does in
+    /// the generated Prometheus rules, whose `for` cannot pause), and a firing alert stays
+    /// firing until its window is whole again and it can be judged.
+    pub fn evaluate_complete(
+        &mut self,
+        snapshot: &Snapshot,
+        now_ms: i64,
+        complete: &dyn Fn(usize, bool) -> bool,
+    ) -> Vec<Transition> {
         let mut transitions = Vec::new();
         for (r, rule) in self.rules.iter().enumerate() {
+            let drop = matches!(rule.condition, Condition::Drop { .. });
+            if !complete(rule.window, drop) {
+                let pending: Vec<(usize, Key)> = self
+                    .active
+                    .iter()
+                    .filter(|((rr, _), a)| *rr == r && a.phase == Phase::Pending)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in pending {
+                    let alert = self.active.remove(&id).expect("present");
+                    transitions.push(end(alert, now_ms, ResolvedReason::Incomplete));
+                }
+                continue;
+            }
             for (key, row) in &snapshot.rows {
                 let id = (r, key.clone());
                 let firing = self
@@ -572,10 +605,14 @@ impl Engine {
             }
         }
         // Keys that left (partition revoked, or no longer in any window's data).
+        let rules = &self.rules;
         let gone: Vec<(usize, Key)> = self
             .active
             .keys()
-            .filter(|(_, key)| !snapshot.rows.contains_key(key))
+            .filter(|(r, key)| {
+                let drop = matches!(rules[*r].condition, Condition::Drop { .. });
+                !snapshot.rows.contains_key(key) && complete(rules[*r].window, drop)
+            })
             .cloned()
             .collect();
         for id in gone {
@@ -658,6 +695,43 @@ mod tests {
 
     fn phases(t: &[Transition]) -> Vec<(Phase, Phase)> {
         t.iter().map(|t| (t.from, t.to)).collect()
+    }
+
+    /// While a rule's window is not whole, nothing new is raised (a pending alert goes back
+    /// to inactive) and a firing alert stays firing; judging resumes once it is whole.
+    #[test]
+    fn an_incomplete_window_raises_nothing_and_resolves_nothing() {
+        let mut e = Engine::new(
+            vec![roas_below(2.0, "0s", 100.0), roas_below(1.0, "5m", 100.0)],
+            CLV,
+        );
+        let whole = |_: usize, _: bool| true;
+        let filling = |_: usize, _: bool| false;
+        // ROAS 0.5: the first rule fires at once, the second is pending.
+        let bad = snap(100.0, 200.0, None);
+        let t = e.evaluate_complete(&bad, T0, &whole);
+        assert_eq!(
+            phases(&t),
+            [
+                (Phase::Inactive, Phase::Firing),
+                (Phase::Inactive, Phase::Pending)
+            ]
+        );
+        // The window stops being whole: the pending alert ends, the firing one stays, even
+        // on numbers that would resolve it.
+        let good = snap(600.0, 200.0, None);
+        let t = e.evaluate_complete(&good, T0 + MIN, &filling);
+        assert_eq!(phases(&t), [(Phase::Pending, Phase::Inactive)]);
+        assert_eq!(t[0].resolved_reason, Some(ResolvedReason::Incomplete));
+        assert_eq!(
+            phases(&e.evaluate_complete(&bad, T0 + 10 * MIN, &filling)),
+            []
+        );
+        assert_eq!(e.active().count(), 1);
+        assert_eq!(e.active().next().unwrap().phase, Phase::Firing);
+        // Whole again: judged, resolved.
+        let t = e.evaluate_complete(&good, T0 + 11 * MIN, &whole);
+        assert_eq!(phases(&t), [(Phase::Firing, Phase::Resolved)]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::{
     Assembler, CheckpointError, Manifest, Scratch, VERSION, append_chunks, checkpoint_partition,
     chunk_key, encode_into, manifest_key,
 };
-use crate::aggregate::{PartitionState, SharedPartition, TopicPartition};
+use crate::aggregate::{PartitionState, SavedLayout, SharedPartition, TopicPartition};
 use crate::config::{CheckpointConfig, KafkaConfig, Redactor};
 use crate::window::Windows;
 
@@ -43,7 +43,8 @@ pub const CONSUMER_ONLY: [&str; 10] = [
 /// A checkpoint read back.
 pub struct Loaded {
     pub state: PartitionState,
-    pub geometry: Vec<(i64, i64)>,
+    /// How its rings were laid out: see `PartitionState::reconfigure`.
+    pub layout: SavedLayout,
     pub manifest: Manifest,
 }
 
@@ -586,7 +587,7 @@ impl CheckpointStore {
                     // Intact (the checksum matched) but unreadable: written by a version of
                     // ecom-pulse with another format. Start the partition over rather than
                     // refuse to consume it.
-                    let (state, geometry) = match super::decode(&payload) {
+                    let (state, layout) = match super::decode(&payload) {
                         Ok(decoded) => decoded,
                         Err(e) => {
                             tracing::error!(partition = %format!("{}/{}", tp.topic, tp.partition), error = %e, "checkpoint unreadable; the partition starts fresh");
@@ -605,7 +606,7 @@ impl CheckpointStore {
                         tp,
                         Loaded {
                             state,
-                            geometry,
+                            layout,
                             manifest,
                         },
                     );
@@ -759,7 +760,7 @@ mod tests {
                         i % 50
                     );
                     pipeline.process(&mut st, json.as_bytes(), now, now);
-                    st.applied(i);
+                    st.applied(i, now, now);
                 }
                 (
                     TopicPartition::new("visits", p),

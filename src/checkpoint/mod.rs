@@ -25,14 +25,16 @@ pub mod kafka;
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{PartitionState, TopicPartition};
-use crate::window::Windows;
+use crate::aggregate::{PartitionState, SavedLayout, TopicPartition};
+use crate::window::{RingLayout, Windows};
 
 /// Format version of both the encoded state and the manifest, written.
-pub const VERSION: u8 = 4;
-/// Format versions read: 3 differs only in how de-duplication ids are laid out (see
-/// `dedup::save_entries`), so a checkpoint written before an upgrade restores after it.
-const READABLE: [u8; 2] = [3, VERSION];
+pub const VERSION: u8 = 5;
+/// Format versions read, so a checkpoint written before an upgrade restores after it: 4 has
+/// no window coverage or offset index and saved each window's length and span rather than
+/// its ring's layout; 3 differs from 4 in how de-duplication ids are laid out (see
+/// `dedup::save_entries`).
+const READABLE: [u8; 3] = [3, 4, VERSION];
 /// Largest chunk value: well under Kafka's default 1 MB message limit.
 pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
 const CHUNK_MAGIC: &[u8; 4] = b"EPCK";
@@ -67,17 +69,23 @@ impl CheckpointError {
     }
 }
 
-/// What is serialised: the window geometry the rings were built with, and the state.
+/// What is serialised: how the rings were laid out, and the state.
 #[derive(Serialize)]
 struct SavedRef<'a> {
-    geometry: Vec<(i64, i64)>,
+    layout: Vec<RingLayout>,
     state: &'a PartitionState,
 }
 
 #[derive(Deserialize)]
 struct Saved {
-    geometry: Vec<(i64, i64)>,
+    layout: Vec<RingLayout>,
     state: PartitionState,
+}
+
+#[derive(Deserialize)]
+struct SavedV4 {
+    geometry: Vec<(i64, i64)>,
+    state: crate::aggregate::PartitionStateV4,
 }
 
 #[derive(Deserialize)]
@@ -106,7 +114,7 @@ pub struct Scratch {
 /// As [`encode`], into `scratch`; the encoded state is `scratch.payload()` until the next call.
 pub fn encode_into(state: &PartitionState, windows: &Windows, scratch: &mut Scratch) {
     let saved = SavedRef {
-        geometry: windows.geometry(),
+        layout: windows.layout(),
         state,
     };
     let mut raw = std::mem::take(&mut scratch.raw);
@@ -133,9 +141,9 @@ impl Scratch {
     }
 }
 
-/// Decodes a state and the geometry its rings were saved with. The state is ready for use
-/// only after [`PartitionState::reconfigure`] (which rebuilds what is not saved).
-pub fn decode(bytes: &[u8]) -> Result<(PartitionState, Vec<(i64, i64)>), CheckpointError> {
+/// Decodes a state and how its rings were laid out. The state is ready for use only after
+/// [`PartitionState::reconfigure`] (which rebuilds what is not saved).
+pub fn decode(bytes: &[u8]) -> Result<(PartitionState, SavedLayout), CheckpointError> {
     let (&version, body) = bytes
         .split_first()
         .ok_or_else(|| CheckpointError::Corrupt("empty".into()))?;
@@ -145,12 +153,20 @@ pub fn decode(bytes: &[u8]) -> Result<(PartitionState, Vec<(i64, i64)>), Checkpo
     let raw = lz4_flex::decompress_size_prepended(body)
         .map_err(|e| CheckpointError::Corrupt(format!("decompression: {e}")))?;
     let corrupt = |e: postcard::Error| CheckpointError::Corrupt(format!("decoding: {e}"));
-    if version == 3 {
-        let saved: SavedV3 = postcard::from_bytes(&raw).map_err(corrupt)?;
-        return Ok((saved.state.into(), saved.geometry));
+    match version {
+        3 => {
+            let saved: SavedV3 = postcard::from_bytes(&raw).map_err(corrupt)?;
+            Ok((saved.state.into(), SavedLayout::Geometry(saved.geometry)))
+        }
+        4 => {
+            let saved: SavedV4 = postcard::from_bytes(&raw).map_err(corrupt)?;
+            Ok((saved.state.into(), SavedLayout::Geometry(saved.geometry)))
+        }
+        _ => {
+            let saved: Saved = postcard::from_bytes(&raw).map_err(corrupt)?;
+            Ok((saved.state, SavedLayout::Rings(saved.layout)))
+        }
     }
-    let saved: Saved = postcard::from_bytes(&raw).map_err(corrupt)?;
-    Ok((saved.state, saved.geometry))
 }
 
 /// Points at a checkpoint's chunks and says what they hold.
@@ -376,7 +392,7 @@ mod tests {
                 i % 2 == 0
             );
             p.process(&mut st, json.as_bytes(), T0, T0);
-            st.applied(i as i64);
+            st.applied(i as i64, T0, T0);
         }
         st
     }
@@ -387,7 +403,7 @@ mod tests {
         let mut st = p.new_partition();
         for (i, json) in mixed_events().iter().enumerate() {
             p.process(&mut st, json.as_bytes(), T0, T0);
-            st.applied(i as i64);
+            st.applied(i as i64, T0, T0);
         }
         st
     }
@@ -427,7 +443,7 @@ mod tests {
             } else {
                 p.process(&mut st, json.as_bytes(), T0, T0);
             }
-            st.applied(i as i64);
+            st.applied(i as i64, T0, T0);
         }
         st
     }
@@ -436,8 +452,9 @@ mod tests {
     /// made of the same events.
     fn reads_as_mixed(saved: &[u8]) {
         let p = pipeline(&["5m", "1h"]);
-        let (mut back, geometry) = decode(saved).unwrap();
-        assert!(back.reconfigure(&p, &geometry));
+        let (mut back, layout) = decode(saved).unwrap();
+        assert!(matches!(layout, SavedLayout::Geometry(_)));
+        assert!(back.reconfigure(&p, &layout, T0).kept_all());
         let now = mixed_as_before(&p);
         assert!(
             now.dedup().len() > mixed(&p).dedup().len(),
@@ -502,19 +519,14 @@ mod tests {
         );
     }
 
-    /// The format this build writes is pinned: `testdata/format-4.bin` is `mixed`'s state as
-    /// the build that introduced format 4 encoded it (`encode(&mixed(&p), &p.windows)`). A change that alters the bytes needs a
-    /// new version (and the old one read, as format 3 is).
+    /// Checkpoints of format 4 still read the same: `testdata/format-4.bin` is `mixed`'s
+    /// state as the build that introduced format 4 encoded it, before rings were saved with
+    /// their layout and windows with their coverage.
     #[test]
-    fn a_checkpoint_of_format_4_reads_the_same_and_is_written_alike() {
+    fn a_checkpoint_of_format_4_reads_the_same() {
         let v4 = include_bytes!("testdata/format-4.bin");
-        assert_eq!(v4[0], VERSION);
+        assert_eq!(v4[0], 4);
         reads_as_mixed(v4);
-        let p = pipeline(&["5m", "1h"]);
-        assert_eq!(
-            raw_len(&encode(&mixed_as_before(&p), &p.windows)),
-            raw_len(v4)
-        );
     }
 
     #[test]
@@ -522,9 +534,9 @@ mod tests {
         let p = pipeline(&["5m", "1h"]);
         let st = filled(&p, 2_000);
         let bytes = encode(&st, &p.windows);
-        let (mut back, geometry) = decode(&bytes).unwrap();
-        assert_eq!(geometry, p.windows.geometry());
-        assert!(back.reconfigure(&p, &geometry));
+        let (mut back, layout) = decode(&bytes).unwrap();
+        assert_eq!(layout, SavedLayout::Rings(p.windows.layout()));
+        assert!(back.reconfigure(&p, &layout, T0).kept_all());
         assert!(back.same_aggregates(&st));
         assert_eq!(back.next_offset(), 2_000);
         assert_eq!(back.watermark_ms(), st.watermark_ms());
@@ -575,7 +587,7 @@ mod tests {
         let p = pipeline(&["5m", "1h", "24h"]);
         let st = filled(&p, 500);
         let raw = postcard::to_stdvec(&SavedRef {
-            geometry: p.windows.geometry(),
+            layout: p.windows.layout(),
             state: &st,
         })
         .unwrap();
@@ -588,29 +600,178 @@ mod tests {
         );
     }
 
+    /// Another window configuration keeps the rings of the windows that did not change, and
+    /// says which ones must be rebuilt; the counters stay in every case.
     #[test]
-    fn another_geometry_keeps_counters_and_drops_rings() {
+    fn a_changed_configuration_keeps_what_still_fits() {
         let p = pipeline(&["5m", "1h"]);
         let st = filled(&p, 100);
-        let (mut back, geometry) = decode(&encode(&st, &p.windows)).unwrap();
+        let five = |st: &PartitionState| -> Vec<crate::kpi::Sums> {
+            let mut all: Vec<_> = st
+                .keys()
+                .map(|(k, ks)| (k.clone(), ks.window_sums(&p.windows, 0, T0)))
+                .collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all.into_iter().map(|(_, s)| s).collect()
+        };
+        let (mut back, layout) = decode(&encode(&st, &p.windows)).unwrap();
         let other = pipeline(&["5m", "2h"]);
-        assert!(!back.reconfigure(&other, &geometry));
+        let reshape = back.reconfigure(&other, &layout, T0);
+        assert_eq!(reshape.rebuild_below, [i64::MIN, i64::MAX]);
+        assert_eq!(five(&back), five(&st), "the 5m window is kept as it was");
+        assert!(five(&st).iter().any(|s| s.orders > 0));
         let (_, ks) = back.keys().next().unwrap();
         assert!(ks.totals().orders > 0);
-        assert_eq!(ks.window_sums(&other.windows, 0, T0), Default::default());
+        assert_eq!(ks.window_sums(&other.windows, 1, T0), Default::default());
 
         // Same windows, another bucket count: the same spans, but rings of another size.
         for buckets in [120, 30] {
-            let (mut back, geometry) = decode(&encode(&st, &p.windows)).unwrap();
+            let (mut back, layout) = decode(&encode(&st, &p.windows)).unwrap();
             let finer = Pipeline {
                 windows: Windows::from_labels(&["5m", "1h"], buckets),
                 ..pipeline(&["5m", "1h"])
             };
-            assert_eq!(geometry, finer.windows.geometry());
-            assert!(!back.reconfigure(&finer, &geometry), "{buckets} buckets");
+            let reshape = back.reconfigure(&finer, &layout, T0);
+            assert_eq!(
+                reshape.rebuild_below,
+                [i64::MAX, i64::MAX],
+                "{buckets} buckets"
+            );
             let (_, ks) = back.keys().next().unwrap();
             assert_eq!(ks.window_sums(&finer.windows, 1, T0), Default::default());
             assert!(ks.totals().orders > 0);
+        }
+    }
+
+    /// Three hours of one partition as (message, when it was applied): visits, orders and
+    /// spend over a few keys, every eleventh message a re-send of one from two minutes
+    /// before, a few malformed.
+    fn timeline() -> Vec<(String, i64)> {
+        let start = T0 - 3 * 3_600_000;
+        (0..3_600_i64)
+            .map(|i| {
+                let now = start + i * 3_000;
+                let (id, ts) = if i % 11 == 10 { (i - 40, now - 120_000) } else { (i, now - (i % 5) * 700) };
+                let key = id % 4;
+                let json = match (i % 97 == 96, id % 3) {
+                    (true, _) => "{not json".to_string(),
+                    (_, 0) => format!(
+                        r#"{{"type":"visit","event_id":"t{id}","timestamp":{ts},"campaign":"c{key}"}}"#
+                    ),
+                    (_, 1) => format!(
+                        r#"{{"type":"order","event_id":"t{id}","timestamp":{ts},"campaign":"c{key}","amount":{}.5,"new_customer":{}}}"#,
+                        id % 40,
+                        id % 4 == 0
+                    ),
+                    _ => format!(
+                        r#"{{"type":"ad_spend","event_id":"t{id}","timestamp":{ts},"campaign":"c{key}","amount":{}}}"#,
+                        id % 9 + 1
+                    ),
+                };
+                (json, now)
+            })
+            .collect()
+    }
+
+    /// A configuration change at a restore: the windows that did not change are kept, the
+    /// others are read again from the input, and every window ends as a state built under
+    /// the new configuration from the start would have it; the counters count nothing twice
+    /// and every window says it is complete.
+    #[test]
+    fn windows_a_configuration_change_cannot_keep_are_rebuilt_from_the_input() {
+        use crate::aggregate::rebuild::COMPLETE;
+        let before = pipeline(&["5m", "1h"]);
+        let log = timeline();
+        let end = log.last().unwrap().1;
+        // Five minutes of the stream come after the restore: the windows read at its end
+        // reach back well before it.
+        let k = log.len() - 100;
+        let mut saved = before.new_partition();
+        for (i, (json, now)) in log[..k].iter().enumerate() {
+            before.process(&mut saved, json.as_bytes(), *now, *now);
+            saved.applied(i as i64, *now, *now);
+        }
+        let restore_at = log[k - 1].1 + 1_000;
+        for (what, windows, kept) in [
+            (
+                "a drop rule on 1h",
+                Windows::with_previous(&["5m", "1h"], 60, &["1h"]),
+                "partly",
+            ),
+            (
+                "a window added",
+                Windows::from_labels(&["5m", "1h", "2h"], 60),
+                "5m, 1h",
+            ),
+            (
+                "buckets changed",
+                Windows::from_labels(&["5m", "1h"], 30),
+                "none",
+            ),
+            ("a window removed", Windows::from_labels(&["1h"], 60), "1h"),
+        ] {
+            let after = Pipeline {
+                windows,
+                ..before.clone()
+            };
+            let (mut back, layout) = decode(&encode(&saved, &before.windows)).unwrap();
+            let reshape = back.reconfigure(&after, &layout, restore_at);
+            // Where the consumer would start: the index, or (as here) the topic's start.
+            let (from, covers) = back
+                .rebuild_start(&after, &reshape, restore_at)
+                .unwrap_or((0, COMPLETE));
+            let start = back.start_rebuild(&reshape, from, covers, after.new_dedup());
+            assert!(start <= k as i64, "{what}");
+            for (i, (json, now)) in log.iter().enumerate().skip(start as usize) {
+                let now = (*now).max(restore_at);
+                if back.rebuilding(i as i64) {
+                    after.replay(&mut back, json.as_bytes(), now, now);
+                } else {
+                    after.process(&mut back, json.as_bytes(), now, now);
+                }
+                back.applied(i as i64, now, now);
+            }
+            assert!(!back.is_rebuilding(), "{what}");
+            let mut reference = after.new_partition();
+            for (i, (json, now)) in log.iter().enumerate() {
+                after.process(&mut reference, json.as_bytes(), *now, *now);
+                reference.applied(i as i64, *now, *now);
+            }
+            assert_eq!(back.keys().count(), reference.keys().count(), "{what}");
+            for (key, want) in reference.keys() {
+                let got = back
+                    .keys()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, ks)| ks)
+                    .unwrap();
+                assert_eq!(got.totals(), want.totals(), "{what}: counters of {key:?}");
+                for (w, spec) in after.windows.specs().iter().enumerate() {
+                    assert_eq!(
+                        got.window_sums(&after.windows, w, end),
+                        want.window_sums(&after.windows, w, end),
+                        "{what}: {} of {key:?} ({kept} kept)",
+                        spec.label
+                    );
+                    if spec.has_previous() {
+                        assert_eq!(
+                            got.previous_sums(&after.windows, w, end),
+                            want.previous_sums(&after.windows, w, end),
+                            "{what}: the {} before of {key:?}",
+                            spec.label
+                        );
+                    }
+                }
+            }
+            for (w, from) in back.coverage().enumerate() {
+                let spec = &after.windows.specs()[w];
+                let needs = after.windows.start_ms(w, end)
+                    - if spec.has_previous() {
+                        spec.length_ms
+                    } else {
+                        0
+                    };
+                assert!(from <= needs, "{what}: {} covered from {from}", spec.label);
+            }
         }
     }
 
@@ -839,7 +1000,7 @@ mod tests {
                 while next < log.len() {
                     now += 1_000;
                     p.process(&mut state, log[next].as_bytes(), now, now);
-                    state.applied(next as i64);
+                    state.applied(next as i64, now, now);
                     next += 1;
                     if next.is_multiple_of(checkpoint_every) {
                         saved = (encode(&state, &p.windows), next);
@@ -847,8 +1008,8 @@ mod tests {
                     if crashes.peek().is_some_and(|c| *c <= next) {
                         crashes.next();
                         // Crash: everything since the last checkpoint is lost and replayed.
-                        let (mut restored, geometry) = decode(&saved.0).unwrap();
-                        prop_assert!(restored.reconfigure(&p, &geometry));
+                        let (mut restored, layout) = decode(&saved.0).unwrap();
+                        prop_assert!(restored.reconfigure(&p, &layout, now).kept_all());
                         prop_assert_eq!(restored.next_offset() as usize, saved.1);
                         state = restored;
                         next = saved.1;

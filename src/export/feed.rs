@@ -17,9 +17,9 @@ use crate::alert::notify::rfc3339;
 use crate::alert::{Phase, ResolvedReason, Transition};
 use crate::checkpoint::kafka::Quiet;
 use crate::config::KafkaConfig;
-use crate::export::http::{KpiRow, kpi_row};
+use crate::export::http::{KpiRow, RowCoverage, kpi_row};
 use crate::kpi::ClvAssumptions;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Coverage, Telemetry};
 use crate::window::Windows;
 
 pub const KPI_SCHEMA: &str = "ecom-pulse.kpi.v1";
@@ -29,8 +29,13 @@ pub const ALERT_SCHEMA: &str = "ecom-pulse.alert.v1";
 #[derive(Debug, Serialize)]
 pub struct KpiMessage<'a> {
     pub schema: &'static str,
-    /// When the snapshot was taken (RFC 3339, UTC).
+    /// When the snapshot was taken (RFC 3339, UTC): a multiple of
+    /// `alerting.snapshot_interval`, the same for every instance, so that a consumer can put
+    /// the instances' rows of one moment together.
     pub at: String,
+    /// Which instance sent it (host name and HTTP port): with `partitions_held`, what a
+    /// consumer merging the fleet's rows needs to know it has them all.
+    pub instance: &'a str,
     /// Unit of every money field.
     pub currency: &'a str,
     #[serde(flatten)]
@@ -96,6 +101,7 @@ pub struct Feed {
     kpis_topic: String,
     alerts_topic: String,
     currency: String,
+    instance: String,
     telemetry: Arc<Telemetry>,
 }
 
@@ -104,6 +110,7 @@ impl Feed {
     pub fn new(
         kafka: &KafkaConfig,
         currency: &str,
+        instance: &str,
         telemetry: Arc<Telemetry>,
     ) -> Result<Option<Feed>, rdkafka::error::KafkaError> {
         if kafka.kpis_topic.is_empty() && kafka.alerts_topic.is_empty() {
@@ -133,6 +140,7 @@ impl Feed {
             kpis_topic: kafka.kpis_topic.clone(),
             alerts_topic: kafka.alerts_topic.clone(),
             currency: currency.to_string(),
+            instance: instance.to_string(),
             telemetry,
         }))
     }
@@ -152,26 +160,33 @@ impl Feed {
         self.producer.poll(std::time::Duration::ZERO);
     }
 
-    /// One message per (campaign, channel, window) with data.
+    /// One message per (campaign, channel, window) with data, of the snapshot taken at
+    /// `now_ms` for the moment `at_ms`.
     pub fn publish_snapshot(
         &self,
         snapshot: &Snapshot,
         windows: &Windows,
         clv: &ClvAssumptions,
+        partitions: &Coverage,
+        at_ms: i64,
         now_ms: i64,
     ) {
         if self.kpis_topic.is_empty() {
             return;
         }
-        let at = rfc3339(now_ms);
+        let at = rfc3339(at_ms);
+        let covered: Vec<RowCoverage> = (0..windows.len())
+            .map(|w| RowCoverage::of(snapshot, windows, w, now_ms, partitions))
+            .collect();
         for (key, row) in &snapshot.rows {
-            for (spec, sums) in windows.specs().iter().zip(&row.windows) {
+            for (w, (spec, sums)) in windows.specs().iter().zip(&row.windows).enumerate() {
                 if sums.is_empty() {
                     continue;
                 }
                 let message = KpiMessage {
                     schema: KPI_SCHEMA,
                     at: at.clone(),
+                    instance: &self.instance,
                     currency: &self.currency,
                     kpis: kpi_row(
                         Some(&key.campaign),
@@ -179,6 +194,7 @@ impl Feed {
                         &spec.label,
                         sums,
                         clv,
+                        &covered[w],
                     ),
                 };
                 let payload = serde_json::to_vec(&message).expect("serialisable");

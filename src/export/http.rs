@@ -7,19 +7,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{GroupBy, Store};
+use crate::aggregate::{GroupBy, Snapshot, Store};
 use crate::alert::evaluator::AlertView;
 use crate::alert::notify;
 use crate::export::history::History;
 use crate::export::metrics::render_kpis_in_pieces;
 use crate::kpi::{ClvAssumptions, Sums};
-use crate::telemetry::{Health, Telemetry};
+use crate::telemetry::{Coverage, Health, Telemetry};
 use crate::window::Windows;
 
 /// What the handlers read. Cheap to clone.
@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/kpis", get(kpis))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/coverage", get(coverage))
         .route("/api/v1/history", get(history))
         .route("/", get(super::page::page))
         .with_state(state)
@@ -198,6 +199,41 @@ pub struct KpiRow {
     pub clv: Option<f64>,
     pub roas: Option<f64>,
     pub clv_cac: Option<f64>,
+    /// True when the row is the whole truth for its window: the window is whole
+    /// (`window_coverage` 1) and this instance holds every partition of the consumed topics.
+    pub complete: bool,
+    /// How much of the window the numbers cover, 0 to 1: less while a window the
+    /// configuration added fills, or when the topics no longer hold all of it.
+    pub window_coverage: f64,
+    /// Input partitions this instance holds, of all the consumed topics' partitions. Behind
+    /// a load balancer in front of several replicas, each answers for its own partitions.
+    pub partitions_held: usize,
+    pub partitions_total: usize,
+}
+
+/// What a row of KPIs covers (see [`KpiRow`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowCoverage {
+    pub window: f64,
+    pub partitions_held: usize,
+    pub partitions_total: usize,
+}
+
+impl RowCoverage {
+    /// Window `w`'s coverage in `snapshot`, with the partitions `health` holds.
+    pub fn of(
+        snapshot: &Snapshot,
+        windows: &Windows,
+        w: usize,
+        now_ms: i64,
+        partitions: &Coverage,
+    ) -> RowCoverage {
+        RowCoverage {
+            window: snapshot.window_coverage(windows, w, now_ms),
+            partitions_held: partitions.held.len(),
+            partitions_total: partitions.total,
+        }
+    }
 }
 
 fn parse_group_by(text: Option<&str>) -> Result<GroupBy, String> {
@@ -244,10 +280,14 @@ async fn kpis(State(state): State<AppState>, Query(q): Query<KpiQuery>) -> Respo
             }
         },
     };
+    let partitions = state.health.coverage();
+    let headers = coverage_headers(&partitions);
     let rows = tokio::task::spawn_blocking(move || {
-        let snapshot = state
-            .store
-            .snapshot_current(&state.windows, crate::now_ms());
+        let now = crate::now_ms();
+        let snapshot = state.store.snapshot_current(&state.windows, now);
+        let covered: Vec<RowCoverage> = (0..state.windows.len())
+            .map(|w| RowCoverage::of(&snapshot, &state.windows, w, now, &partitions))
+            .collect();
         let mut rows = Vec::new();
         for ((campaign, channel), row) in snapshot.grouped(group_by) {
             for &w in &selected {
@@ -261,6 +301,7 @@ async fn kpis(State(state): State<AppState>, Query(q): Query<KpiQuery>) -> Respo
                     &state.windows.specs()[w].label,
                     sums,
                     &state.clv,
+                    &covered[w],
                 ));
             }
         }
@@ -274,7 +315,7 @@ async fn kpis(State(state): State<AppState>, Query(q): Query<KpiQuery>) -> Respo
         )
             .into_response();
     };
-    Json(rows).into_response()
+    (headers, Json(rows)).into_response()
 }
 
 pub fn kpi_row(
@@ -283,6 +324,7 @@ pub fn kpi_row(
     window: &str,
     s: &Sums,
     clv: &ClvAssumptions,
+    covered: &RowCoverage,
 ) -> KpiRow {
     let k = s.kpis(clv);
     KpiRow {
@@ -300,7 +342,104 @@ pub fn kpi_row(
         clv: k.clv,
         roas: k.roas,
         clv_cac: k.clv_cac,
+        complete: covered.window >= 1.0
+            && covered.partitions_total > 0
+            && covered.partitions_held >= covered.partitions_total,
+        window_coverage: covered.window,
+        partitions_held: covered.partitions_held,
+        partitions_total: covered.partitions_total,
     }
+}
+
+/// Response headers saying which input partitions an answer covers: every JSON answer is
+/// this instance's, and an instance behind a load balancer may hold only some of them.
+fn coverage_headers(partitions: &Coverage) -> [(HeaderName, HeaderValue); 3] {
+    let held: Vec<String> = partitions
+        .held
+        .iter()
+        .map(|tp| format!("{}/{}", tp.topic, tp.partition))
+        .collect();
+    let value = |text: String| HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""));
+    [
+        (
+            HeaderName::from_static("ecom-pulse-partitions"),
+            value(held.join(",")),
+        ),
+        (
+            HeaderName::from_static("ecom-pulse-partitions-covered"),
+            value(format!("{}/{}", partitions.held.len(), partitions.total)),
+        ),
+        (
+            HeaderName::from_static("ecom-pulse-complete"),
+            HeaderValue::from_static(if partitions.complete() {
+                "true"
+            } else {
+                "false"
+            }),
+        ),
+    ]
+}
+
+/// `/api/v1/coverage`: what this instance's answers cover.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct CoverageAnswer {
+    /// `topic/partition` of every input partition this instance holds.
+    pub partitions: Vec<String>,
+    pub partitions_total: usize,
+    /// True when it holds every partition of the consumed topics and every window is whole.
+    pub complete: bool,
+    pub windows: Vec<WindowCoverage>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct WindowCoverage {
+    pub window: String,
+    /// How much of the window its numbers cover, 0 to 1.
+    pub coverage: f64,
+    /// The same for the window of the same length before it, where a drop rule keeps it.
+    pub preceding_coverage: Option<f64>,
+}
+
+async fn coverage(State(state): State<AppState>) -> Response {
+    let partitions = state.health.coverage();
+    let headers = coverage_headers(&partitions);
+    let now = crate::now_ms();
+    let windows = state.windows.clone();
+    let store = state.store.clone();
+    let Ok(snapshot) =
+        tokio::task::spawn_blocking(move || store.snapshot_current(&windows, now)).await
+    else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reading the windows failed",
+        )
+            .into_response();
+    };
+    let windows: Vec<WindowCoverage> = state
+        .windows
+        .specs()
+        .iter()
+        .enumerate()
+        .map(|(w, spec)| WindowCoverage {
+            window: spec.label.to_string(),
+            coverage: snapshot.window_coverage(&state.windows, w, now),
+            preceding_coverage: spec
+                .has_previous()
+                .then(|| snapshot.window_coverage(&state.windows, w, now - spec.length_ms)),
+        })
+        .collect();
+    let whole = windows.iter().all(|w| w.coverage >= 1.0);
+    let answer = CoverageAnswer {
+        partitions: partitions
+            .held
+            .iter()
+            .map(|tp| format!("{}/{}", tp.topic, tp.partition))
+            .collect(),
+        partitions_total: partitions.total,
+        complete: whole && partitions.complete(),
+        windows,
+    };
+    (headers, Json(answer)).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,9 +483,15 @@ pub struct AlertEntry {
     pub active_since: String,
     /// When it started firing, if it does.
     pub firing_since: Option<String>,
+    /// Input partitions this instance holds, of all the consumed topics' (see [`KpiRow`]):
+    /// an instance raises alerts on the keys of its own partitions only.
+    pub partitions_held: usize,
+    pub partitions_total: usize,
 }
 
-async fn alerts(State(state): State<AppState>) -> Json<Vec<AlertEntry>> {
+async fn alerts(State(state): State<AppState>) -> Response {
+    let partitions = state.health.coverage();
+    let headers = coverage_headers(&partitions);
     let entries = state
         .alerts
         .active()
@@ -362,10 +507,12 @@ async fn alerts(State(state): State<AppState>) -> Json<Vec<AlertEntry>> {
                 threshold: a.threshold,
                 active_since: notify::rfc3339(a.active_since_ms),
                 firing_since: a.firing_since_ms.map(notify::rfc3339),
+                partitions_held: partitions.held.len(),
+                partitions_total: partitions.total,
             }
         })
-        .collect();
-    Json(entries)
+        .collect::<Vec<_>>();
+    (headers, Json(entries)).into_response()
 }
 
 #[cfg(test)]

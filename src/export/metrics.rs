@@ -12,6 +12,7 @@ use std::sync::Arc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
+use crate::aggregate::rebuild::{COMPLETE, coverage_ratio};
 use crate::aggregate::{EventTypes, Key, Snapshot, Store};
 use crate::alert::evaluator::AlertView;
 use crate::kpi::{ClvAssumptions, Kpis, Sums};
@@ -319,6 +320,7 @@ fn escape_into(out: &mut String, value: &str) {
 pub struct PartitionCollector {
     store: Arc<Store>,
     health: Arc<Health>,
+    windows: Windows,
     descs: Vec<Desc>,
 }
 
@@ -346,14 +348,24 @@ const STALLED: (&str, &str) = (
     "ecom_pulse_partition_stalled_seconds",
     "How long each owned partition has had lag without advancing (0 while it advances or has no lag): an unreadable batch or a fetch the broker keeps failing.",
 );
+const COVERAGE: (&str, &str) = (
+    "ecom_pulse_window_coverage_ratio",
+    "How much of each window the partitions this instance holds cover, 0 to 1 (the least covered partition decides): below 1 while a window the configuration added or changed fills, or where the topics no longer hold all of it. Alerts are not evaluated on a window below 1.",
+);
+const PRECEDING_COVERAGE: (&str, &str) = (
+    "ecom_pulse_preceding_window_coverage_ratio",
+    "As ecom_pulse_window_coverage_ratio, for the window of the same length before each window a drop rule compares with.",
+);
 const BEHIND: (&str, &str) = (
     "ecom_pulse_restore_seconds_behind",
     "While partitions catch up after a restore: how far their newest applied event is behind the wall clock (0 when caught up).",
 );
 
 impl PartitionCollector {
-    pub fn new(store: Arc<Store>, health: Arc<Health>) -> Self {
+    pub fn new(store: Arc<Store>, health: Arc<Health>, windows: Windows) -> Self {
         let descs = [
+            (COVERAGE, &["window"][..]),
+            (PRECEDING_COVERAGE, &["window"][..]),
             (WATERMARK, &["topic", "partition"][..]),
             (STALLED, &["topic", "partition"][..]),
             (ASSIGNED, &[][..]),
@@ -376,6 +388,7 @@ impl PartitionCollector {
         PartitionCollector {
             store,
             health,
+            windows,
             descs,
         }
     }
@@ -393,8 +406,12 @@ impl Collector for PartitionCollector {
         let mut behind_ms = 0i64;
         let (mut ids, mut evicted) = (0usize, 0u64);
         let partitions = self.store.partitions();
+        let mut covered = vec![COMPLETE; self.windows.len()];
         for (tp, state) in &partitions {
             let state = state.read();
+            for (c, from) in covered.iter_mut().zip(state.coverage()) {
+                *c = (*c).max(from);
+            }
             ids += state.dedup().len();
             evicted += state.dedup().evicted();
             let Some(watermark) = state.watermark_ms() else {
@@ -426,6 +443,28 @@ impl Collector for PartitionCollector {
         ];
         if !watermarks.get_metric().is_empty() {
             out.push(watermarks);
+        }
+        let mut coverage = family(COVERAGE.0, COVERAGE.1, MetricType::GAUGE);
+        let mut preceding = family(
+            PRECEDING_COVERAGE.0,
+            PRECEDING_COVERAGE.1,
+            MetricType::GAUGE,
+        );
+        for (w, (spec, &from)) in self.windows.specs().iter().zip(&covered).enumerate() {
+            let gauge = |at: i64| {
+                let mut m = Metric::from_label(vec![pair("window", &spec.label)]);
+                let ratio = coverage_ratio(from, self.windows.start_ms(w, at), at);
+                m.set_gauge(gauge_value(ratio));
+                m
+            };
+            coverage.mut_metric().push(gauge(now));
+            if spec.has_previous() {
+                preceding.mut_metric().push(gauge(now - spec.length_ms));
+            }
+        }
+        out.push(coverage);
+        if !preceding.get_metric().is_empty() {
+            out.push(preceding);
         }
         let mut stalled = family(STALLED.0, STALLED.1, MetricType::GAUGE);
         for (tp, how_long) in self.health.stalled(now) {
