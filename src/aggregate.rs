@@ -540,6 +540,12 @@ pub struct PartitionState {
     /// Windows being read again from the input after a configuration change.
     #[serde(skip)]
     rebuild: Option<Box<Rebuild>>,
+    /// Caught up since it was taken over: its counters may be exported. Restored from a
+    /// checkpoint, they start below what was exported before the crash or the move, and a
+    /// counter that steps down reads as a reset to Prometheus. Kept here, under the lock a
+    /// scrape reads the counters with, so no restore can slip between the two.
+    #[serde(skip)]
+    settled: bool,
 }
 
 /// A [`PartitionState`] as checkpoints of format 4 hold it: no coverage and no offset index
@@ -624,7 +630,13 @@ impl PartitionState {
             index_next_ms: i64::MIN,
             coverage_pending: false,
             rebuild: None,
+            settled: false,
         }
+    }
+
+    /// Marks the partition as caught up since it was taken over (see `settled`).
+    pub fn settle(&mut self) {
+        self.settled = true;
     }
 
     /// Sets how many keys this partition may hold before new ones fold into "(other)".
@@ -651,9 +663,11 @@ impl PartitionState {
     }
 
     /// Records that the message at `offset` has been applied at `now_ms`. Called under the same
-    /// lock as `Pipeline::process`, so state and offset always agree. `record_ts_ms` is the
-    /// message's record time, which starts the coverage of windows that waited for it.
-    pub fn applied(&mut self, offset: i64, now_ms: i64, record_ts_ms: i64) {
+    /// lock as `Pipeline::process`, so state and offset always agree. `time_ms` is the
+    /// message's time (its event's, else its record's), which starts the coverage of windows
+    /// that waited for a first message.
+    pub fn applied(&mut self, offset: i64, now_ms: i64, time_ms: i64) {
+        let record_ts_ms = time_ms;
         self.next_offset = self.next_offset.max(offset + 1);
         // Once per slot (a minute or more), not per message.
         if now_ms >= self.index_next_ms && self.index_slot_ms > 0 && offset + 1 >= self.next_offset
@@ -719,12 +733,26 @@ impl PartitionState {
             covers_from,
         }));
         if from_offset >= self.next_offset {
-            // Nothing older to read: the rebuilt windows cover from the next message on.
-            self.rebuild.as_mut().expect("just set").covers_from = UNKNOWN;
+            // Nothing older to read: the rebuilt windows cover what the caller says of where
+            // the state's history starts.
             self.finish_rebuild();
             return self.next_offset;
         }
         from_offset
+    }
+
+    /// Windows still waiting for a first message to say where their coverage starts take
+    /// `now_ms` instead: there is nothing to read (the topic holds nothing past this state),
+    /// so they fill from now on.
+    pub fn cover_pending_from(&mut self, now_ms: i64) {
+        if self.coverage_pending && self.rebuild.is_none() {
+            self.coverage_pending = false;
+            for (_, from) in &mut self.coverage {
+                if *from == UNKNOWN {
+                    *from = now_ms;
+                }
+            }
+        }
     }
 
     fn finish_rebuild(&mut self) {
@@ -973,7 +1001,10 @@ pub enum Outcome {
     Duplicate,
     Rejected(Rejection),
     /// Read again only to rebuild windows after a configuration change: counted nowhere.
-    Rebuilt,
+    /// `timestamp_ms`: the event's time, if it decoded.
+    Rebuilt {
+        timestamp_ms: Option<i64>,
+    },
 }
 
 /// The pure per-message step: decode, check time, de-duplicate, aggregate.
@@ -1067,11 +1098,12 @@ impl Pipeline {
         let Some(mut rebuild) = state.rebuild.take() else {
             return self.process(state, payload, record_ts_ms, now_ms);
         };
-        self.replay_into(state, &mut rebuild, payload, record_ts_ms, now_ms);
+        let timestamp_ms = self.replay_into(state, &mut rebuild, payload, record_ts_ms, now_ms);
         state.rebuild = Some(rebuild);
-        Outcome::Rebuilt
+        Outcome::Rebuilt { timestamp_ms }
     }
 
+    /// The event's time, if it decoded.
     fn replay_into(
         &self,
         state: &mut PartitionState,
@@ -1079,9 +1111,9 @@ impl Pipeline {
         payload: &[u8],
         record_ts_ms: i64,
         now_ms: i64,
-    ) {
+    ) -> Option<i64> {
         let Ok(event) = self.decoder.decode(payload, record_ts_ms) else {
-            return;
+            return None;
         };
         let ts = event.timestamp_ms;
         // Judged against now, as a replay after a crash judges them: the time each was read
@@ -1089,10 +1121,10 @@ impl Pipeline {
         // `max_future_skew` can count here, and one stamped ahead by less is placed at its
         // own time rather than at that reading's.
         if ts > now_ms + self.max_future_skew_ms || self.windows.out_of_rings(ts, now_ms) {
-            return;
+            return Some(ts);
         }
         if !rebuild.dedup.insert(event.id_hash, ts) {
-            return;
+            return Some(ts);
         }
         let at = ts.min(now_ms);
         let below = &rebuild.below;
@@ -1104,6 +1136,7 @@ impl Pipeline {
             let (ks, _) = state.new_key_mut(&event.campaign, &event.channel, &self.limits);
             ks.add_below(&self.windows, &event, at, now_ms, below);
         }
+        Some(ts)
     }
 
     /// Applies one message value at wall-clock time `now_ms`. `record_ts_ms` is the Kafka
@@ -1304,24 +1337,20 @@ impl Store {
 
     /// Merges every partition into one row per key, read at `now_ms`.
     pub fn snapshot(&self, windows: &Windows, now_ms: i64) -> Snapshot {
-        self.snapshot_with(windows, now_ms, true, None)
+        self.snapshot_with(windows, now_ms, true, false)
     }
 
     /// As `snapshot`, without the preceding windows (all zero): what the API shows, for a
     /// quarter less reading.
     pub fn snapshot_current(&self, windows: &Windows, now_ms: i64) -> Snapshot {
-        self.snapshot_with(windows, now_ms, false, None)
+        self.snapshot_with(windows, now_ms, false, false)
     }
 
-    /// As `snapshot_current`, with each partition's own counters ([`Snapshot::counters`])
-    /// for the partitions `exported` accepts: what `/metrics` shows.
-    pub fn snapshot_for_metrics(
-        &self,
-        windows: &Windows,
-        now_ms: i64,
-        exported: &dyn Fn(&TopicPartition) -> bool,
-    ) -> Snapshot {
-        self.snapshot_with(windows, now_ms, false, Some(exported))
+    /// As `snapshot_current`, with the counters ([`Snapshot::counters`]) of each partition
+    /// that has caught up since it was taken over ([`PartitionState::settle`]): what
+    /// `/metrics` shows.
+    pub fn snapshot_for_metrics(&self, windows: &Windows, now_ms: i64) -> Snapshot {
+        self.snapshot_with(windows, now_ms, false, true)
     }
 
     fn snapshot_with(
@@ -1329,7 +1358,7 @@ impl Store {
         windows: &Windows,
         now_ms: i64,
         previous: bool,
-        exported: Option<&dyn Fn(&TopicPartition) -> bool>,
+        counters_too: bool,
     ) -> Snapshot {
         /// Keys whose series are read ahead together (see `merge`).
         const TOUCH_AHEAD: usize = 8;
@@ -1346,7 +1375,7 @@ impl Store {
             for (c, from) in coverage.iter_mut().zip(state.coverage()) {
                 *c = (*c).max(from);
             }
-            let mut own = exported.filter(|keep| keep(tp)).map(|_| PartitionCounters {
+            let mut own = (counters_too && state.settled).then(|| PartitionCounters {
                 tp: tp.clone(),
                 keys: Vec::with_capacity(state.keys.len()),
             });

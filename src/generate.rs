@@ -562,7 +562,7 @@ mod tests {
                 match pipeline.process(&mut state, m.payload.as_bytes(), now, now) {
                     Outcome::Rejected(_) => rejected += 1,
                     Outcome::Duplicate => duplicates += 1,
-                    Outcome::Accepted { .. } | Outcome::Rebuilt => {}
+                    Outcome::Accepted { .. } | Outcome::Rebuilt { .. } => {}
                 }
             }
         }

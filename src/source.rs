@@ -247,6 +247,10 @@ impl SourceContext {
             let target = watermarks.map(|(_, high)| high);
             let caught_up =
                 target.is_some_and(|t| state.next_offset() >= t) && !state.is_rebuilding();
+            if caught_up {
+                state.cover_pending_from(crate::now_ms());
+                state.settle();
+            }
             tracing::info!(
                 partition = %describe(std::slice::from_ref(tp)),
                 state = how,
@@ -315,6 +319,14 @@ impl SourceContext {
                 Err(e) => self.warn_limited("cannot read topic metadata", &e),
             }
         }
+    }
+
+    /// A partition has caught up since it was taken over: ready, and its counters exported.
+    fn caught_up(&self, tp: &TopicPartition) {
+        if let Some(state) = self.store.get(tp) {
+            state.write().settle();
+        }
+        self.health.caught_up(tp);
     }
 
     /// Forgets partitions this instance no longer owns.
@@ -671,7 +683,7 @@ impl Source {
             if since_check == 0 || !wait.is_zero() {
                 ctx.telemetry.add(&mut handles.tally);
                 for tp in ctx.reached.lock().drain(..) {
-                    ctx.health.caught_up(&tp);
+                    ctx.caught_up(&tp);
                 }
                 if shutdown.is_cancelled() {
                     break;
@@ -1010,7 +1022,7 @@ fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8
             ctx.pipeline.replay(state, payload, record_ts, message.now)
         }
         Some(payload) => ctx.pipeline.process(state, payload, record_ts, message.now),
-        None if state.rebuilding(message.offset) => Outcome::Rebuilt,
+        None if state.rebuilding(message.offset) => Outcome::Rebuilt { timestamp_ms: None },
         None => Outcome::Rejected(Rejection {
             reason: Reason::MalformedJson,
             detail: "message has no value",
@@ -1018,7 +1030,14 @@ fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8
     };
     // The offset moves with the state, under the same lock: a checkpoint never holds one
     // without the other.
-    state.applied(message.offset, message.now, record_ts);
+    let time = match outcome {
+        Outcome::Accepted { timestamp_ms, .. }
+        | Outcome::Rebuilt {
+            timestamp_ms: Some(timestamp_ms),
+        } => timestamp_ms,
+        _ => record_ts,
+    };
+    state.applied(message.offset, message.now, time);
     outcome
 }
 
@@ -1046,7 +1065,7 @@ fn settle(
             // Counted before ready: the first scrape after /readyz turns 200 must hold every
             // event applied so far, this one included.
             ctx.telemetry.add(tally);
-            ctx.health.caught_up(&tp);
+            ctx.caught_up(&tp);
             tracing::info!(partition = %describe(&[tp]), "caught up");
         }
     }

@@ -79,7 +79,7 @@ impl Tally {
             Outcome::Duplicate => self.duplicates += 1,
             Outcome::Rejected(rejection) => telemetry.rejected(rejection, origin),
             // Counted when it was first read.
-            Outcome::Rebuilt => {}
+            Outcome::Rebuilt { .. } => {}
         }
     }
 
@@ -633,20 +633,6 @@ impl Health {
             .lock()
             .as_ref()
             .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Assigned partitions that have caught up since they were assigned.
-    pub fn caught_up_partitions(&self) -> std::collections::BTreeSet<TopicPartition> {
-        self.assignment
-            .lock()
-            .as_ref()
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, p)| p.caught_up)
-                    .map(|(tp, _)| tp.clone())
-                    .collect()
-            })
             .unwrap_or_default()
     }
 

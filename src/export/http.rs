@@ -70,12 +70,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
             patience: SCRAPER_PATIENCE,
         };
         // A partition's counters are exported only once it has caught up since it was
-        // assigned: restored from a checkpoint, it starts below what this or another instance
-        // exported before, and a counter that steps down reads as a reset to Prometheus.
-        let settled = state.health.caught_up_partitions();
+        // assigned (see `PartitionState::settle`).
         let snapshot = state
             .store
-            .snapshot_for_metrics(&state.windows, crate::now_ms(), &|tp| settled.contains(tp));
+            .snapshot_for_metrics(&state.windows, crate::now_ms());
         let mut out = String::with_capacity(PIECE_BYTES + PIECE_BYTES / 4);
         let mut send = |out: &mut String| pieces.send(out);
         if !render_kpis_in_pieces(
