@@ -11,8 +11,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -28,8 +28,13 @@ const PARTITIONS: i32 = 6;
 const CHANNELS: &[&str] = &["email", "paid_social", "display"];
 /// The channels of the organic visits: one named, one absent (label `(none)` too).
 const ORGANIC: [Option<&str>; 2] = [Some("organic_search"), None];
-/// Fast checkpoints, so the crash lands between them.
-const EXTRA: &str = "[checkpoint]\ninterval = \"500ms\"\npartitions = 4\nreplication_factor = 1\n";
+/// No periodic checkpoint during the test, only those written when partitions are revoked or
+/// at a clean stop: after the crash, the new owner restores B's partitions as they were when B
+/// took them and replays all B counted, far below what B exported, for longer than a scrape
+/// interval. (A counter exported from a restore before it has caught up would step down.)
+const EXTRA: &str = "[checkpoint]\ninterval = \"1h\"\npartitions = 4\nreplication_factor = 1\n";
+/// Organic visits produced at once while B owns half the partitions, for that long replay.
+const BURST: usize = 100_000;
 
 fn rule(counter: &str) -> String {
     format!("campaign_channel_partition:{counter}:max")
@@ -372,28 +377,69 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
     );
 
     // Continuous traffic, in small batches, through every move.
+    let producer = Arc::new(producer);
+    let ledger = Arc::new(Mutex::new(ledger));
     let stop = Arc::new(AtomicBool::new(false));
     let flowing = {
-        let stop = stop.clone();
+        let (stop, ledger, producer) = (stop.clone(), ledger.clone(), producer.clone());
         std::thread::spawn(move || {
             let mut batches = 0u32;
             while !stop.load(Ordering::Acquire) {
-                ledger.produce(&producer, 12, 6, 6);
+                ledger.lock().unwrap().produce(&producer, 12, 6, 6);
                 batches += 1;
                 // Pacing, not synchronisation: a few hundred events a second.
                 std::thread::sleep(Duration::from_millis(50));
             }
-            (ledger, batches)
+            batches
         })
     };
 
     // A join: B takes half the partitions.
     let mut b = Service::start(&config_b, pb);
     wait_owners(&prom, "B joined", &[(&ia, 0.0), (&ib, 0.0)], &[&a, &b]);
-    // A crash: B killed, A takes everything back from B's checkpoints once B's session
-    // expires (6 s), then B comes back and joins again.
+    // Much more on B's partitions than A restores (see EXTRA), and B's counters with it in
+    // Prometheus before B dies.
+    let burst_end = {
+        let mut ledger = ledger.lock().unwrap();
+        ledger.produce(&producer, 0, 0, BURST);
+        ledger.organic.values().sum::<u64>()
+    };
+    let none = format!(r#"sum({}{{campaign="(none)"}})"#, rule("ecom_visits_total"));
+    wait_for(
+        "Prometheus to see B count the burst",
+        Duration::from_secs(120),
+        || {
+            query(&prom, &none)
+                .first()
+                .is_some_and(|s| s.value >= burst_end as f64)
+                .then_some(())
+        },
+    );
+    // A crash: B killed; once B's session expires (6 s), A takes B's partitions back from the
+    // checkpoints written when they moved to B, and replays all B counted. Then B comes back
+    // and joins again.
     kill9(&mut b);
+    let crashed = now_ms();
     wait_owners(&prom, "B crashed", &[(&ia, 18.0)], &[&a]);
+    // Whether Prometheus scraped A while it was replaying B's partitions, when their counters,
+    // restored below what B exported, were held back: a scrape lands there when the replay
+    // takes longer than a scrape interval, which it did in every run here (one to three scrapes), and
+    // then the test fails without the hold-back (checked by removing it). Only shown: how
+    // long a replay takes is the machine's business.
+    let scrapes = prom
+        .query(&format!(
+            r#"ecom_pulse_partitions_catching_up{{instance="{ia}"}}[{}ms]"#,
+            now_ms() - crashed
+        ))
+        .unwrap();
+    let catching_up: Vec<f64> = scrapes[0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v[1].as_str().unwrap().parse().unwrap())
+        .filter(|v| *v > 0.0)
+        .collect();
+    println!("A's scrapes while catching up after the crash (partitions): {catching_up:?}");
     let b = Service::start(&config_b, pb);
     wait_owners(&prom, "B restarted", &[(&ia, 0.0), (&ib, 0.0)], &[&a, &b]);
     // A leave: A stops cleanly and B takes over A's partitions.
@@ -402,7 +448,8 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
     wait_owners(&prom, "A left", &[(&ib, 18.0)], &[&b]);
 
     stop.store(true, Ordering::Release);
-    let (ledger, batches) = flowing.join().expect("the producer");
+    let batches = flowing.join().expect("the producer");
+    let ledger = Arc::into_inner(ledger).unwrap().into_inner().unwrap();
     let at_end = ledger.total();
     let (t_end, _) = settled_evaluation(&prom, &at_end, Some(&series));
     println!(
