@@ -550,9 +550,10 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
             assert_eq!(units(counter, s.value), want, "{counter} {key:?} rise");
         }
         // The same over the instances' own series misses what came between a partition's
-        // last scrape on its old owner and its first on the new one, and extrapolates at
-        // the ends of series that start or stop inside the range: not exact, by an amount
-        // that depends on timing, so only shown.
+        // last scrape on its old owner and its first on the new one, counts a partition that
+        // comes back to an instance across its absence too (last - first of that instance's
+        // series), and extrapolates at the ends of series that start or stop inside the
+        // range: not exact, by amounts that depend on timing, so only shown.
         let raw = scalar_at(
             &prom,
             &format!("sum(increase({counter}[{range_ms}ms]))"),
