@@ -111,7 +111,7 @@ struct TotalMetric {
 const TOTALS: &[TotalMetric] = &[
     TotalMetric {
         name: "ecom_visits_total",
-        help: "Visit events counted from one input partition (topic, partition), ever; the counter moves with its partition. sum by (campaign, channel) across instances; for increase() across rebalances use campaign_channel_partition:ecom_visits_total:max.",
+        help: "Visits of this key counted from one input partition (topic, partition) since the key appeared there. The counter moves with its partition and is exported once the partition has caught up, so it never steps down. Totals: sum by (campaign, channel). increase() across rebalances: over campaign_channel_partition:ecom_visits_total:max.",
         value: |s| s.visits as f64,
         has: |t| t.visits,
     },
