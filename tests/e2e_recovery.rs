@@ -170,6 +170,25 @@ fn two_instances_split_the_keys_and_the_survivor_takes_over_exactly() {
         );
     }
 
+    // Each instance's JSON answers say they cover its own partitions, not the fleet's.
+    let held: Vec<u64> = [&a, &b]
+        .iter()
+        .map(|svc| {
+            let (_, body) = svc.get("/api/v1/kpis?group_by=").unwrap();
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+            assert!(!rows.is_empty(), "{body}");
+            for row in &rows {
+                assert_eq!(row["complete"], false, "{row}");
+                assert_eq!(row["partitions_total"], 9, "{row}");
+            }
+            let (_, body) = svc.get("/api/v1/coverage").unwrap();
+            let coverage: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(coverage["complete"], false, "{coverage}");
+            rows[0]["partitions_held"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(held.iter().sum::<u64>(), 9, "{held:?}");
+
     // B dies without a word; A restores B's partitions from their checkpoints.
     kill9(&mut b);
     produce(&tansu.brokers(), &traffic.next(2_000, ts));
@@ -183,6 +202,14 @@ fn two_instances_split_the_keys_and_the_survivor_takes_over_exactly() {
     let m2 = a.metrics();
     assert_eq!(counter_totals(&[&m2]), expected, "{}", a.log());
     assert_exact(&traffic.ledger, &[&m2], &WINDOWS);
+    // Holding every partition, its answers are the fleet's.
+    let (_, body) = a.get("/api/v1/kpis?group_by=").unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r["complete"] == true && r["partitions_held"] == 9),
+        "{body}"
+    );
     // Lag series follow the next statistics report after the rebalance.
     wait_for(
         "lag series for all nine partitions",
