@@ -211,12 +211,12 @@ impl Telemetry {
         let restores = IntCounterVec::new(
             opts(
                 "restores_total",
-                "Partitions taken over, by how their state started: restored, fresh (no checkpoint) or rings_dropped (window geometry changed).",
+                "Partitions taken over, by how their state started: restored, fresh (no checkpoint) or reconfigured (the window configuration changed: windows kept where they fit, the others rebuilt).",
             ),
             &["result"],
         )
         .unwrap();
-        for r in ["restored", "fresh", "rings_dropped"] {
+        for r in ["restored", "fresh", "reconfigured"] {
             restores.with_label_values(&[r]);
         }
         register(Box::new(restores.clone()));
@@ -396,7 +396,7 @@ impl Telemetry {
         &self.reporting_currency
     }
 
-    /// `result`: restored, fresh or rings_dropped.
+    /// `result`: restored, fresh or reconfigured.
     pub fn restored(&self, result: &str) {
         self.restores.with_label_values(&[result]).inc();
     }
