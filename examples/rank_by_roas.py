@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Ranks campaigns by ROAS from ecom-pulse's KPI feed (kafka.kpis_topic).
 
-A budget optimiser's starting point: it reads the feed up to its current end, keeps the
-latest snapshot of every (campaign, channel) for one window, rolls channels up to campaigns
-by summing GMV and ad spend (never averaging ratios), and prints campaigns from best to
-worst ROAS, flagging those under break-even.
+A budget optimiser's starting point: it reads the feed up to its current end, takes the
+newest moment at which the instances' snapshots together cover every input partition (each
+instance publishes its own partitions' share, all at the same moments), adds their rows up,
+rolls channels up to campaigns by summing GMV and ad spend (never averaging ratios), and
+prints campaigns from best to worst ROAS, flagging those under break-even.
 
     pip install confluent-kafka
     python3 examples/rank_by_roas.py --brokers 127.0.0.1:9092 --topic kpis --window 1h
@@ -33,7 +34,7 @@ def main():
             end[p_id] = high
     consumer.assign([TopicPartition(args.topic, p_id, OFFSET_BEGINNING) for p_id in end])
 
-    latest = {}  # (campaign, channel) -> newest snapshot for the window
+    moments = {}  # at -> {"held": {instance: partitions}, "total": n, "rows": [kpi, ...]}
     while end:
         msg = consumer.poll(1.0)
         if msg is None or msg.error():
@@ -43,14 +44,23 @@ def main():
         kpi = json.loads(msg.value())
         if kpi.get("schema") != "ecom-pulse.kpi.v1" or kpi["window"] != args.window:
             continue
-        key = (kpi["campaign"], kpi["channel"])
-        if key not in latest or kpi["at"] >= latest[key]["at"]:
-            latest[key] = kpi
+        m = moments.setdefault(kpi["at"], {"held": {}, "total": 0, "rows": []})
+        m["held"][kpi.get("instance", "")] = kpi.get("partitions_held", 0)
+        m["total"] = max(m["total"], kpi.get("partitions_total", 0))
+        m["rows"].append(kpi)
     consumer.close()
+    if not moments:
+        return
 
+    # The newest moment whose instances hold every partition between them; else the newest.
+    whole = [at for at, m in moments.items() if m["total"] and sum(m["held"].values()) >= m["total"]]
+    at = max(whole) if whole else max(moments)
+    m = moments[at]
+    if at not in whole:
+        print(f"partial: the instances at {at} hold {sum(m['held'].values())} of {m['total']} partitions")
     campaigns = {}
-    for (campaign, _), kpi in latest.items():
-        c = campaigns.setdefault(campaign, {"gmv": 0.0, "ad_spend": 0.0})
+    for kpi in m["rows"]:
+        c = campaigns.setdefault(kpi["campaign"], {"gmv": 0.0, "ad_spend": 0.0})
         c["gmv"] += kpi["gmv"]
         c["ad_spend"] += kpi["ad_spend"]
     ranked = sorted(
