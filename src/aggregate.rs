@@ -1163,12 +1163,14 @@ impl Pipeline {
         if self.windows.too_late(ts, now_ms) {
             return Outcome::Rejected(Rejection {
                 reason: Reason::TooLate,
+                field: Some("timestamp"),
                 detail: "older than the oldest bucket of the longest window",
             });
         }
         if ts > now_ms + self.max_future_skew_ms {
             return Outcome::Rejected(Rejection {
                 reason: Reason::TooEarly,
+                field: Some("timestamp"),
                 detail: "further in the future than windows.max_future_skew",
             });
         }
@@ -1196,6 +1198,7 @@ impl Pipeline {
         {
             return Outcome::Rejected(Rejection {
                 reason: Reason::InvalidValue,
+                field: Some("amount"),
                 detail: "amount (a window bucket would overflow)",
             });
         }

@@ -92,10 +92,12 @@ impl Reason {
     }
 }
 
-/// A rejected event: the reason, and the field (or problem) for the log line.
+/// A rejected event: the reason, the offending field where there is one (for the
+/// dead-letter headers), and the field or problem for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejection {
     pub reason: Reason,
+    pub field: Option<&'static str>,
     pub detail: &'static str,
 }
 
@@ -105,8 +107,13 @@ impl fmt::Display for Rejection {
     }
 }
 
-fn reject(reason: Reason, detail: &'static str) -> Rejection {
-    Rejection { reason, detail }
+/// A rejection for `field`.
+fn reject(reason: Reason, field: &'static str) -> Rejection {
+    Rejection {
+        reason,
+        field: Some(field),
+        detail: field,
+    }
 }
 
 /// A valid event, as the aggregates need it.
@@ -172,7 +179,11 @@ impl Decoder {
         fallback_ts_ms: i64,
     ) -> Result<Event<'a>, Rejection> {
         let raw: RawEvent<'a> = serde_json::from_slice(payload)
-            .map_err(|_| reject(Reason::MalformedJson, "not a JSON object"))?;
+            .map_err(|_| Rejection {
+                reason: Reason::MalformedJson,
+                field: None,
+                detail: "not a JSON object",
+            })?;
         self.validate(raw, fallback_ts_ms)
     }
 

@@ -1025,6 +1025,7 @@ fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8
         None if state.rebuilding(message.offset) => Outcome::Rebuilt { timestamp_ms: None },
         None => Outcome::Rejected(Rejection {
             reason: Reason::MalformedJson,
+            field: None,
             detail: "message has no value",
         }),
     };

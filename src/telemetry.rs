@@ -820,6 +820,7 @@ mod tests {
             &t,
             &Outcome::Rejected(crate::decode::Rejection {
                 reason: Reason::TooLate,
+                field: None,
                 detail: "x",
             }),
             &"here",
