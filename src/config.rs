@@ -78,10 +78,12 @@ pub struct KafkaConfig {
     /// Topics consumed; any of them may carry any event type.
     #[serde(deserialize_with = "string_list")]
     pub topics: Vec<String>,
-    /// Topic for alert transitions (not implemented yet).
+    /// Topic for alert transitions; empty: none.
     pub alerts_topic: String,
-    /// Topic for KPI snapshots (not implemented yet).
+    /// Topic for KPI snapshots; empty: none.
     pub kpis_topic: String,
+    /// Topic every rejected event goes to, unchanged, once; empty: none.
+    pub dead_letter_topic: String,
     /// Nice value of the consuming thread, 0..=19 (Linux; ignored elsewhere): how far it
     /// yields the CPU to serving while it catches up.
     pub consumer_nice: u8,

@@ -178,12 +178,11 @@ impl Decoder {
         payload: &'a [u8],
         fallback_ts_ms: i64,
     ) -> Result<Event<'a>, Rejection> {
-        let raw: RawEvent<'a> = serde_json::from_slice(payload)
-            .map_err(|_| Rejection {
-                reason: Reason::MalformedJson,
-                field: None,
-                detail: "not a JSON object",
-            })?;
+        let raw: RawEvent<'a> = serde_json::from_slice(payload).map_err(|_| Rejection {
+            reason: Reason::MalformedJson,
+            field: None,
+            detail: "not a JSON object",
+        })?;
         self.validate(raw, fallback_ts_ms)
     }
 

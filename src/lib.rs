@@ -35,6 +35,7 @@ pub mod aggregate;
 pub mod alert;
 pub mod checkpoint;
 pub mod config;
+pub mod deadletter;
 pub mod decode;
 pub mod dedup;
 pub mod demo;

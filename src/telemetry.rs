@@ -35,6 +35,7 @@ pub struct Telemetry {
     alert_transitions: IntCounterVec,
     notifications: IntCounterVec,
     feed_messages: IntCounterVec,
+    dead_letters: IntCounterVec,
     rejection_logs: Vec<RateLimit>,
     reporting_currency: String,
 }
@@ -271,6 +272,18 @@ impl Telemetry {
         )
         .unwrap();
         register(Box::new(feed_messages.clone()));
+        let dead_letters = IntCounterVec::new(
+            opts(
+                "dead_letters_total",
+                "Rejected events delivered to kafka.dead_letter_topic (ok) or refused by it for good (failed).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        for r in ["ok", "failed"] {
+            dead_letters.with_label_values(&[r]);
+        }
+        register(Box::new(dead_letters.clone()));
 
         let build_info = IntGaugeVec::new(
             opts("build_info", "Build of the running binary; always 1."),
@@ -324,6 +337,7 @@ impl Telemetry {
             alert_transitions,
             notifications,
             feed_messages,
+            dead_letters,
             reporting_currency: reporting_currency.to_string(),
             rejection_logs: Reason::ALL
                 .iter()
@@ -426,6 +440,12 @@ impl Telemetry {
     pub fn feed_message(&self, topic: &str, ok: bool) {
         self.feed_messages
             .with_label_values(&[topic, if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    pub fn dead_letter(&self, ok: bool) {
+        self.dead_letters
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
             .inc();
     }
 
