@@ -1,8 +1,11 @@
 //! Producers' compression (issue 19, item 7): batches of every codec Kafka defines are
-//! consumed and counted exactly, whatever codec the batch before or after them used.
+//! consumed and counted exactly, whatever codec the batch before or after them used; and a
+//! batch the client cannot get shows as a stalled partition, in the gauge and in the shipped
+//! alert, rather than as a quiet stall.
 //!
 //! Tansu 0.6.0 serves gzip, lz4 and zstd batches but fails the fetch of a snappy one
-//! (/work/shared/BROKERS.md), so snappy is counted through librdkafka's mock cluster.
+//! (/work/shared/BROKERS.md), so snappy is counted through librdkafka's mock cluster, and on
+//! Tansu it is the unreadable batch.
 
 mod common;
 
@@ -15,6 +18,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 const WINDOWS: [&str; 3] = ["5m", "1h", "24h"];
 const CHANNELS: &[&str] = &["email", "paid_search", "display"];
+const RULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/prometheus/ecom-pulse.rules.yml"
+);
 const STALLED: &str = "ecom_pulse_partition_stalled_seconds";
 
 /// One producer per codec, each flushed before another one sends: every send is its own run
@@ -210,4 +217,126 @@ async fn snappy_and_every_other_codec_in_turn_are_counted_exactly_on_the_mock_cl
         .unwrap()
         .unwrap();
     drop(mock);
+}
+
+/// The value of `name` for `topic`/`partition`, as the exposition writes it.
+fn partition_series(name: &str, topic: &str, partition: i32) -> String {
+    format!(r#"{name}{{topic="{topic}",partition="{partition}"}}"#)
+}
+
+/// Tansu fails every fetch that reaches a snappy batch (it drops the connection), so that
+/// batch and everything behind it stays unread: the partition must show as stalled, in the
+/// gauge and in the shipped alert, and the client's errors must be counted. With a broker
+/// that serves the batch but a client that cannot decompress it (a codec built without), the
+/// consumer gets the batch's high watermark from the fetch and a consume error instead; the
+/// gauge shows that one from the statistics alone.
+#[test]
+fn a_batch_that_cannot_be_read_shows_as_a_stalled_partition_and_fires_the_alert() {
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    let producers = Producers::new(&tansu.brokers(), &["gzip", "snappy"]);
+    let mut traffic = Traffic::new("u", 9, CHANNELS);
+    producers.send("gzip", None, &traffic.next(900, now_ms() - 5_000));
+
+    let port = free_port();
+    let svc = Service::start(
+        &service_config(
+            &tansu.brokers(),
+            &format!("unreadable-{}", now_ms()),
+            port,
+            "",
+        ),
+        port,
+    );
+    let prometheus = Prometheus::start(&[format!("127.0.0.1:{port}")], &[RULES]);
+    let expected = traffic.total();
+    let m = wait_for(
+        "the readable traffic counted",
+        Duration::from_secs(120),
+        || {
+            let m = svc.metrics();
+            (counter_totals(&[&m]) == expected).then_some(m)
+        },
+    );
+    assert_exact(&traffic.ledger, &[&m], &WINDOWS);
+    let errors_before = m.sum("ecom_pulse_kafka_errors_total");
+
+    // A snappy batch on visits/1, and a readable one behind it. Nothing comes to the other
+    // partitions afterwards: on Tansu they share the failing fetch, so new events there
+    // would wait too (and show as stalled, rightly).
+    let (topic, stuck) = ("visits", 1);
+    let mut unread = Traffic::new("unread", 3, CHANNELS);
+    let visits = |t: &mut Traffic| -> Vec<Msg> {
+        t.next(200, now_ms() - 5_000)
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
+    };
+    let (first, behind) = (visits(&mut unread), visits(&mut unread));
+    producers.send("snappy", Some(stuck), &first);
+    producers.send("gzip", Some(stuck), &behind);
+
+    let gauge = partition_series(STALLED, topic, stuck);
+    let m = wait_for(
+        "visits/1 to show as stalled for 15 s",
+        Duration::from_secs(120),
+        || {
+            let m = svc.metrics();
+            (m.get(&gauge).is_some_and(|s| s >= 15.0)).then_some(m)
+        },
+    );
+    for other in m.names_with_prefix(STALLED) {
+        if other != gauge {
+            assert_eq!(m.get(other), Some(0.0), "{other}\n{}", m.text);
+        }
+    }
+    assert_eq!(
+        m.get(&format!(
+            r#"ecom_pulse_consumer_lag{{partition="{stuck}",topic="{topic}"}}"#
+        )),
+        Some((first.len() + behind.len()) as f64),
+        "{}",
+        m.text
+    );
+    // Nothing of it counted, nothing else lost.
+    assert_eq!(counter_totals(&[&m]), expected);
+    // What the client reports (Tansu closes the connection: "all brokers down") is counted
+    // and logged.
+    assert!(
+        m.sum("ecom_pulse_kafka_errors_total") > errors_before,
+        "{}",
+        m.text
+    );
+    let log = svc.log();
+    assert!(log.contains("Kafka client error"), "{log}");
+
+    // The shipped alert, from a real Prometheus evaluating the shipped rules: pending once
+    // the gauge passes its threshold, for visits/1 alone.
+    let alerts = wait_for(
+        "EcomPulsePartitionStalled for visits/1 in Prometheus",
+        Duration::from_secs(150),
+        || {
+            let alerts = prometheus
+                .query(r#"ALERTS{alertname="EcomPulsePartitionStalled"}"#)
+                .unwrap();
+            (!alerts.is_empty()).then_some(alerts)
+        },
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let labels = &alerts[0]["metric"];
+    assert_eq!(labels["topic"], topic, "{alerts:?}");
+    assert_eq!(labels["partition"], stuck.to_string(), "{alerts:?}");
+    assert_eq!(labels["severity"], "warning", "{alerts:?}");
+    assert!(
+        ["pending", "firing"].contains(&labels["alertstate"].as_str().unwrap()),
+        "{alerts:?}"
+    );
+    // Past the alert's threshold the service's log names the partition too (the client's
+    // errors do not).
+    wait_for("the stall to be logged", Duration::from_secs(10), || {
+        svc.log()
+            .lines()
+            .any(|l| l.contains("partition stalled") && l.contains("visits/1"))
+            .then_some(())
+    });
 }
