@@ -116,6 +116,7 @@ pub fn render(config: &Config) -> String {
         );
     }
     render_counters(&mut out);
+    render_service_rules(&mut out);
     if !rules.is_empty() {
         out.push_str("  - name: ecom-pulse-alerts\n    rules:\n");
         for rule in &rules {
@@ -156,6 +157,72 @@ fn render_counters(out: &mut String) {
             q(&format!(
                 "max by (campaign, channel, topic, partition) ({counter})"
             ))
+        );
+    }
+}
+
+/// The alert on `ecom_pulse_partition_stalled_seconds`: seconds an owned partition has had
+/// events waiting without advancing, and how long past that before it fires. Together about
+/// three minutes, well past the pauses of normal operation (a rebalance waits up to the
+/// session timeout, 45 s by default; a leader election, a broker restart), while the pending
+/// phase shows in `ALERTS` from the first minute. The gauge restarts from 0 whenever the
+/// partition moves, so a partition that is slow but moving does not fire.
+const STALLED_OVER_S: u32 = 60;
+const STALLED_FOR: &str = "2m";
+const STALLED_SUMMARY: &str = "Partition {{ $labels.topic }}/{{ $labels.partition }} has not advanced for {{ $value | printf \"%.0f\" }} s with events waiting";
+const STALLED_DESCRIPTION: &str = "ecom-pulse on {{ $labels.instance }} has events waiting in {{ $labels.topic }}/{{ $labels.partition }} and does not get past them: a batch the client cannot read (a compression codec it lacks, a corrupt batch) or a fetch the broker keeps failing. Nothing after it is counted until it is read. ecom_pulse_kafka_errors_total and the service log say what the Kafka client reports.";
+
+/// The service's own health rules.
+fn render_service_rules(out: &mut String) {
+    out.push_str("  - name: ecom-pulse-service\n    rules:\n");
+    let _ = writeln!(out, "      - alert: EcomPulsePartitionStalled");
+    let _ = writeln!(
+        out,
+        "        expr: {}",
+        q(&format!(
+            "ecom_pulse_partition_stalled_seconds > {STALLED_OVER_S}"
+        ))
+    );
+    let _ = writeln!(out, "        for: {STALLED_FOR}");
+    let _ = writeln!(out, "        labels:\n          severity: \"warning\"");
+    let _ = writeln!(out, "        annotations:");
+    let _ = writeln!(out, "          summary: {}", q(STALLED_SUMMARY));
+    let _ = writeln!(out, "          description: {}", q(STALLED_DESCRIPTION));
+}
+
+/// A generated test of the stall alert: a partition stalled from the first minute fires once
+/// past the threshold for `for`; one that keeps moving, however long each pause, and an idle
+/// one do not.
+fn render_service_tests(out: &mut String) {
+    let series = |partition: u32| {
+        q(&format!(
+            "ecom_pulse_partition_stalled_seconds{{instance=\"i1\",topic=\"visits\",partition=\"{partition}\"}}"
+        ))
+    };
+    let _ = writeln!(
+        out,
+        "  - name: a partition stalled for minutes fires EcomPulsePartitionStalled, one that moves does not\n    interval: 1m\n    input_series:\n      - series: {}\n        values: \"0+60x6\"\n      - series: {}\n        values: \"0 90 0 90 0 90 0\"\n      - series: {}\n        values: \"0x6\"\n    alert_rule_test:",
+        series(0),
+        series(1),
+        series(2),
+    );
+    // Over the threshold from 2m (120 s): pending until 4m.
+    let _ = writeln!(
+        out,
+        "      - eval_time: 3m\n        alertname: EcomPulsePartitionStalled\n        exp_alerts: []"
+    );
+    for (eval, value) in [("4m", 240), ("6m", 360)] {
+        let fill = |text: &str| {
+            text.replace("{{ $labels.topic }}", "visits")
+                .replace("{{ $labels.partition }}", "0")
+                .replace("{{ $labels.instance }}", "i1")
+                .replace("{{ $value | printf \"%.0f\" }}", &value.to_string())
+        };
+        let _ = writeln!(
+            out,
+            "      - eval_time: {eval}\n        alertname: EcomPulsePartitionStalled\n        exp_alerts:\n          - exp_labels:\n              severity: \"warning\"\n              instance: i1\n              topic: visits\n              partition: \"0\"\n            exp_annotations:\n              summary: {}\n              description: {}",
+            q(&fill(STALLED_SUMMARY)),
+            q(&fill(STALLED_DESCRIPTION)),
         );
     }
 }
@@ -478,6 +545,8 @@ pub fn render_tests(config: &Config, rules_file: &str) -> String {
             q(&format!("{{{labels}}}"))
         );
     }
+
+    render_service_tests(&mut out);
 
     // Alerting rules: for each, a key that breaches it (held long enough) and one that does not.
     let rules: Vec<Rule> = config

@@ -32,7 +32,7 @@ use rdkafka::{ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Outcome, PartitionState, Pipeline, SharedPartition, Store, TopicPartition};
-use crate::checkpoint::kafka::CheckpointStore;
+use crate::checkpoint::kafka::{CheckpointStore, Quiet};
 use crate::config::{KafkaConfig, Redactor};
 use crate::decode::{Reason, Rejection};
 use crate::telemetry::{Health, Progress, RateLimit, Tally, Telemetry};
@@ -102,7 +102,14 @@ pub struct SourceContext {
     /// Partitions the statistics callback saw reach their end, marked caught up by the
     /// consume loop once it has added its tally: readiness must not come before the counts.
     reached: Mutex<Vec<TopicPartition>>,
+    /// Partitions whose stall was logged, so that each stall is logged once, and its end.
+    stalls_logged: Mutex<std::collections::BTreeSet<TopicPartition>>,
 }
+
+/// A partition with events waiting that has not advanced for this long is logged (the
+/// threshold of the shipped alert, `EcomPulsePartitionStalled`): the client's own errors do
+/// not say which partition they hold up.
+const STALL_LOGGED_AFTER: Duration = Duration::from_secs(60);
 
 impl SourceContext {
     fn set_connected(&self, up: bool) {
@@ -132,7 +139,10 @@ impl SourceContext {
         let mut last = self.lags.lock();
         let mut lags = BTreeMap::new();
         for tp in self.health.assigned() {
-            let Some(hi_offset) = report.hi_offset(&tp.topic, tp.partition) else {
+            // The report's high watermark comes from the consumer's own fetches; a fetch that
+            // keeps failing leaves it behind, so the probed one counts too (the higher wins).
+            let reported = report.hi_offset(&tp.topic, tp.partition);
+            let Some(hi_offset) = reported.max(self.health.probed_high(&tp)) else {
                 continue;
             };
             let Some(state) = self.store.get(&tp) else {
@@ -167,8 +177,31 @@ impl SourceContext {
                 self.reached.lock().push(tp.clone());
             }
         }
+        self.log_stalls(now, &lags);
         self.telemetry.set_consumer_lag(&lags);
         *last = lags;
+    }
+
+    /// Logs a partition's stall once it passes `STALL_LOGGED_AFTER`, and its end.
+    fn log_stalls(&self, now: i64, lags: &BTreeMap<TopicPartition, i64>) {
+        let stalled = self.health.stalled(now);
+        let mut logged = self.stalls_logged.lock();
+        for (tp, how_long) in &stalled {
+            if *how_long >= STALL_LOGGED_AFTER {
+                if logged.insert(tp.clone()) {
+                    tracing::warn!(
+                        partition = %describe(std::slice::from_ref(tp)),
+                        lag = lags.get(tp).copied().unwrap_or_default(),
+                        seconds = how_long.as_secs(),
+                        "partition stalled: events are waiting and none gets counted (see the Kafka client's errors)"
+                    );
+                }
+            } else if logged.remove(tp) {
+                tracing::info!(partition = %describe(std::slice::from_ref(tp)), "stalled partition advancing again");
+            }
+        }
+        // Revoked meanwhile: its next owner logs for itself.
+        logged.retain(|tp| stalled.iter().any(|(s, _)| s == tp));
     }
 
     /// Restores (or starts fresh) the state of newly assigned partitions and says where each
@@ -563,9 +596,11 @@ impl fmt::Display for Origin<'_> {
 /// poll as librdkafka hands them out, with no async wake-ups in between.
 type Kafka = BaseConsumer<SourceContext>;
 
-/// The consuming task and, beside it, the checkpointing task.
+/// The consuming task and, beside it, the checkpointing and probing tasks.
 pub struct Source {
     consumer: Arc<Kafka>,
+    /// Asks the brokers for high watermarks on connections of its own (see `probe_loop`).
+    probe: Arc<BaseConsumer<Quiet>>,
     topics: Vec<String>,
     checkpoint_interval: Duration,
     /// `kafka.consumer_nice`.
@@ -599,9 +634,16 @@ impl Source {
             logged_state: AtomicU8::new(0),
             lags: Default::default(),
             reached: Default::default(),
+            stalls_logged: Default::default(),
         };
         let consumer: Kafka = client_config(cfg)
             .create_with_context(context)
+            .map_err(SourceError::Create)?;
+        let probe = probe_config(cfg)
+            .create_with_context(Quiet {
+                client: "watermarks",
+                redactor: cfg.properties.redactor(),
+            })
             .map_err(SourceError::Create)?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer
@@ -612,6 +654,7 @@ impl Source {
             })?;
         Ok(Source {
             consumer: Arc::new(consumer),
+            probe: Arc::new(probe),
             topics: cfg.topics.clone(),
             checkpoint_interval,
             nice: cfg.consumer_nice,
@@ -624,6 +667,11 @@ impl Source {
         let checkpointer = tokio::spawn(checkpoint_loop(
             self.consumer.clone(),
             self.checkpoint_interval,
+            shutdown.clone(),
+        ));
+        let prober = tokio::spawn(probe_loop(
+            self.consumer.clone(),
+            self.probe.clone(),
             shutdown.clone(),
         ));
         // A thread of its own rather than one of tokio's blocking pool: its priority is
@@ -656,6 +704,7 @@ impl Source {
             return;
         };
         let _ = checkpointer.await;
+        let _ = prober.await;
         source.close().await;
     }
 
@@ -812,6 +861,89 @@ async fn checkpoint_loop(consumer: Arc<Kafka>, every: Duration, shutdown: Cancel
     if let Some(r) = round {
         let _ = tokio::time::timeout(SHUTDOWN_STEP, r).await;
     }
+}
+
+/// How often the high watermarks of partitions that did not move are asked of the brokers.
+/// A stall shows this much later at most; the shipped alert waits minutes.
+const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long one partition's probe may take; shutdown waits for one at most.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The probing client: the consumer's connection settings, none of its group's.
+fn probe_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (key, value) in &cfg.properties {
+        c.set(key, value);
+    }
+    for key in crate::checkpoint::kafka::CONSUMER_ONLY {
+        c.remove(key);
+    }
+    c.set("client.id", "ecom-pulse-watermarks");
+    c
+}
+
+/// Keeps the high watermarks of assigned partitions that stopped moving up to date, asked of
+/// the brokers by a client of its own. The statistics' high watermarks come from the
+/// consumer's fetches, so when the broker fails every fetch of a partition (Tansu does with
+/// a snappy batch, dropping the connection) they stay where they were: the partition looks
+/// caught up and idle, and its stall would be quiet. A partition that moved since the last
+/// round is being fetched, so its statistics are fresh and it is not asked about.
+async fn probe_loop(
+    consumer: Arc<Kafka>,
+    probe: Arc<BaseConsumer<Quiet>>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut previous = BTreeMap::new();
+    let mut round: Option<tokio::task::JoinHandle<BTreeMap<TopicPartition, i64>>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                // A round still going (a broker that does not answer) skips this tick.
+                if round.as_ref().is_some_and(|r| !r.is_finished()) {
+                    continue;
+                }
+                if let Some(r) = round.take() {
+                    previous = r.await.unwrap_or_default();
+                }
+                let (consumer, probe, stop) = (consumer.clone(), probe.clone(), shutdown.clone());
+                let previous = std::mem::take(&mut previous);
+                round = Some(tokio::task::spawn_blocking(move || {
+                    probe_round(&consumer.context().health, &probe, &previous, &stop)
+                }));
+            }
+        }
+    }
+    if let Some(r) = round {
+        let _ = tokio::time::timeout(SHUTDOWN_STEP, r).await;
+    }
+}
+
+/// Probes the assigned partitions whose next offset is the same as in `previous`; returns
+/// every assigned partition's next offset, for the next round.
+fn probe_round(
+    health: &Health,
+    probe: &BaseConsumer<Quiet>,
+    previous: &BTreeMap<TopicPartition, i64>,
+    shutdown: &CancellationToken,
+) -> BTreeMap<TopicPartition, i64> {
+    let now = health.next_offsets();
+    for (tp, next) in &now {
+        if previous.get(tp) != Some(next) || shutdown.is_cancelled() {
+            continue;
+        }
+        // A failure here says nothing the consumer's own errors do not say better.
+        if let Ok((_, high)) = probe.fetch_watermarks(&tp.topic, tp.partition, PROBE_TIMEOUT) {
+            health.probed(tp, high);
+        }
+    }
+    // Errors and logs queue up on a client that is never polled otherwise.
+    probe.poll(Duration::from_millis(10));
+    now.into_iter().collect()
 }
 
 /// The consuming task's handles on partition state, refreshed when the assignment changes.
@@ -1168,6 +1300,7 @@ mod tests {
             logged_state: AtomicU8::new(0),
             lags: Default::default(),
             reached: Default::default(),
+            stalls_logged: Default::default(),
         }
     }
 
@@ -1235,6 +1368,30 @@ mod tests {
         offer(&mut handles, &ctx, 0, &visit(1, "a", "2"));
         assert_eq!(ctx.health.readiness(), Ok(()));
         assert_eq!(counted(), (Some("2".into()), Some("2".into())));
+    }
+
+    /// A broker that fails every fetch of a partition leaves the statistics' high watermark
+    /// behind: only the probed one shows that events are waiting.
+    #[test]
+    fn a_probed_high_watermark_shows_a_stall_the_statistics_do_not() {
+        let ctx = context();
+        install(&ctx, 0);
+        let tp = TopicPartition::new("visits", 0);
+        let idle = Progress {
+            target: Some(0),
+            caught_up: true,
+        };
+        ctx.health.assign(&[(tp.clone(), idle)]);
+        // The consumer's last fetch saw the partition at its end.
+        let json = br#"{"brokers":{},"topics":{"visits":{"partitions":{"0":{"hi_offset":0}}}}}"#;
+        let report = stats::Stats::parse(json).unwrap();
+        ctx.on_stats(&report);
+        let later = crate::now_ms() + 120_000;
+        assert_eq!(ctx.health.stalled(later)[0].1, Duration::ZERO, "idle");
+        ctx.health.probed(&tp, 5);
+        ctx.on_stats(&report);
+        assert!(ctx.health.stalled(later)[0].1 >= Duration::from_secs(119));
+        assert_eq!(ctx.lags.lock().get(&tp), Some(&5));
     }
 
     #[test]

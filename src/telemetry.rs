@@ -517,6 +517,8 @@ pub struct Flow {
     pub next_offset: i64,
     /// Wall-clock time it was assigned or last seen to advance.
     pub advanced_at_ms: i64,
+    /// The high watermark last asked of the broker apart from the consumer's fetches, if any.
+    pub probed_high: Option<i64>,
 }
 
 /// Readiness: connection, assignment and catch-up.
@@ -560,6 +562,7 @@ impl Health {
                     lag: None,
                     next_offset: i64::MIN,
                     advanced_at_ms: now,
+                    probed_high: None,
                 },
             );
         }
@@ -599,6 +602,30 @@ impl Health {
                 f.lag = lag;
             }
         }
+    }
+
+    /// Records a high watermark asked of the broker apart from the consumer's own fetches
+    /// (see `source::probe_loop`): a fetch the broker keeps failing leaves the statistics'
+    /// high watermark where it was, and the partition would look idle instead of stalled.
+    pub fn probed(&self, tp: &TopicPartition, high: i64) {
+        if let Some(f) = self.flows.lock().get_mut(tp) {
+            f.probed_high = f.probed_high.max(Some(high));
+        }
+    }
+
+    /// The high watermark last probed for `tp`, if any.
+    pub fn probed_high(&self, tp: &TopicPartition) -> Option<i64> {
+        self.flows.lock().get(tp).and_then(|f| f.probed_high)
+    }
+
+    /// Each assigned partition's next offset as the statistics last saw it (`i64::MIN` before
+    /// the first report).
+    pub fn next_offsets(&self) -> Vec<(TopicPartition, i64)> {
+        self.flows
+            .lock()
+            .iter()
+            .map(|(tp, f)| (tp.clone(), f.next_offset))
+            .collect()
     }
 
     /// Per assigned partition, how long it has had lag without advancing, at `now_ms` (zero
