@@ -546,6 +546,14 @@ pub struct PartitionState {
     /// scrape reads the counters with, so no restore can slip between the two.
     #[serde(skip)]
     settled: bool,
+    /// Up to which offset dead letters were sent already, by an earlier owner after the
+    /// checkpoint this state came from (see `deadletter`): not sent again.
+    #[serde(skip)]
+    dead_lettered_through: Option<i64>,
+    /// No checkpoint may be written of this state: a dead letter of an offset it covers could
+    /// not be sent (see `source::dead_letter`).
+    #[serde(skip)]
+    checkpoints_held: bool,
 }
 
 /// A [`PartitionState`] as checkpoints of format 4 hold it: no coverage and no offset index
@@ -631,7 +639,31 @@ impl PartitionState {
             coverage_pending: false,
             rebuild: None,
             settled: false,
+            dead_lettered_through: None,
+            checkpoints_held: false,
         }
+    }
+
+    /// Dead letters up to `offset` were sent already (found in the dead-letter topic).
+    pub fn dead_lettered_through(&mut self, offset: i64) {
+        self.dead_lettered_through = Some(offset);
+    }
+
+    /// True when the rejected message at `offset` has no dead letter yet.
+    pub fn dead_letter_due(&self, offset: i64) -> bool {
+        self.dead_lettered_through
+            .is_none_or(|through| offset > through)
+    }
+
+    /// Keeps every later checkpoint from being written (see `checkpoints_held`).
+    pub fn hold_checkpoints(&mut self) {
+        self.checkpoints_held = true;
+    }
+
+    /// True when a checkpoint of this state may be written: it is not rebuilding windows,
+    /// and every dead letter of what it covers is on its way.
+    pub fn checkpointable(&self) -> bool {
+        !self.checkpoints_held && self.rebuild.is_none()
     }
 
     /// Marks the partition as caught up since it was taken over (see `settled`).

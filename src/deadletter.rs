@@ -166,7 +166,7 @@ impl DeadLetters {
 
     /// The dead-letter partition of an input partition: the same number where the topic has
     /// as many, so each input partition's dead letters stay in one partition, in order.
-    fn partition_for(&self, from: &TopicPartition) -> Result<i32, DeadLetterError> {
+    pub fn partition_of(&self, from: &TopicPartition) -> Result<i32, DeadLetterError> {
         let count = self.partition_count()?;
         Ok(from.partition.rem_euclid(count))
     }
@@ -292,7 +292,7 @@ impl DeadLetters {
         stop: &dyn Fn() -> bool,
     ) -> Result<(), DeadLetterError> {
         let partition = loop {
-            match self.partition_for(rejected.from) {
+            match self.partition_of(rejected.from) {
                 Ok(p) => break p,
                 Err(e) if stop() => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
@@ -372,7 +372,7 @@ impl DeadLetters {
         from: &TopicPartition,
         within: Duration,
     ) -> Result<(i32, i64), DeadLetterError> {
-        let partition = self.partition_for(from)?;
+        let partition = self.partition_of(from)?;
         if self.producer.in_flight_count() > 0 && self.producer.flush(within).is_err() {
             return Err(DeadLetterError::NotDelivered(within));
         }

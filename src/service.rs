@@ -14,6 +14,7 @@ use crate::alert::notify::{Notifier, Update};
 use crate::alert::{Engine, Rule};
 use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{Config, ConfigError};
+use crate::deadletter::DeadLetters;
 use crate::export::feed::Feed;
 use crate::export::history::History;
 use crate::export::http::{AppState, router};
@@ -39,6 +40,8 @@ pub enum ServiceError {
     Checkpoint(#[source] crate::checkpoint::CheckpointError),
     #[error("kafka.kpis_topic / kafka.alerts_topic producer: {0}")]
     Feed(#[source] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    DeadLetters(#[from] crate::deadletter::DeadLetterError),
     #[error("Alertmanager client: {0}")]
     Alertmanager(#[source] crate::alert::notify::NotifyError),
     #[error("HTTP server failed: {0}")]
@@ -89,9 +92,13 @@ impl Service {
             .registry
             .register(Box::new(AlertCollector::new(alerts.clone())))
             .expect("alert metric names are unique");
+        let dead_letters = DeadLetters::new(&config.kafka, telemetry.clone())
+            .map_err(ServiceError::from)?
+            .map(Arc::new);
         let checkpoints = Arc::new(
             CheckpointStore::new(&config.kafka, &config.checkpoint, pipeline.windows.clone())
-                .map_err(ServiceError::Checkpoint)?,
+                .map_err(ServiceError::Checkpoint)?
+                .with_dead_letters(dead_letters.clone()),
         );
 
         let web = Web::load(&config.http.web_config_file, config.http.open_healthz)?;
@@ -101,6 +108,13 @@ impl Service {
             .map_err(|source| ServiceError::Listen { addr, source })?;
         let shutdown = CancellationToken::new();
         tokio::spawn(checkpoints.clone().ensure_topic(shutdown.clone()));
+        if let Some(dead_letters) = &dead_letters {
+            tokio::spawn(dead_letters.clone().ensure_topic(
+                config.kafka.topics.clone(),
+                config.checkpoint.replication_factor,
+                shutdown.clone(),
+            ));
+        }
         let source = Source::new(
             &config.kafka,
             pipeline.clone(),
@@ -109,6 +123,7 @@ impl Service {
             health.clone(),
             checkpoints,
             config.checkpoint.interval,
+            dead_letters,
             shutdown.clone(),
         )?;
         let instance = format!(

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::{Outcome, PartitionState, Pipeline, SharedPartition, Store, TopicPartition};
 use crate::checkpoint::kafka::{CheckpointStore, Quiet};
 use crate::config::{KafkaConfig, Redactor};
+use crate::deadletter::{DeadLetters, Rejected};
 use crate::decode::{Reason, Rejection};
 use crate::telemetry::{Health, Progress, RateLimit, Tally, Telemetry};
 
@@ -104,6 +105,8 @@ pub struct SourceContext {
     reached: Mutex<Vec<TopicPartition>>,
     /// Partitions whose stall was logged, so that each stall is logged once, and its end.
     stalls_logged: Mutex<std::collections::BTreeSet<TopicPartition>>,
+    /// `kafka.dead_letter_topic`, when set.
+    dead_letters: Option<Arc<DeadLetters>>,
 }
 
 /// A partition with events waiting that has not advanced for this long is logged (the
@@ -256,6 +259,7 @@ impl SourceContext {
                         );
                         state.cover_from_next_message();
                     }
+                    self.skip_dead_lettered(tp, &mut state, l.manifest.dead_letters);
                     (state, Offset::Offset(start), how)
                 }
                 None => {
@@ -266,6 +270,7 @@ impl SourceContext {
                     if low.is_some_and(|low| low > 0) {
                         state.cover_from_next_message();
                     }
+                    self.skip_dead_lettered(tp, &mut state, None);
                     (state, Offset::Beginning, "fresh")
                 }
             };
@@ -297,6 +302,36 @@ impl SourceContext {
         }
         self.health.assign(&progress);
         Some(starts)
+    }
+
+    /// Reads the dead-letter topic from where the checkpoint says its dead letters after it
+    /// go (`mark`; `None`: no checkpoint says, so from the beginning) for those of `tp` an
+    /// earlier owner already sent, which replaying `tp` must not send again.
+    fn skip_dead_lettered(
+        &self,
+        tp: &TopicPartition,
+        state: &mut PartitionState,
+        mark: Option<crate::checkpoint::DeadLetterMark>,
+    ) {
+        let Some(dead_letters) = &self.dead_letters else {
+            return;
+        };
+        let found = match mark {
+            Some(mark) => dead_letters.last_sent(tp, mark.partition, Some(mark.offset)),
+            None => dead_letters
+                .partition_of(tp)
+                .and_then(|partition| dead_letters.last_sent(tp, partition, None)),
+        };
+        match found {
+            Ok(Some(through)) => state.dead_lettered_through(through),
+            Ok(None) => {}
+            // Not there yet (nothing was ever sent), or not readable: at worst a few dead
+            // letters are sent twice.
+            Err(e) => self.warn_limited(
+                "cannot read the dead-letter topic; rejected events replayed may be sent again",
+                &e,
+            ),
+        }
     }
 
     /// Where a restored partition whose windows the configuration changed starts reading:
@@ -392,11 +427,12 @@ fn save_and_commit<C: Consumer<SourceContext>>(
 ) {
     let ctx = consumer.context();
     // A partition whose windows are being rebuilt is not saved: its rebuilt windows are
-    // partial, and the checkpoint it was restored from still holds.
+    // partial, and the checkpoint it was restored from still holds. Nor is one whose dead
+    // letters could not all be sent.
     let parts: Vec<_> = tps
         .iter()
         .filter_map(|tp| ctx.store.get(tp).map(|state| (tp.clone(), state)))
-        .filter(|(_, state)| !state.read().is_rebuilding())
+        .filter(|(_, state)| state.read().checkpointable())
         .collect();
     // In a partition at limits.max_keys, keys whose windows have all emptied make room.
     let now = crate::now_ms();
@@ -619,6 +655,7 @@ impl Source {
         health: Arc<Health>,
         checkpoints: Arc<CheckpointStore>,
         checkpoint_interval: Duration,
+        dead_letters: Option<Arc<DeadLetters>>,
         shutdown: CancellationToken,
     ) -> Result<Source, SourceError> {
         let context = SourceContext {
@@ -635,6 +672,7 @@ impl Source {
             lags: Default::default(),
             reached: Default::default(),
             stalls_logged: Default::default(),
+            dead_letters,
         };
         let consumer: Kafka = client_config(cfg)
             .create_with_context(context)
@@ -769,6 +807,7 @@ impl Source {
             record_ts: message.timestamp().to_millis(),
             now: crate::coarse_now_ms(),
             payload: message.payload(),
+            key: message.key(),
         };
         handles.offer(ctx, message.topic(), message.partition(), arrived);
     }
@@ -989,6 +1028,8 @@ struct Arrived<P> {
     /// the moment a lock let it through.
     now: i64,
     payload: Option<P>,
+    /// The record's key: a dead letter keeps it.
+    key: Option<P>,
 }
 
 type Held = Arrived<Box<[u8]>>;
@@ -1000,11 +1041,12 @@ impl Held {
             record_ts: self.record_ts,
             now: self.now,
             payload: self.payload.as_deref(),
+            key: self.key.as_deref(),
         }
     }
 
     fn bytes(&self) -> usize {
-        self.payload.as_ref().map_or(0, |p| p.len())
+        self.payload.as_ref().map_or(0, |p| p.len()) + self.key.as_ref().map_or(0, |k| k.len())
     }
 }
 
@@ -1029,7 +1071,7 @@ impl Handles {
         if entry.held.is_empty()
             && let Some(mut state) = entry.state.try_write()
         {
-            let outcome = apply(ctx, &mut state, &message);
+            let outcome = apply(ctx, topic, partition, &mut state, &message);
             drop(state);
             settle(
                 ctx,
@@ -1047,6 +1089,7 @@ impl Handles {
             record_ts: message.record_ts,
             now: message.now,
             payload: message.payload.map(Box::from),
+            key: message.key.map(Box::from),
         };
         self.pending.messages += 1;
         self.pending.bytes += held.bytes();
@@ -1128,7 +1171,7 @@ impl Pending {
         for message in entry.held.drain(..) {
             self.messages -= 1;
             self.bytes -= message.bytes();
-            let outcome = apply(ctx, &mut state, &message.borrowed());
+            let outcome = apply(ctx, topic, partition, &mut state, &message.borrowed());
             self.settled.push((message.offset, outcome));
         }
         drop(state);
@@ -1146,7 +1189,13 @@ impl Pending {
     }
 }
 
-fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8]>) -> Outcome {
+fn apply(
+    ctx: &SourceContext,
+    topic: &str,
+    partition: i32,
+    state: &mut PartitionState,
+    message: &Arrived<&[u8]>,
+) -> Outcome {
     let record_ts = message.record_ts.unwrap_or(message.now);
     let outcome = match message.payload {
         // Read again for windows a configuration change could not carry over.
@@ -1170,8 +1219,54 @@ fn apply(ctx: &SourceContext, state: &mut PartitionState, message: &Arrived<&[u8
         } => timestamp_ms,
         _ => record_ts,
     };
+    if let (Outcome::Rejected(rejection), Some(dead_letters)) = (&outcome, &ctx.dead_letters) {
+        dead_letter(
+            ctx,
+            dead_letters,
+            topic,
+            partition,
+            state,
+            message,
+            rejection,
+        );
+    }
     state.applied(message.offset, message.now, time);
     outcome
+}
+
+/// Sends a rejected message to the dead-letter topic, unless an earlier owner of the
+/// partition already did (see `deadletter`). Under the partition's lock: a checkpoint never
+/// covers a message whose dead letter is not on its way.
+fn dead_letter(
+    ctx: &SourceContext,
+    dead_letters: &DeadLetters,
+    topic: &str,
+    partition: i32,
+    state: &mut PartitionState,
+    message: &Arrived<&[u8]>,
+    rejection: &Rejection,
+) {
+    if !state.dead_letter_due(message.offset) {
+        return;
+    }
+    let from = TopicPartition::new(topic, partition);
+    let rejected = Rejected {
+        from: &from,
+        offset: message.offset,
+        key: message.key,
+        value: message.payload,
+        timestamp_ms: message.record_ts,
+        rejection,
+    };
+    if let Err(e) = dead_letters.send(&rejected, &|| ctx.shutdown.is_cancelled()) {
+        // Only when shutting down with the topic out of reach: no checkpoint may cover this
+        // message now, so that the next start reads it, and sends it, again.
+        ctx.warn_limited(
+            "a dead letter could not be sent; the partition is not checkpointed again",
+            &e,
+        );
+        state.hold_checkpoints();
+    }
 }
 
 /// What follows an applied message outside its state: catch-up progress and telemetry.
@@ -1301,6 +1396,7 @@ mod tests {
             lags: Default::default(),
             reached: Default::default(),
             stalls_logged: Default::default(),
+            dead_letters: None,
         }
     }
 
@@ -1325,6 +1421,7 @@ mod tests {
             record_ts: Some(now),
             now,
             payload: Some(&m.1[..]),
+            key: None,
         };
         handles.offer(ctx, "visits", partition, arrived);
     }

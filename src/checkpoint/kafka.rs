@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,12 +20,17 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::{
-    Assembler, CheckpointError, Manifest, Scratch, VERSION, append_chunks, checkpoint_partition,
-    chunk_key, encode_into, manifest_key,
+    Assembler, CheckpointError, DeadLetterMark, Manifest, Scratch, VERSION, append_chunks,
+    checkpoint_partition, chunk_key, encode_into, manifest_key,
 };
 use crate::aggregate::{PartitionState, SavedLayout, SharedPartition, TopicPartition};
 use crate::config::{CheckpointConfig, KafkaConfig, Redactor};
+use crate::deadletter::DeadLetters;
 use crate::window::Windows;
+
+/// How long a checkpoint waits for the dead letters of what it covers; past it, the partition
+/// is saved at the next round.
+const DEAD_LETTER_WAIT: Duration = Duration::from_secs(5);
 
 /// Settings of `kafka.properties` that only the group consumer understands.
 pub const CONSUMER_ONLY: [&str; 10] = [
@@ -79,6 +85,7 @@ struct Pending {
     checkpoint_id: u64,
     slot: u8,
     partition: i32,
+    dead_letters: Option<DeadLetterMark>,
 }
 
 /// What a save encodes into, kept from one save to the next (see [`Scratch`]).
@@ -123,6 +130,8 @@ pub struct CheckpointStore {
     windows: Windows,
     /// Random per process, so checkpoint ids of different writers do not collide.
     id_base: u64,
+    /// `kafka.dead_letter_topic`: a checkpoint waits for the dead letters of what it covers.
+    dead_letters: Option<Arc<DeadLetters>>,
 }
 
 impl CheckpointStore {
@@ -193,6 +202,7 @@ impl CheckpointStore {
             rounds: AtomicUsize::new(0),
             windows,
             id_base: rand::random::<u64>() & !0xffff_ffff,
+            dead_letters: None,
         })
     }
 
@@ -335,13 +345,28 @@ impl CheckpointStore {
                     break;
                 };
                 let previous = self.written.lock().get(tp).copied();
-                let next_offset = {
+                let (next_offset, dead_letters) = {
                     let st = state.read();
                     if Written::covers(previous, &st) {
                         continue;
                     }
+                    // Held, so that the consumer adds no rejected message to it meanwhile:
+                    // every dead letter of what the checkpoint covers is then delivered.
+                    let dead_letters = match &self.dead_letters {
+                        Some(dl) => match dl.settle(tp, DEAD_LETTER_WAIT) {
+                            Ok((partition, offset)) => Some(DeadLetterMark { partition, offset }),
+                            Err(e) => {
+                                out.push((
+                                    tp.clone(),
+                                    Err(CheckpointError::DeadLetters(e.to_string())),
+                                ));
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     encode_into(&st, &self.windows, scratch);
-                    st.next_offset()
+                    (st.next_offset(), dead_letters)
                 };
                 let payload = scratch.payload();
                 let seq = previous.map_or(1, |w| w.seq + 1);
@@ -356,6 +381,7 @@ impl CheckpointStore {
                     checkpoint_id,
                     slot: (seq % 2) as u8,
                     partition: checkpoint_partition(tp, count),
+                    dead_letters,
                 });
             }
             let sent = out.len();
@@ -422,6 +448,7 @@ impl CheckpointStore {
                         bytes: p.bytes as u64,
                         checksum: p.checksum,
                         written_at_ms: crate::now_ms(),
+                        dead_letters: p.dead_letters,
                     };
                     manifests.push(serde_json::to_vec(&manifest).expect("a manifest serialises"));
                     written.push(p);
@@ -528,6 +555,12 @@ impl CheckpointStore {
     }
 
     /// Forgets what was saved for partitions this instance gave up.
+    /// Checkpoints wait for the dead letters of what they cover (see `deadletter`).
+    pub fn with_dead_letters(mut self, dead_letters: Option<Arc<DeadLetters>>) -> Self {
+        self.dead_letters = dead_letters;
+        self
+    }
+
     pub fn forget(&self, tps: &[TopicPartition]) {
         let mut written = self.written.lock();
         for tp in tps {

@@ -50,6 +50,8 @@ pub enum CheckpointError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("dead letters: {0}")]
+    DeadLetters(String),
 }
 
 impl CheckpointError {
@@ -184,6 +186,17 @@ pub struct Manifest {
     /// xxh3 of the whole encoded state.
     pub checksum: u64,
     pub written_at_ms: i64,
+    /// With `kafka.dead_letter_topic`: where this partition's dead letters after the state go
+    /// (see `deadletter`). Absent in manifests written without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<DeadLetterMark>,
+}
+
+/// A partition of the dead-letter topic and an offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterMark {
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// Appends the chunk values of an encoded state to `out`, one after another; returns where
@@ -855,6 +868,7 @@ mod tests {
                 bytes: payload.len() as u64,
                 checksum: xxhash_rust::xxh3::xxh3_64(payload),
                 written_at_ms: 0,
+                dead_letters: None,
             };
             log.push((
                 manifest_key("g", tp).into_bytes(),
