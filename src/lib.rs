@@ -40,11 +40,13 @@ pub mod decode;
 pub mod dedup;
 pub mod demo;
 pub mod export;
+pub mod fault;
 pub mod generate;
 pub mod kpi;
 pub mod rules;
 pub mod service;
 pub mod source;
+pub mod task;
 pub mod telemetry;
 pub mod window;
 

@@ -588,10 +588,11 @@ fn render_incomplete_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
     let sums = sums_with(rule, bad, clv);
     for (campaign, from) in [("breaching", 0), ("late", whole_until)] {
         for (sum, v) in sum_values(&sums) {
+            // `_xN` is N missing samples, `vxN` N + 1 samples of v.
             let values = if from == 0 {
                 format!("{v}x{steps}")
             } else {
-                format!("_x{} {v}x{}", from - 1, steps - from)
+                format!("_x{from} {v}x{}", steps - from)
             };
             let _ = writeln!(
                 out,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Pipeline, Store};
@@ -22,6 +23,7 @@ use crate::export::metrics::{AlertCollector, PartitionCollector};
 use crate::export::web::{Web, WebConfigError, protect};
 use crate::kpi::ClvAssumptions;
 use crate::source::{Source, SourceError};
+use crate::task::TaskFailure;
 use crate::telemetry::{Health, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +46,8 @@ pub enum ServiceError {
     DeadLetters(#[from] crate::deadletter::DeadLetterError),
     #[error("Alertmanager client: {0}")]
     Alertmanager(#[source] crate::alert::notify::NotifyError),
-    #[error("HTTP server failed: {0}")]
-    Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Task(#[from] TaskFailure),
     #[error(transparent)]
     Web(#[from] WebConfigError),
 }
@@ -226,8 +228,11 @@ impl Service {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
         let inner = self.shutdown.clone();
         let outer = shutdown.clone();
+        let health = self.state.health.clone();
+        let stopping = health.clone();
         tokio::spawn(async move {
             outer.cancelled().await;
+            stopping.shut_down();
             inner.cancel();
         });
         let scheme = if self.web.tls.is_some() {
@@ -241,23 +246,81 @@ impl Service {
             "serving"
         );
         let app = protect(router(self.state), &self.web);
-        let evaluator = tokio::spawn(self.evaluator.run(shutdown.clone()));
-        let notifier = self
-            .notifier
-            .map(|(notifier, updates)| tokio::spawn(notifier.run(updates, shutdown.clone())));
-        let http_shutdown = shutdown.clone();
-        let http = tokio::spawn(serve(self.listener, self.web.tls, app, http_shutdown));
-        self.source.run(shutdown.clone()).await;
-        // The source only returns on shutdown; make sure the rest follows in any case.
-        shutdown.cancel();
-        let _ = evaluator.await;
-        if let Some(n) = notifier {
-            let _ = n.await;
+        // Every task runs for as long as the service does; the HTTP server the longest, so
+        // that /readyz says "shutting down" (503) while the rest drains.
+        let mut tasks: JoinSet<(&'static str, Result<(), TaskFailure>)> = JoinSet::new();
+        let mut names = std::collections::HashMap::new();
+        let evaluator = self.evaluator;
+        let stop = shutdown.clone();
+        let id = tasks
+            .spawn(async move {
+                evaluator.run(stop).await;
+                ("alert evaluator", Ok(()))
+            })
+            .id();
+        names.insert(id, "alert evaluator");
+        if let Some((notifier, updates)) = self.notifier {
+            let stop = shutdown.clone();
+            let id = tasks
+                .spawn(async move {
+                    notifier.run(updates, stop).await;
+                    ("Alertmanager notifier", Ok(()))
+                })
+                .id();
+            names.insert(id, "Alertmanager notifier");
         }
-        match http.await {
-            Ok(result) => result.map_err(ServiceError::Http),
-            Err(join) => Err(ServiceError::Http(std::io::Error::other(join))),
+        let source = self.source;
+        let stop = shutdown.clone();
+        let id = tasks
+            .spawn(async move { ("source", source.run(stop).await) })
+            .id();
+        names.insert(id, "source");
+        let http_stop = CancellationToken::new();
+        let mut http = tokio::spawn(serve(self.listener, self.web.tls, app, http_stop.clone()));
+        let mut http_done = false;
+        let mut failure: Option<TaskFailure> = None;
+        let mut fail = |f: TaskFailure| {
+            health.fail(&f);
+            failure.get_or_insert(f);
+            shutdown.cancel();
+        };
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => {
+                    let Some(joined) = joined else { break };
+                    match joined {
+                        Ok((_, Err(f))) => fail(f),
+                        Ok((name, Ok(()))) if !shutdown.is_cancelled() => fail(TaskFailure::ended(name)),
+                        Ok(_) => {}
+                        Err(e) => {
+                            let name = names.get(&e.id()).copied().unwrap_or("task");
+                            match e.try_into_panic() {
+                                Ok(panic) => fail(TaskFailure::panicked(name, &*panic)),
+                                Err(e) => fail(TaskFailure::new(name, e.to_string())),
+                            }
+                        }
+                    }
+                }
+                served = &mut http, if !http_done => {
+                    http_done = true;
+                    fail(match served {
+                        Ok(Ok(())) => TaskFailure::ended("HTTP server"),
+                        Ok(Err(e)) => TaskFailure::new("HTTP server", e.to_string()),
+                        Err(e) if e.is_panic() => TaskFailure::panicked("HTTP server", &*e.into_panic()),
+                        Err(e) => TaskFailure::new("HTTP server", e.to_string()),
+                    });
+                }
+            }
         }
+        http_stop.cancel();
+        if !http_done {
+            match http.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => fail(TaskFailure::new("HTTP server", e.to_string())),
+                Err(e) => fail(TaskFailure::new("HTTP server", e.to_string())),
+            }
+        }
+        failure.map_or(Ok(()), |f| Err(ServiceError::Task(f)))
     }
 }
 
@@ -274,6 +337,35 @@ fn host_name() -> String {
 /// Serves `app` on `listener` until `shutdown`, over TLS when the web config asks for it, and
 /// then lets in-flight requests finish.
 async fn serve(
+    listener: TcpListener,
+    tls: Option<crate::export::web::Tls>,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // Tests make the server fail on purpose (debug builds only; see `fault`).
+    #[cfg(debug_assertions)]
+    let failing = async {
+        while !crate::fault::armed("http") {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Err::<(), _>(std::io::Error::other(
+            "fault injected at http (ECOM_PULSE_FAULT)",
+        ))
+    };
+    #[cfg(debug_assertions)]
+    tokio::pin!(failing);
+    #[cfg(debug_assertions)]
+    let served = serve_until(listener, tls, app, shutdown);
+    #[cfg(debug_assertions)]
+    return tokio::select! {
+        served = served => served,
+        failed = &mut failing => failed,
+    };
+    #[cfg(not(debug_assertions))]
+    serve_until(listener, tls, app, shutdown).await
+}
+
+async fn serve_until(
     listener: TcpListener,
     tls: Option<crate::export::web::Tls>,
     app: axum::Router,

@@ -36,6 +36,7 @@ use crate::checkpoint::kafka::{CheckpointStore, Quiet};
 use crate::config::{KafkaConfig, Redactor};
 use crate::deadletter::{DeadLetters, Rejected};
 use crate::decode::{Reason, Rejection};
+use crate::task::TaskFailure;
 use crate::telemetry::{Health, Progress, RateLimit, Tally, Telemetry};
 
 pub mod stats;
@@ -214,6 +215,10 @@ impl SourceContext {
         consumer: &BaseConsumer<Self>,
         tps: &[TopicPartition],
     ) -> Option<Vec<(TopicPartition, Offset)>> {
+        // From now until each is installed, a partition that does not come through counts
+        // as stalled (a restore that never completes shows like a fetch that never does).
+        self.health.taking_over(tps, crate::now_ms());
+        crate::fault::hang("restore", &|| self.shutdown.is_cancelled());
         let mut loaded = loop {
             match self.checkpoints.load(tps, Duration::from_secs(60)) {
                 Ok(loaded) => break loaded,
@@ -700,14 +705,20 @@ impl Source {
     }
 
     /// Consumes until `shutdown`; then checkpoints, commits and leaves the group.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// A task that stops before `shutdown` (the consuming thread, the checkpoint writer, the
+    /// watermark probe: a panic, or an end nobody asked for) cancels `shutdown`, so that the
+    /// rest of the service drains, and comes back as the error. A consuming thread that
+    /// panicked may have left a partition half-updated: then no final checkpoint is written,
+    /// and the next owner replays from the last one, as after a crash.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), TaskFailure> {
         tracing::info!(topics = ?self.topics, "consuming");
-        let checkpointer = tokio::spawn(checkpoint_loop(
+        let ctx_health = self.consumer.context().health.clone();
+        let mut checkpointer = tokio::spawn(checkpoint_loop(
             self.consumer.clone(),
             self.checkpoint_interval,
             shutdown.clone(),
         ));
-        let prober = tokio::spawn(probe_loop(
+        let mut prober = tokio::spawn(probe_loop(
             self.consumer.clone(),
             self.probe.clone(),
             shutdown.clone(),
@@ -717,7 +728,7 @@ impl Source {
         // /metrics rendering or the final checkpoint. The source is handed over only once the
         // thread runs, so that if it cannot start, the source still consumes (on the pool, at
         // the default priority) and still closes.
-        let (done, finished) = tokio::sync::oneshot::channel();
+        let (done, mut finished) = tokio::sync::oneshot::channel();
         let (hand_over, taken) = std::sync::mpsc::sync_channel::<(Source, Done)>(1);
         let consuming = shutdown.clone();
         let spawned = std::thread::Builder::new()
@@ -737,19 +748,68 @@ impl Source {
                 tokio::task::spawn_blocking(move || self.consume_then_return(&consuming, done));
             }
         }
-        let Ok(source) = finished.await else {
-            tracing::error!("the consuming thread panicked");
-            return;
+        let mut failure: Option<TaskFailure> = None;
+        let (mut checkpointer_done, mut prober_done) = (false, false);
+        // The first task to stop early decides the failure, and stops the others.
+        let fail = |f: TaskFailure, failure: &mut Option<TaskFailure>| {
+            if !shutdown.is_cancelled() || failure.is_none() {
+                ctx_health.fail(&f);
+                failure.get_or_insert(f);
+            }
+            shutdown.cancel();
         };
-        let _ = checkpointer.await;
-        let _ = prober.await;
-        source.close().await;
+        let consumed = loop {
+            tokio::select! {
+                consumed = &mut finished => break consumed,
+                joined = &mut checkpointer, if !checkpointer_done => {
+                    checkpointer_done = true;
+                    if let Some(f) = early("checkpoint writer", joined, &shutdown) {
+                        fail(f, &mut failure);
+                    }
+                }
+                joined = &mut prober, if !prober_done => {
+                    prober_done = true;
+                    if let Some(f) = early("watermark probe", joined, &shutdown) {
+                        fail(f, &mut failure);
+                    }
+                }
+            }
+        };
+        let source = match consumed {
+            Ok(Ok(source)) => Some(source),
+            Ok(Err(f)) => {
+                fail(f, &mut failure);
+                None
+            }
+            Err(_) => {
+                fail(
+                    TaskFailure::new("consumer", "the consuming thread is gone"),
+                    &mut failure,
+                );
+                None
+            }
+        };
+        if !checkpointer_done {
+            let _ = checkpointer.await;
+        }
+        if !prober_done {
+            let _ = prober.await;
+        }
+        if let Some(source) = source {
+            source.close().await;
+        }
+        failure.map_or(Ok(()), Err)
     }
 
-    /// Consumes until `shutdown`, then gives the source back to `run` for its close.
+    /// Consumes until `shutdown`, then gives the source back to `run` for its close; a panic
+    /// comes back as the failure instead (the source, maybe half-way through a message, is
+    /// dropped with it).
     fn consume_then_return(self, shutdown: &CancellationToken, done: Done) {
-        self.consume(shutdown);
-        let _ = done.send(self);
+        let consumed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            self.consume(shutdown);
+            self
+        }));
+        let _ = done.send(consumed.map_err(|panic| TaskFailure::panicked("consumer", &*panic)));
     }
 
     /// The consuming thread: poll, apply, repeat. Rebalance, statistics and error callbacks
@@ -768,6 +828,7 @@ impl Source {
         let mut since_check: u8 = 0;
         loop {
             if since_check == 0 || !wait.is_zero() {
+                crate::fault::trip("consumer");
                 ctx.telemetry.add(&mut handles.tally);
                 for tp in ctx.reached.lock().drain(..) {
                     ctx.caught_up(&tp);
@@ -844,8 +905,22 @@ impl Source {
     }
 }
 
-/// How the consuming thread gives the source back when it is done.
-type Done = tokio::sync::oneshot::Sender<Source>;
+/// How the consuming thread gives the source back when it is done, or says it panicked.
+type Done = tokio::sync::oneshot::Sender<Result<Source, TaskFailure>>;
+
+/// What a side task's end means: `None` when shutdown asked for it.
+fn early(
+    task: &'static str,
+    joined: Result<(), tokio::task::JoinError>,
+    shutdown: &CancellationToken,
+) -> Option<TaskFailure> {
+    match joined {
+        Err(e) if e.is_panic() => Some(TaskFailure::panicked(task, &*e.into_panic())),
+        Err(e) => Some(TaskFailure::new(task, e.to_string())),
+        Ok(()) if shutdown.is_cancelled() => None,
+        Ok(()) => Some(TaskFailure::ended(task)),
+    }
+}
 
 /// The consuming thread's name, as `ps -L`, `top -H` and profilers show it.
 pub const CONSUMING_THREAD: &str = "ecom-consume";
@@ -885,6 +960,7 @@ async fn checkpoint_loop(consumer: Arc<Kafka>, every: Duration, shutdown: Cancel
             biased;
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
+                crate::fault::trip("checkpoint");
                 if round.as_ref().is_none_or(|r| r.is_finished()) {
                     let consumer = consumer.clone();
                     // Sync commit on this blocking thread: its result is ours to count (results
@@ -942,6 +1018,7 @@ async fn probe_loop(
             biased;
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
+                crate::fault::trip("probe");
                 // A round still going (a broker that does not answer) skips this tick.
                 if round.as_ref().is_some_and(|r| !r.is_finished()) {
                     continue;

@@ -84,6 +84,7 @@ impl Evaluator {
     }
 
     async fn evaluate(&mut self) {
+        crate::fault::trip("evaluator");
         if self.engine.rules().is_empty() {
             return;
         }
@@ -144,6 +145,7 @@ impl Evaluator {
         let (snapshot, now) = self.snapshot().await;
         self.history.record(&snapshot, self.windows.len(), now);
         if let Some(feed) = &self.feed {
+            crate::fault::trip("feed");
             // The moment this tick stands for (the snapshot is read a little after it).
             let every = self.snapshot_interval.as_millis().max(1) as i64;
             let at = now - (now + every / 2).rem_euclid(every) + every / 2;

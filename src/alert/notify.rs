@@ -233,6 +233,7 @@ impl Notifier {
                 biased;
                 _ = shutdown.cancelled() => break,
                 update = updates.recv() => {
+                    crate::fault::trip("notifier");
                     let Some(update) = update else { break };
                     firing = update.firing;
                     resolved.extend(update.resolved);
