@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -37,9 +37,12 @@ use crate::config::{KafkaConfig, Redactor};
 use crate::deadletter::{DeadLetters, Rejected};
 use crate::decode::{Reason, Rejection};
 use crate::task::TaskFailure;
-use crate::telemetry::{Health, Progress, RateLimit, Tally, Telemetry};
+use crate::telemetry::{Health, RateLimit, Tally, Telemetry};
 
+pub mod restore;
 pub mod stats;
+
+use restore::{Restored, Restorer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -91,7 +94,7 @@ pub struct SourceContext {
     health: Arc<Health>,
     checkpoints: Arc<CheckpointStore>,
     shutdown: CancellationToken,
-    error_log: RateLimit,
+    error_log: Arc<RateLimit>,
     /// Statistics that cannot be read would come every second: limited apart, so they do not
     /// take the log lines of other errors.
     stats_log: RateLimit,
@@ -108,7 +111,24 @@ pub struct SourceContext {
     stalls_logged: Mutex<std::collections::BTreeSet<TopicPartition>>,
     /// `kafka.dead_letter_topic`, when set.
     dead_letters: Option<Arc<DeadLetters>>,
+    /// Takes assigned partitions over, on a thread of its own (see `restore`).
+    restorer: Restorer,
+    /// Partitions assigned and paused while their take-over runs, with the ticket of the
+    /// take-over that will install them (a later assignment's supersedes it).
+    restoring: Mutex<BTreeMap<TopicPartition, u64>>,
+    tickets: AtomicU64,
+    /// Take-overs done, for the consuming thread to install: the ticket and what it restored
+    /// (`None`: shutting down first).
+    restored: Mutex<(
+        std::sync::mpsc::Sender<TakenOver>,
+        std::sync::mpsc::Receiver<TakenOver>,
+    )>,
+    /// Restored partitions whose seek failed, tried again at the next turn of the loop.
+    unseeked: Mutex<Vec<(u64, Restored)>>,
 }
+
+/// A take-over done: its ticket, and what it restored (`None`: shutting down first).
+type TakenOver = (u64, Option<Vec<Restored>>);
 
 /// A partition with events waiting that has not advanced for this long is logged (the
 /// threshold of the shipped alert, `EcomPulsePartitionStalled`): the client's own errors do
@@ -208,189 +228,83 @@ impl SourceContext {
         logged.retain(|tp| stalled.iter().any(|(s, _)| s == tp));
     }
 
-    /// Restores (or starts fresh) the state of newly assigned partitions and says where each
-    /// one's consumption starts. `None` if shutting down before the checkpoints could be read.
-    fn take_over(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        tps: &[TopicPartition],
-    ) -> Option<Vec<(TopicPartition, Offset)>> {
-        // From now until each is installed, a partition that does not come through counts
-        // as stalled (a restore that never completes shows like a fetch that never does).
-        self.health.taking_over(tps, crate::now_ms());
-        crate::fault::hang("restore", &|| self.shutdown.is_cancelled());
-        let mut loaded = loop {
-            match self.checkpoints.load(tps, Duration::from_secs(60)) {
-                Ok(loaded) => break loaded,
-                // Starting without the checkpoint would count events twice or lose them, so
-                // keep trying; the group waits (readiness says so).
-                Err(e) => {
-                    self.telemetry.kafka_error("checkpoint_read");
-                    self.warn_limited("cannot read checkpoints yet; retrying", &e);
-                    if self.shutdown.is_cancelled() {
-                        return None;
-                    }
-                    // Back-off between attempts against an unavailable broker.
-                    std::thread::sleep(Duration::from_secs(1));
-                }
+    /// Starts taking `tps` over on a thread of its own (see `restore`).
+    fn begin_take_over(&self, tps: Vec<TopicPartition>) {
+        self.health.assignment_received();
+        if tps.is_empty() {
+            return;
+        }
+        let ticket = self.tickets.fetch_add(1, Ordering::AcqRel) + 1;
+        {
+            let mut restoring = self.restoring.lock();
+            for tp in &tps {
+                restoring.insert(tp.clone(), ticket);
             }
-        };
-        self.learn_partition_counts(consumer, tps);
-        let mut starts = Vec::with_capacity(tps.len());
-        let mut progress = Vec::with_capacity(tps.len());
-        for tp in tps {
-            let watermarks = consumer
-                .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))
-                .ok();
-            let low = watermarks.map(|(low, _)| low);
-            let (mut state, start, how) = match loaded.remove(tp) {
-                Some(l) => {
-                    let mut state = l.state;
-                    let reshape = state.reconfigure(&self.pipeline, &l.layout, crate::now_ms());
-                    let (how, start) = if reshape.kept_all() {
-                        ("restored", l.manifest.next_offset)
-                    } else {
-                        (
-                            "reconfigured",
-                            self.plan_rebuild(tp, &mut state, &reshape, low),
-                        )
-                    };
-                    if let Some(low) = low.filter(|low| *low > l.manifest.next_offset) {
-                        tracing::warn!(
-                            partition = %describe(std::slice::from_ref(tp)),
-                            checkpoint = l.manifest.next_offset,
-                            retained_from = low,
-                            "the topic no longer holds everything after the checkpoint; those events are lost"
-                        );
-                        state.cover_from_next_message();
-                    }
-                    self.skip_dead_lettered(tp, &mut state, l.manifest.dead_letters);
-                    (state, Offset::Offset(start), how)
-                }
-                None => {
-                    let mut state = self.pipeline.new_partition();
-                    state.start_at(low.unwrap_or(0));
-                    // Retention removed the start of the topic: the windows hold what is
-                    // left, from its first record on.
-                    if low.is_some_and(|low| low > 0) {
-                        state.cover_from_next_message();
-                    }
-                    self.skip_dead_lettered(tp, &mut state, None);
-                    (state, Offset::Beginning, "fresh")
-                }
-            };
-            self.telemetry.restored(how);
-            // Until the metadata is known, the assignment's own partitions of the topic: a
-            // larger share than the exact one, never a smaller one.
-            let partitions = self
-                .health
-                .topic_partitions(&tp.topic)
-                .unwrap_or_else(|| tps.iter().filter(|other| other.topic == tp.topic).count());
-            state.set_key_share(self.pipeline.key_share(partitions));
-            let target = watermarks.map(|(_, high)| high);
-            let caught_up =
-                target.is_some_and(|t| state.next_offset() >= t) && !state.is_rebuilding();
-            if caught_up {
-                state.cover_pending_from(crate::now_ms());
-                state.settle();
+        }
+        // Not ready while restoring: the partitions' numbers are not there yet. And from now
+        // until each is installed, a partition counts as stalled, so that a restore that
+        // never completes shows like a fetch that never does.
+        self.health.set_restoring(true);
+        self.health.taking_over(&tps, crate::now_ms());
+        let restorer = self.restorer.clone();
+        let done = self.restored.lock().0.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ecom-restore".into())
+            .spawn(move || {
+                let restored = restorer.take_over(&tps);
+                let _ = done.send((ticket, restored));
+            });
+        if let Err(e) = spawned {
+            // Without it the partitions would stay paused: a failure the supervisor sees.
+            panic!("cannot start a thread to take partitions over: {e}");
+        }
+    }
+
+    /// Installs what finished take-overs restored, on the consuming thread: each state, then a
+    /// seek to its start and a resume. A partition revoked or assigned again meanwhile keeps
+    /// its newer take-over's.
+    fn install_restored(&self, consumer: &BaseConsumer<Self>) {
+        let mut ready: Vec<(u64, Restored)> = std::mem::take(&mut *self.unseeked.lock());
+        while let Ok((ticket, restored)) = self.restored.lock().1.try_recv() {
+            ready.extend(restored.into_iter().flatten().map(|r| (ticket, r)));
+        }
+        if ready.is_empty() {
+            // An empty assignment, or one revoked before it was restored.
+            if self.restoring.lock().is_empty() {
+                self.health.set_restoring(false);
             }
-            tracing::info!(
-                partition = %describe(std::slice::from_ref(tp)),
-                state = how,
-                from = state.next_offset(),
-                to = ?target,
-                "taking over partition"
-            );
-            self.store.install(tp.clone(), state);
-            progress.push((tp.clone(), Progress { target, caught_up }));
-            starts.push((tp.clone(), start));
+            return;
+        }
+        let mut progress = Vec::new();
+        for (ticket, restored) in ready {
+            if self.restoring.lock().get(&restored.tp) != Some(&ticket) {
+                continue;
+            }
+            let tp = restored.tp.clone();
+            if let Err(e) = consumer.seek(
+                &tp.topic,
+                tp.partition,
+                restored.start,
+                Duration::from_secs(10),
+            ) {
+                self.telemetry.kafka_error("seek");
+                self.warn_limited("seeking a restored partition failed; trying again", &e);
+                self.unseeked.lock().push((ticket, restored));
+                continue;
+            }
+            self.store.install(tp.clone(), restored.state);
+            progress.push((tp.clone(), restored.progress));
+            let mut resume = TopicPartitionList::new();
+            let _ = resume.add_partition(&tp.topic, tp.partition);
+            if let Err(e) = consumer.resume(&resume) {
+                self.telemetry.kafka_error("resume");
+                tracing::warn!(error = %e, partition = %describe(std::slice::from_ref(&tp)), "resuming a restored partition failed");
+            }
+            self.restoring.lock().remove(&tp);
         }
         self.health.assign(&progress);
-        Some(starts)
-    }
-
-    /// Reads the dead-letter topic from where the checkpoint says its dead letters after it
-    /// go (`mark`; `None`: no checkpoint says, so from the beginning) for those of `tp` an
-    /// earlier owner already sent, which replaying `tp` must not send again.
-    fn skip_dead_lettered(
-        &self,
-        tp: &TopicPartition,
-        state: &mut PartitionState,
-        mark: Option<crate::checkpoint::DeadLetterMark>,
-    ) {
-        let Some(dead_letters) = &self.dead_letters else {
-            return;
-        };
-        let found = match mark {
-            Some(mark) => dead_letters.last_sent(tp, mark.partition, Some(mark.offset)),
-            None => dead_letters
-                .partition_of(tp)
-                .and_then(|partition| dead_letters.last_sent(tp, partition, None)),
-        };
-        match found {
-            Ok(Some(through)) => state.dead_lettered_through(through),
-            Ok(None) => {}
-            // Not there yet (nothing was ever sent), or not readable: at worst a few dead
-            // letters are sent twice.
-            Err(e) => self.warn_limited(
-                "cannot read the dead-letter topic; rejected events replayed may be sent again",
-                &e,
-            ),
-        }
-    }
-
-    /// Where a restored partition whose windows the configuration changed starts reading:
-    /// from where its offset index says the rebuilt windows' events begin, or, if it does
-    /// not reach back that far, from the oldest record the topic retains (`low`).
-    fn plan_rebuild(
-        &self,
-        tp: &TopicPartition,
-        state: &mut PartitionState,
-        reshape: &crate::aggregate::Reshape,
-        low: Option<i64>,
-    ) -> i64 {
-        use crate::aggregate::rebuild::{COMPLETE, UNKNOWN};
-        let indexed = state
-            .rebuild_start(&self.pipeline, reshape, crate::now_ms())
-            .filter(|&(offset, _)| low.is_none_or(|low| offset >= low));
-        let (from, covers) = match (indexed, low) {
-            (Some(found), _) => found,
-            // The whole topic is still there: rebuilt from its beginning, complete.
-            (None, Some(0)) => (0, COMPLETE),
-            // Partly: complete from its oldest record's time.
-            (None, Some(low)) => (low, UNKNOWN),
-            // Watermarks unknown: nothing to rebuild from; the windows fill from now.
-            (None, None) => (state.next_offset(), UNKNOWN),
-        };
-        let start = state.start_rebuild(reshape, from, covers, self.pipeline.new_dedup());
-        tracing::info!(
-            partition = %describe(std::slice::from_ref(tp)),
-            from = start,
-            to = state.next_offset(),
-            "the window configuration changed: reading the partition again for the windows it cannot carry over"
-        );
-        start
-    }
-
-    /// Makes sure the partition counts of the assigned partitions' topics are known (the
-    /// statistics report them each second, but the first assignment can come before the
-    /// first report): they set each partition's share of `limits.max_keys`.
-    fn learn_partition_counts(&self, consumer: &BaseConsumer<Self>, tps: &[TopicPartition]) {
-        let unknown: std::collections::BTreeSet<&str> = tps
-            .iter()
-            .map(|tp| &*tp.topic)
-            .filter(|topic| self.health.topic_partitions(topic).is_none())
-            .collect();
-        for topic in unknown {
-            match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
-                Ok(metadata) => {
-                    for t in metadata.topics() {
-                        self.health
-                            .set_topic_partitions(t.name(), t.partitions().len());
-                    }
-                }
-                Err(e) => self.warn_limited("cannot read topic metadata", &e),
-            }
+        if self.restoring.lock().is_empty() {
+            self.health.set_restoring(false);
         }
     }
 
@@ -554,32 +468,39 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let tps = partitions_of(tpl);
                 tracing::info!(partitions = tps.len(), "assignment received");
-                // Not ready while restoring: the partitions' numbers are not there yet.
-                self.health.set_restoring(true);
-                let taken = self.take_over(consumer, &tps);
-                self.health.assignment_received();
-                self.health.set_restoring(false);
-                match taken {
-                    Some(starts) => {
-                        for (tp, start) in starts {
-                            let _ = tpl.set_partition_offset(&tp.topic, tp.partition, start);
-                        }
-                        if cooperative {
-                            consumer.incremental_assign(tpl)
-                        } else {
-                            consumer.assign(tpl)
-                        }
-                    }
-                    None if cooperative => Ok(()),
-                    None => consumer.assign(&TopicPartitionList::new()),
+                // Assigned at once, from their end and paused: nothing is applied before its
+                // state is restored, and the callback returns in time for the group's next
+                // rebalance. The take-over installs each state and seeks to where it starts.
+                for tp in &tps {
+                    let _ = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::End);
                 }
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = consumer.pause(tpl) {
+                    self.telemetry.kafka_error("pause");
+                    tracing::warn!(error = %e, "pausing the partitions being taken over failed");
+                }
+                self.begin_take_over(tps);
+                assigned
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let tps = partitions_of(tpl);
+                // Those still being taken over have no state to save.
+                let installed: Vec<TopicPartition> = {
+                    let mut restoring = self.restoring.lock();
+                    tps.iter()
+                        .filter(|tp| restoring.remove(*tp).is_none())
+                        .cloned()
+                        .collect()
+                };
+                self.unseeked.lock().retain(|(_, r)| !tps.contains(&r.tp));
                 if consumer.assignment_lost() {
                     tracing::warn!(partitions = %describe(&tps), "assignment lost; the new owner replays from the last checkpoint");
                 } else {
-                    save_and_commit(consumer, &tps, CommitMode::Sync);
+                    save_and_commit(consumer, &installed, CommitMode::Sync);
                 }
                 self.give_up(&tps);
                 if cooperative {
@@ -663,6 +584,25 @@ impl Source {
         dead_letters: Option<Arc<DeadLetters>>,
         shutdown: CancellationToken,
     ) -> Result<Source, SourceError> {
+        let probe: Arc<BaseConsumer<Quiet>> = Arc::new(
+            probe_config(cfg)
+                .create_with_context(Quiet {
+                    client: "watermarks",
+                    redactor: cfg.properties.redactor(),
+                })
+                .map_err(SourceError::Create)?,
+        );
+        let error_log = Arc::new(RateLimit::new(Duration::from_secs(10)));
+        let restorer = Restorer {
+            pipeline: pipeline.clone(),
+            telemetry: telemetry.clone(),
+            health: health.clone(),
+            checkpoints: checkpoints.clone(),
+            dead_letters: dead_letters.clone(),
+            shutdown: shutdown.clone(),
+            probe: probe.clone(),
+            errors: error_log.clone(),
+        };
         let context = SourceContext {
             store,
             pipeline,
@@ -670,7 +610,7 @@ impl Source {
             health,
             checkpoints,
             shutdown,
-            error_log: RateLimit::new(Duration::from_secs(10)),
+            error_log,
             stats_log: RateLimit::new(Duration::from_secs(60)),
             redactor: cfg.properties.redactor(),
             logged_state: AtomicU8::new(0),
@@ -678,15 +618,14 @@ impl Source {
             reached: Default::default(),
             stalls_logged: Default::default(),
             dead_letters,
+            restorer,
+            restoring: Default::default(),
+            tickets: AtomicU64::new(0),
+            restored: Mutex::new(std::sync::mpsc::channel()),
+            unseeked: Default::default(),
         };
         let consumer: Kafka = client_config(cfg)
             .create_with_context(context)
-            .map_err(SourceError::Create)?;
-        let probe = probe_config(cfg)
-            .create_with_context(Quiet {
-                client: "watermarks",
-                redactor: cfg.properties.redactor(),
-            })
             .map_err(SourceError::Create)?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer
@@ -697,7 +636,7 @@ impl Source {
             })?;
         Ok(Source {
             consumer: Arc::new(consumer),
-            probe: Arc::new(probe),
+            probe,
             topics: cfg.topics.clone(),
             checkpoint_interval,
             nice: cfg.consumer_nice,
@@ -718,9 +657,14 @@ impl Source {
             self.checkpoint_interval,
             shutdown.clone(),
         ));
+        // A live owner commits at every checkpoint that moved its partition: three intervals
+        // without a commit while events wait mean no one is at work on it.
+        let unconsumed_after = (self.checkpoint_interval * 3).max(Duration::from_secs(5));
         let mut prober = tokio::spawn(probe_loop(
             self.consumer.clone(),
             self.probe.clone(),
+            self.topics.clone(),
+            unconsumed_after,
             shutdown.clone(),
         ));
         // A thread of its own rather than one of tokio's blocking pool: its priority is
@@ -829,6 +773,7 @@ impl Source {
         loop {
             if since_check == 0 || !wait.is_zero() {
                 crate::fault::trip("consumer");
+                ctx.install_restored(&self.consumer);
                 ctx.telemetry.add(&mut handles.tally);
                 for tp in ctx.reached.lock().drain(..) {
                     ctx.caught_up(&tp);
@@ -1004,15 +949,22 @@ fn probe_config(cfg: &KafkaConfig) -> ClientConfig {
 /// a snappy batch, dropping the connection) they stay where they were: the partition looks
 /// caught up and idle, and its stall would be quiet. A partition that moved since the last
 /// round is being fetched, so its statistics are fresh and it is not asked about.
+///
+/// It also watches the group as a whole: a partition of the consumed topics whose committed
+/// offset has not moved for `unconsumed_after` while it has events waiting is consumed by no
+/// one (or stalled where it is). An instance holding nothing while its group has such
+/// partitions is not ready: every member must be at work, and one that is not says so.
 async fn probe_loop(
     consumer: Arc<Kafka>,
     probe: Arc<BaseConsumer<Quiet>>,
+    topics: Vec<String>,
+    unconsumed_after: Duration,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut previous = BTreeMap::new();
-    let mut round: Option<tokio::task::JoinHandle<BTreeMap<TopicPartition, i64>>> = None;
+    let mut previous = ProbeState::default();
+    let mut round: Option<tokio::task::JoinHandle<ProbeState>> = None;
     loop {
         tokio::select! {
             biased;
@@ -1027,9 +979,20 @@ async fn probe_loop(
                     previous = r.await.unwrap_or_default();
                 }
                 let (consumer, probe, stop) = (consumer.clone(), probe.clone(), shutdown.clone());
+                let topics = topics.clone();
                 let previous = std::mem::take(&mut previous);
                 round = Some(tokio::task::spawn_blocking(move || {
-                    probe_round(&consumer.context().health, &probe, &previous, &stop)
+                    let health = &consumer.context().health;
+                    let next_offsets = probe_round(health, &probe, &previous.next_offsets, &stop);
+                    let commits = watch_group(
+                        &consumer,
+                        &probe,
+                        &topics,
+                        previous.commits,
+                        unconsumed_after,
+                        &stop,
+                    );
+                    ProbeState { next_offsets, commits }
                 }));
             }
         }
@@ -1037,6 +1000,74 @@ async fn probe_loop(
     if let Some(r) = round {
         let _ = tokio::time::timeout(SHUTDOWN_STEP, r).await;
     }
+}
+
+/// What one probing round hands the next.
+#[derive(Default)]
+struct ProbeState {
+    /// Each assigned partition's next offset.
+    next_offsets: BTreeMap<TopicPartition, i64>,
+    /// Each partition of the consumed topics: its committed offset, and since when it has
+    /// been that.
+    commits: BTreeMap<TopicPartition, (i64, i64)>,
+}
+
+/// The group's committed offsets and the partitions' high watermarks: counts the partitions
+/// with events waiting whose committed offset has not moved for `after` (see `probe_loop`)
+/// into `Health`, and returns the commits for the next round.
+fn watch_group(
+    consumer: &Kafka,
+    probe: &BaseConsumer<Quiet>,
+    topics: &[String],
+    mut commits: BTreeMap<TopicPartition, (i64, i64)>,
+    after: Duration,
+    shutdown: &CancellationToken,
+) -> BTreeMap<TopicPartition, (i64, i64)> {
+    let health = &consumer.context().health;
+    // An instance that holds nothing may have no statistics on the topics: ask.
+    for topic in topics {
+        if health.topic_partitions(topic).is_none()
+            && let Ok(metadata) = probe.fetch_metadata(Some(topic), PROBE_TIMEOUT)
+        {
+            for t in metadata.topics() {
+                health.set_topic_partitions(t.name(), t.partitions().len());
+            }
+        }
+    }
+    let all = health.topic_partition_list();
+    if all.is_empty() || shutdown.is_cancelled() {
+        return commits;
+    }
+    let mut list = TopicPartitionList::new();
+    for tp in &all {
+        list.add_partition(&tp.topic, tp.partition);
+    }
+    let Ok(committed) = consumer.committed_offsets(list, PROBE_TIMEOUT) else {
+        return commits;
+    };
+    let now = crate::now_ms();
+    let mut unconsumed = 0;
+    for e in committed.elements() {
+        let tp = TopicPartition::new(e.topic(), e.partition());
+        // Never committed: as from the start.
+        let offset = e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
+        let since = match commits.get(&tp) {
+            Some(&(was, since)) if was == offset => since,
+            _ => now,
+        };
+        commits.insert(tp.clone(), (offset, since));
+        if now - since < after.as_millis() as i64 || shutdown.is_cancelled() {
+            continue;
+        }
+        if let Ok((_, high)) = probe.fetch_watermarks(&tp.topic, tp.partition, PROBE_TIMEOUT)
+            && high > offset
+        {
+            unconsumed += 1;
+        }
+    }
+    commits.retain(|tp, _| all.contains(tp));
+    health.set_unconsumed(unconsumed);
+    commits
 }
 
 /// Probes the assigned partitions whose next offset is the same as in `previous`; returns
@@ -1140,7 +1171,9 @@ impl Handles {
         if self.pending.messages >= MAX_HELD || self.pending.bytes >= MAX_HELD_BYTES {
             self.apply_held(ctx, true);
         }
-        let entry = entry(&mut self.topics, ctx, topic, partition);
+        let Some(entry) = entry(&mut self.topics, ctx, topic, partition) else {
+            return;
+        };
         if !entry.held.is_empty() {
             self.pending
                 .release(ctx, &mut self.tally, topic, partition, entry, false);
@@ -1382,7 +1415,7 @@ fn entry<'a>(
     ctx: &SourceContext,
     topic: &str,
     partition: i32,
-) -> &'a mut Entry {
+) -> Option<&'a mut Entry> {
     let t = match topics.iter().position(|(t, _)| **t == *topic) {
         Some(t) => t,
         None => {
@@ -1398,31 +1431,31 @@ fn entry<'a>(
     if partitions.len() <= index {
         partitions.resize_with(index + 1, || None);
     }
-    partitions[index].get_or_insert_with(|| {
+    if partitions[index].is_none() {
         let tp = TopicPartition::new(topic, partition);
-        // Normally installed by the rebalance callback; a message can only come from an
-        // assigned partition, but be safe rather than drop it.
-        let state = ctx
-            .store
-            .get(&tp)
-            .unwrap_or_else(|| ctx.store.install(tp.clone(), ctx.pipeline.new_partition()));
+        // No state installed: the partition is being taken over (its messages until then
+        // were fetched before it was paused, and its take-over seeks back before them) or
+        // was just revoked. Its messages are not this state's to apply.
+        let state = ctx.store.get(&tp)?;
         let catching_up_to = ctx
             .health
             .progress(&tp)
             .filter(|p| !p.caught_up)
             .and_then(|p| p.target);
-        Entry {
+        partitions[index] = Some(Entry {
             state,
             catching_up_to,
             held: VecDeque::new(),
-        }
-    })
+        });
+    }
+    partitions[index].as_mut()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::telemetry::Progress;
 
     /// Only the calling thread yields: a thread started after it keeps the default priority.
     #[cfg(target_os = "linux")]
@@ -1459,14 +1492,40 @@ mod tests {
         let checkpoints =
             CheckpointStore::new(&config.kafka, &config.checkpoint, pipeline.windows.clone())
                 .unwrap();
+        let (store, health, checkpoints) = (
+            Arc::new(Store::default()),
+            Arc::new(Health::default()),
+            Arc::new(checkpoints),
+        );
+        let telemetry = Arc::new(Telemetry::new("USD", &labels, 12.0));
+        let error_log = Arc::new(RateLimit::new(Duration::from_secs(10)));
+        let probe = Arc::new(
+            probe_config(&config.kafka)
+                .create_with_context(Quiet {
+                    client: "watermarks",
+                    redactor: config.kafka.properties.redactor(),
+                })
+                .unwrap(),
+        );
+        let shutdown = CancellationToken::new();
         SourceContext {
-            store: Arc::new(Store::default()),
-            telemetry: Arc::new(Telemetry::new("USD", &labels, 12.0)),
-            health: Arc::new(Health::default()),
-            checkpoints: Arc::new(checkpoints),
+            restorer: Restorer {
+                pipeline: pipeline.clone(),
+                telemetry: telemetry.clone(),
+                health: health.clone(),
+                checkpoints: checkpoints.clone(),
+                dead_letters: None,
+                shutdown: shutdown.clone(),
+                probe,
+                errors: error_log.clone(),
+            },
+            store,
+            telemetry,
+            health,
+            checkpoints,
             pipeline,
-            shutdown: CancellationToken::new(),
-            error_log: RateLimit::new(Duration::from_secs(10)),
+            shutdown,
+            error_log,
             stats_log: RateLimit::new(Duration::from_secs(60)),
             redactor: config.kafka.properties.redactor(),
             logged_state: AtomicU8::new(0),
@@ -1474,6 +1533,10 @@ mod tests {
             reached: Default::default(),
             stalls_logged: Default::default(),
             dead_letters: None,
+            restoring: Default::default(),
+            tickets: AtomicU64::new(0),
+            restored: Mutex::new(std::sync::mpsc::channel()),
+            unseeked: Default::default(),
         }
     }
 

@@ -540,6 +540,9 @@ pub struct Health {
     failed: Mutex<Option<String>>,
     /// Shutting down (a signal, or a failure): draining, not ready.
     stopping: AtomicBool,
+    /// Partitions of the consumed topics with events waiting that no member has committed
+    /// progress on lately (see `source::probe_loop`).
+    unconsumed: AtomicU64,
 }
 
 impl Health {
@@ -591,6 +594,24 @@ impl Health {
                 },
             );
         }
+    }
+
+    /// Every partition of the consumed topics, as the metadata last had them.
+    pub fn topic_partition_list(&self) -> Vec<TopicPartition> {
+        self.topic_partitions
+            .lock()
+            .iter()
+            .flat_map(|(topic, &n)| (0..n as i32).map(move |p| TopicPartition::new(topic, p)))
+            .collect()
+    }
+
+    /// How many partitions of the group are consumed by no one (see `unconsumed`).
+    pub fn set_unconsumed(&self, partitions: usize) {
+        self.unconsumed.store(partitions as u64, Ordering::Release);
+    }
+
+    pub fn unconsumed(&self) -> u64 {
+        self.unconsumed.load(Ordering::Acquire)
     }
 
     /// Shutdown began: not ready from now on, while the service drains.
@@ -754,6 +775,12 @@ impl Health {
         }
         if self.assignment.lock().is_none() {
             return Err("waiting for a partition assignment from the consumer group".into());
+        }
+        let unconsumed = self.unconsumed();
+        if unconsumed > 0 && self.assigned().is_empty() {
+            return Err(format!(
+                "this instance holds no partition while {unconsumed} partitions of its group have events no one consumes"
+            ));
         }
         let behind: Vec<String> = self
             .catching_up()

@@ -356,6 +356,10 @@ const PRECEDING_COVERAGE: (&str, &str) = (
     "ecom_pulse_preceding_window_coverage_ratio",
     "As ecom_pulse_window_coverage_ratio, for the window of the same length before each window a drop rule compares with.",
 );
+const UNCONSUMED: (&str, &str) = (
+    "ecom_pulse_group_partitions_unconsumed",
+    "Partitions of the consumed topics with events waiting whose committed offset has not moved for three checkpoint intervals: consumed by no member of the group, or stalled where they are.",
+);
 const BEHIND: (&str, &str) = (
     "ecom_pulse_restore_seconds_behind",
     "While partitions catch up after a restore: how far their newest applied event is behind the wall clock (0 when caught up).",
@@ -370,6 +374,7 @@ impl PartitionCollector {
             (STALLED, &["topic", "partition"][..]),
             (ASSIGNED, &[][..]),
             (CATCHING_UP, &[][..]),
+            (UNCONSUMED, &[][..]),
             (BEHIND, &[][..]),
             (DEDUP_IDS, &[][..]),
             (DEDUP_EVICTED, &[][..]),
@@ -437,6 +442,7 @@ impl Collector for PartitionCollector {
         let mut out = vec![
             single(ASSIGNED, partitions.len() as f64),
             single(CATCHING_UP, catching_up.len() as f64),
+            single(UNCONSUMED, self.health.unconsumed() as f64),
             single(BEHIND, behind_ms.max(0) as f64 / 1000.0),
             single(DEDUP_IDS, ids as f64),
             single(DEDUP_EVICTED, evicted as f64),
