@@ -11,9 +11,10 @@
 //! - manifest key `{group}/{topic}/{p}/m`: JSON with the checkpoint id, the chunk count, the
 //!   offset of the first chunk, the input offset the state reaches, and a checksum.
 //!
-//! Chunks, manifests and the encoded state carry the format version. This build writes 4 and
-//! reads 3 as well (format 3 laid the de-duplication ids out as varints), so a checkpoint
-//! written before an upgrade restores after it.
+//! Chunks, manifests and the encoded state carry the format version. This build writes 5 and
+//! reads 3 and 4 as well, which differ only in how de-duplication ids are laid out (format 3
+//! as varints, 4 as a hash table's 64-bit words, 5 as sorted runs of about five bytes an id),
+//! so a checkpoint written before an upgrade restores after it.
 //!
 //! Chunks alternate between two slots, so while checkpoint *n* is being written the chunks of
 //! *n − 1* are never the latest value of their key, and compaction cannot remove them before
@@ -29,10 +30,11 @@ use crate::aggregate::{PartitionState, TopicPartition};
 use crate::window::Windows;
 
 /// Format version of both the encoded state and the manifest, written.
-pub const VERSION: u8 = 4;
-/// Format versions read: 3 differs only in how de-duplication ids are laid out (see
-/// `dedup::save_entries`), so a checkpoint written before an upgrade restores after it.
-const READABLE: [u8; 2] = [3, VERSION];
+pub const VERSION: u8 = 5;
+/// Format versions read: 3 and 4 differ only in how de-duplication ids are laid out, so a
+/// checkpoint written before an upgrade restores after it. (The de-duplication memory tells
+/// 4 from 5 itself, see `dedup::FORMAT_5`; an older build refuses 5 by its version.)
+const READABLE: [u8; 3] = [3, 4, VERSION];
 /// Largest chunk value: well under Kafka's default 1 MB message limit.
 pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
 const CHUNK_MAGIC: &[u8; 4] = b"EPCK";
@@ -42,7 +44,7 @@ const CHUNK_HEADER: usize = 4 + 1 + 8 + 4 + 4;
 pub enum CheckpointError {
     #[error("checkpoint is damaged: {0}")]
     Corrupt(String),
-    #[error("checkpoint format version {0} is not supported (this build reads 3 and {VERSION})")]
+    #[error("checkpoint format version {0} is not supported (this build reads 3 to {VERSION})")]
     Version(u8),
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -467,29 +469,39 @@ mod tests {
         assert_eq!(v3[0], 3);
         reads_as_mixed(v3);
         // Its ids took nine or ten bytes each as varints (hashes spread over 64 bits), where
-        // words take eight.
+        // words take eight (these few ids are all in the buffer of the newest ones).
         let p = pipeline(&["5m", "1h"]);
         let st = mixed(&p);
-        let (v4, ids) = (encode(&st, &p.windows), st.dedup().len() as u32);
+        let (now, ids) = (encode(&st, &p.windows), st.dedup().len() as u32);
         assert!(ids > 100);
         assert!(
-            raw_len(&v4) + ids <= raw_len(v3),
+            raw_len(&now) + ids <= raw_len(v3),
             "{} against {}",
-            raw_len(&v4),
+            raw_len(&now),
             raw_len(v3)
         );
     }
 
-    /// The format this build writes is pinned: `testdata/format-4.bin` is `mixed`'s state as
-    /// the build that introduced format 4 encoded it (`encode(&mixed(&p), &p.windows)`). A change that alters the bytes needs a
-    /// new version (and the old one read, as format 3 is).
+    /// `testdata/format-4.bin` is `mixed`'s state as the build of 33b951e encoded it, with the
+    /// de-duplication ids as a hash table's 64-bit words: converted as it is read.
     #[test]
-    fn a_checkpoint_of_format_4_reads_the_same_and_is_written_alike() {
+    fn a_checkpoint_of_format_4_reads_the_same() {
         let v4 = include_bytes!("testdata/format-4.bin");
-        assert_eq!(v4[0], VERSION);
+        assert_eq!(v4[0], 4);
         reads_as_mixed(v4);
+    }
+
+    /// The format this build writes is pinned: `testdata/format-5.bin` is `mixed`'s state as
+    /// the build that introduced format 5 encoded it (`encode(&mixed(&p), &p.windows)`). A
+    /// change that alters the bytes needs a new version (and the old one read, as formats 3
+    /// and 4 are).
+    #[test]
+    fn a_checkpoint_of_format_5_reads_the_same_and_is_written_alike() {
+        let v5 = include_bytes!("testdata/format-5.bin");
+        assert_eq!(v5[0], VERSION);
+        reads_as_mixed(v5);
         let p = pipeline(&["5m", "1h"]);
-        assert_eq!(raw_len(&encode(&mixed(&p), &p.windows)), raw_len(v4));
+        assert_eq!(raw_len(&encode(&mixed(&p), &p.windows)), raw_len(v5));
     }
 
     #[test]
