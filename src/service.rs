@@ -81,6 +81,7 @@ impl Service {
             .register(Box::new(PartitionCollector::new(
                 store.clone(),
                 health.clone(),
+                config.dedup.horizon,
             )))
             .expect("partition metric names are unique");
         let alerts = Arc::new(AlertView::default());
