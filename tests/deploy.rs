@@ -51,7 +51,7 @@ fn prometheus_and_alertmanager_configs_pass_their_own_checkers() {
         &tool("promtool", "apt-get install prometheus"),
         &["check", "config", "deploy/prometheus/prometheus.yml"],
     );
-    assert!(text.contains("SUCCESS: 48 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 49 rules found"), "{text}");
     run(
         &tool("amtool", "apt-get install prometheus-alertmanager"),
         &["check-config", "deploy/alertmanager/alertmanager.yml"],
@@ -129,7 +129,7 @@ fn kubernetes_manifests_validate_and_fit_together() {
          assert m['kind'] == 'ServiceMonitor' and m['spec']['selector']['matchLabels'].items() <= s['metadata']['labels'].items()\n\
          assert m['spec']['endpoints'][0]['port'] == s['spec']['ports'][0]['name']\n\
          r = load('deploy/k8s/prometheusrule.yaml')[0]\n\
-         assert r['kind'] == 'PrometheusRule' and len(r['spec']['groups']) == 2\n\
+         assert r['kind'] == 'PrometheusRule' and len(r['spec']['groups']) == 3\n\
          cm = load('deploy/k8s/configmap.yaml')[0]\n\
          assert c['args'][:2] == ['--config', '/etc/ecom-pulse/config.toml']\n\
          sys.stdout.write(cm['data']['config.toml'])",
