@@ -209,6 +209,17 @@ fn the_buffer_fills_one_table_and_no_more() {
     assert_eq!(d.recent.len(), 3 * BUFFER_IDS);
 }
 
+/// The default cap holds the horizon at 5,000 events/s per partition: ids live up to 1.25
+/// horizons (a generation past it), 5,625,000 of them.
+#[test]
+fn the_default_cap_holds_15_minutes_at_5000_events_per_second() {
+    let env = Some(std::collections::BTreeMap::new());
+    let config = crate::config::Config::load_with_env(None, env).unwrap();
+    let horizon_s = config.dedup.horizon.as_secs() as usize;
+    assert_eq!(horizon_s, 900);
+    assert!(config.dedup.max_ids_per_partition >= 5_000 * horizon_s * 5 / 4);
+}
+
 /// Ids re-sent from anywhere in the last horizon are duplicates at a rate that just fits
 /// the cap, and nothing is evicted.
 #[test]
@@ -284,8 +295,8 @@ fn past_the_cap_the_horizon_kept_shrinks() {
 }
 
 /// 5.6 M ids at 5,000 a second (15 minutes and a generation): under 7 bytes an id in memory at
-/// the peak of a generation, and under 8 in a checkpoint. (The figures are printed:
-/// `cargo test --release --lib dedup::tests::memory -- --nocapture`.)
+/// the peak of a generation, and under 8 in a checkpoint; at 50 a second, under 1 MiB. (The
+/// figures are printed: `cargo test --release --lib dedup::tests::memory -- --nocapture`.)
 #[test]
 fn memory_at_5000_events_per_second_is_under_7_bytes_an_id() {
     let rate = 5_000i64;
@@ -319,6 +330,17 @@ fn memory_at_5000_events_per_second_is_under_7_bytes_an_id() {
         assert!(!back.insert(id(j), at(j)), "id {j} forgotten");
     }
     assert!(back.insert(id(u64::MAX), at(i)));
+
+    // A partition at 50 events/s pays for its own ids, not for the cap's.
+    let mut d = Dedup::new(H, 6_000_000);
+    let at = |i: u64| T0 + i as i64 * 20;
+    let mut i = 0u64;
+    while d.generation(at(i)) < first + 5 {
+        d.insert(id(i), at(i));
+        i += 1;
+    }
+    println!("50/s: {} ids in {} bytes", d.len(), d.table_bytes());
+    assert!(d.table_bytes() < 1 << 20, "{} bytes", d.table_bytes());
 }
 
 #[test]
