@@ -18,19 +18,19 @@
 //!
 //! So there are three places an id can be, all probed for every event (their loads are
 //! independent, so they can overlap): a small hash table of the newest ids ([`BUFFER_IDS`] at
-//! most, 1.2 MB); `recent`, a sorted run the buffer is merged into whenever it fills, holding
+//! most, 2.4 MB); `recent`, a sorted run the buffer is merged into whenever it fills, holding
 //! the rest of the open generation; and `sealed`, one sorted run of every older generation,
 //! into which `recent` and the buffer are merged when a generation closes, after a pass that
 //! drops the generation that expired. One sealed run rather than one per generation keeps a
 //! lookup to three probes and saves two bits an id (a run of four generations needs two more
 //! bucket bits); the price is rewriting it once per generation, about eight entries per id
-//! inserted, plus five for the merges into `recent` at 5,000 ids/s, all in place and
+//! inserted, plus two or three for the merges into `recent` at 5,000 ids/s, all in place and
 //! sequential. Entries carry their generation modulo 8 in 3 bits, which tells the five live
 //! ones apart.
 //!
 //! Memory follows the ids held: runs are rewritten at their size (and a 32nd, so that a steady
 //! stream's generations reallocate nothing), the buffer is sized for the last generation's ids,
-//! and `recent` is freed when it is sealed: 5.7 bytes an id at 5.6 M ids, at the peak of a
+//! and `recent` is freed when it is sealed: 5.8 bytes an id at 5.6 M ids, at the peak of a
 //! generation. It is capped at `max_ids`: past it, the oldest generation is forgotten early and
 //! counted as evictions, and the horizon this partition actually keeps ([`Dedup::horizon_ms`])
 //! shrinks accordingly.
@@ -50,10 +50,11 @@ use run::{KEY_BITS, Located, Run, TAG_BITS, TAG_MASK, merged_descending, tags_of
 const GENERATIONS: u32 = 4;
 /// Generations are at least a second long, so their numbers fit in `u32` until 2106.
 const MIN_GENERATION_MS: i64 = 1000;
-/// Ids the buffer takes before it is merged into `recent`: what a hashbrown table of 2^17
-/// slots holds (1.2 MB). Larger, each merge comes less often but the table costs more than
-/// the runs it saves rewriting; smaller, `recent` is rewritten more often.
-pub const BUFFER_IDS: usize = 114_688;
+/// Ids the buffer takes before it is merged into `recent`: what a hashbrown table of 2^18
+/// slots holds (2.4 MB). Each merge rewrites `recent`, so a generation of `g` ids costs about
+/// `g / (2 * BUFFER_IDS)` entries rewritten per id (2.5 at 5,000 ids/s): with half as many,
+/// 2^17 slots, the `dedup` bench took 10-25 % longer per id, for 0.2 bytes an id less.
+pub const BUFFER_IDS: usize = 229_376;
 /// The largest cap: runs index their entries with `u32`s.
 const MAX_IDS: usize = 1 << 31;
 

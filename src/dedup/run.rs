@@ -379,6 +379,9 @@ impl Run {
         let lw = low_width(k);
         let keep_mask = (0..8u64).filter(|&t| keep(t)).fold(0u64, |m, t| m | 1 << t);
         let (mut acc, mut acc_bits, mut at, mut j) = (0u64, 0u32, 0usize, 0usize);
+        // Slices of their own, so that the stores into one are not taken to change the other's
+        // length (which kept both reloaded at every entry).
+        let (hints, bits) = (&mut self.hints[..], &mut self.bits[..]);
         let mut hi = 0;
         for bucket in 0..1usize << k {
             let lo = hi;
@@ -386,13 +389,13 @@ impl Run {
             hi = starts.old(bucket + 1);
             starts.set(bucket, j);
             for i in lo..hi {
-                let low = field(&self.bits, i * lw as usize, lw);
+                let low = field(bits, i * lw as usize, lw);
                 let kept = (keep_mask >> (low & TAG_MASK)) & 1;
-                self.hints[j] = self.hints[i];
+                hints[j] = hints[i];
                 acc |= (low & kept.wrapping_neg()) << acc_bits;
                 let total = acc_bits + (lw & (kept as u32).wrapping_neg());
                 if total >= 64 {
-                    self.bits[at..at + 8].copy_from_slice(&acc.to_le_bytes());
+                    bits[at..at + 8].copy_from_slice(&acc.to_le_bytes());
                     at += 8;
                     acc_bits = total - 64;
                     acc = (low >> (lw - acc_bits)) & mask(acc_bits);
@@ -445,16 +448,23 @@ impl Run {
         // only the starts of buckets above the entry it writes.
         let mut i = old_len;
         let mut bucket = (1usize << old_k).saturating_sub(1);
-        let next_old = |run: &Run, starts: &S, i: usize, bucket: &mut usize| {
+        let (w_old, lw_old) = (width(old_k), low_width(old_k));
+        // Slices of their own: see `drop_in_place`.
+        let (hints, bits) = (&mut self.hints[..], &mut self.bits[..]);
+        let next_old = |hints: &[u8], bits: &[u8], starts: &S, i: usize, bucket: &mut usize| {
             if i == 0 {
                 return None;
             }
             while starts.old(*bucket) > i - 1 {
                 *bucket -= 1;
             }
-            Some(run.entry(i - 1, *bucket, old_k))
+            Some(
+                ((*bucket as u64) << w_old)
+                    | (u64::from(hints[i - 1]) << lw_old)
+                    | field(bits, (i - 1) * lw_old as usize, lw_old),
+            )
         };
-        let mut old = next_old(self, starts, i, &mut bucket);
+        let mut old = next_old(hints, bits, starts, i, &mut bucket);
         let mut add = add.peekable();
         loop {
             let take_old = match (old, add.peek()) {
@@ -464,20 +474,15 @@ impl Run {
                 (None, None) => break,
             };
             if take_old {
-                out.push(
-                    &mut self.hints,
-                    &mut self.bits,
-                    starts,
-                    old.expect("an old entry"),
-                );
+                out.push(hints, bits, starts, old.expect("an old entry"));
                 i -= 1;
-                old = next_old(self, starts, i, &mut bucket);
+                old = next_old(hints, bits, starts, i, &mut bucket);
             } else {
                 let entry = add.next().expect("an added entry");
-                out.push(&mut self.hints, &mut self.bits, starts, entry);
+                out.push(hints, bits, starts, entry);
             }
         }
-        out.finish(&mut self.bits, starts);
+        out.finish(bits, starts);
         debug_assert_eq!(out.next, 0, "add_tags did not count add");
         self.bucket_bits = k;
         self.len = len;

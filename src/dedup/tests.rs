@@ -192,7 +192,7 @@ fn memory_grown_by_a_late_backlog_settles_at_the_steady_size() {
     );
 }
 
-/// The buffer is merged when it holds what one hashbrown table of 2^17 slots holds, so it
+/// The buffer is merged when it holds what one hashbrown table of 2^18 slots holds, so it
 /// never grows into a table twice that size.
 #[test]
 fn the_buffer_fills_one_table_and_no_more() {
