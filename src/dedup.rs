@@ -207,6 +207,7 @@ impl Dedup {
             self.scratch.iter().rev().copied(),
         );
         self.sealed.rewrite(keep, add, add_tags);
+        self.scratch.clear();
     }
 
     /// Merges the full buffer into `recent`.
@@ -215,6 +216,7 @@ impl Dedup {
         self.drain_buffer(|_| true);
         self.recent
             .rewrite(|_| true, self.scratch.iter().rev().copied(), add_tags);
+        self.scratch.clear();
     }
 
     /// Empties the buffer into `scratch`: its entries whose tag `keep` accepts, sorted.
@@ -247,7 +249,7 @@ impl Dedup {
             self.oldest_kept = self.oldest_kept.max(oldest + 1);
             self.remembered_from_ms = self
                 .remembered_from_ms
-                .max(i64::from(oldest + 1) * self.generation_ms);
+                .max(i64::from(oldest + 1).saturating_mul(self.generation_ms));
         } else {
             self.buffer.clear();
             self.buffer_tags = [0; 8];
@@ -347,20 +349,21 @@ impl Dedup {
             .collect();
         entries.sort_unstable();
         entries.dedup_by_key(|e| *e >> TAG_BITS);
+        let horizon_ms = generation_ms.saturating_mul(i64::from(GENERATIONS));
         let mut d = Dedup {
             generation_ms,
-            horizon_ms: generation_ms * i64::from(GENERATIONS),
+            horizon_ms,
             newest,
             oldest_kept,
             evicted,
             // Not saved then: the start of the newest generation, until the next event.
-            newest_ms: i64::from(newest) * generation_ms,
+            newest_ms: i64::from(newest).saturating_mul(generation_ms),
             remembered_from_ms: if evicted > 0 {
-                i64::from(oldest_kept) * generation_ms
+                i64::from(oldest_kept).saturating_mul(generation_ms)
             } else {
                 i64::MIN
             },
-            ..Dedup::new(generation_ms * i64::from(GENERATIONS), max_ids)
+            ..Dedup::new(horizon_ms, max_ids)
         };
         let tags = tags_of(entries.iter().copied());
         d.sealed.rewrite(|_| true, entries.into_iter().rev(), tags);
