@@ -541,11 +541,12 @@ impl Config {
         if self.windows.max_future_skew > Duration::from_secs(3600) {
             return Err(invalid("windows.max_future_skew", "must be at most 1h"));
         }
-        if self.dedup.max_ids_per_partition < 1000 {
+        // Runs of ids are indexed with u32s (see dedup::run).
+        if !(1000..=1 << 31).contains(&self.dedup.max_ids_per_partition) {
             return Err(invalid(
                 "dedup.max_ids_per_partition",
                 format!(
-                    "must be at least 1000, got {}",
+                    "must be between 1000 and 2147483648, got {}",
                     self.dedup.max_ids_per_partition
                 ),
             ));

@@ -1,78 +1,140 @@
 //! Remembers event ids for a horizon of event time, in bounded memory.
 //!
 //! At-least-once delivery and producer retries both re-send events; an id seen again within the
-//! horizon is a duplicate and must not be counted twice. Ids are kept as 56-bit hashes (with a
-//! million ids held, a new event is mistaken for a duplicate with probability 1.4·10⁻¹¹), each
-//! packed into one `u64` with the low 8 bits of a coarse generation of its event time
-//! (`horizon / 4`): 8 bytes per entry plus hashbrown's control byte, half what a
-//! `HashMap<u64, u32>` takes, which matters because this table is most of the service's memory
-//! at high event rates. Live generations never span more than five, so 8 bits name them
-//! unambiguously relative to the newest. When the newest generation advances, ids more than a
-//! horizon older are swept in one pass, so lookups stay a single hash probe. Working in event
-//! time, not arrival time, makes the outcome depend only on the events, not on when they were
-//! read.
+//! horizon is a duplicate and must not be counted twice. Working in event time, not arrival
+//! time, makes the outcome depend only on the events, not on when they were read. Time is cut
+//! into generations of `horizon / 4`; the ids of the newest five are kept (1 to 1.25 horizons),
+//! and at each new generation the oldest is dropped whole.
 //!
-//! Memory is capped at `max_ids`: past it, the oldest generation is forgotten early and
-//! counted as evictions, which shrinks the effective horizon instead of growing without bound.
-//! Each sweep sizes the table for the ids the last period brought, so resident memory follows
-//! the ids actually held rather than the largest burst ever seen, and a table at its cap is no
-//! larger than one made for the cap.
+//! **Why this layout.** Holding 15 minutes at 5,000 events/s means 5.6 M ids per partition,
+//! and this memory is most of the service's at high event rates. A hash table of 64-bit words
+//! costs 9 bytes an id and more with its slack (2^23 slots, 75 MB, for 5.6 M); a probabilistic
+//! filter cannot be asked to forget one generation, nor to never call a new id a duplicate
+//! with the odds wanted. Ids can be sorted instead: sorted, uniformly distributed keys need no
+//! slack and no stored prefix (see [`run`]), so an id takes 41 bits and a little index, 5.4
+//! bytes, while 56 of its hash bits are compared: with 5.6 M ids held, a new event is taken for
+//! a duplicate by chance with probability 7.8·10⁻¹¹. A sorted array cannot take one id at a
+//! time, so new ids wait in a hash table until a batch of them is merged in.
+//!
+//! So there are three places an id can be, all probed for every event (their loads are
+//! independent, so they can overlap): a small hash table of the newest ids ([`BUFFER_IDS`] at
+//! most, 2.4 MB); `recent`, a sorted run the buffer is merged into whenever it fills, holding
+//! the rest of the open generation; and `sealed`, one sorted run of every older generation,
+//! into which `recent` and the buffer are merged when a generation closes, after a pass that
+//! drops the generation that expired. One sealed run rather than one per generation keeps a
+//! lookup to three probes and saves two bits an id (a run of four generations needs two more
+//! bucket bits); the price is rewriting it once per generation, about eight entries per id
+//! inserted, plus two or three for the merges into `recent` at 5,000 ids/s, all in place and
+//! sequential. Entries carry their generation modulo 8 in 3 bits, which tells the five live
+//! ones apart.
+//!
+//! Memory follows the ids held: runs are rewritten at their size (and a 32nd, so that a steady
+//! stream's generations reallocate nothing), the buffer is sized for the last generation's ids,
+//! and `recent` is freed when it is sealed: 5.8 bytes an id at 5.6 M ids, at the peak of a
+//! generation. It is capped at `max_ids`: past it, the oldest generation is forgotten early and
+//! counted as evictions, and the horizon this partition actually keeps ([`Dedup::horizon_ms`])
+//! shrinks accordingly.
 
-use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
+mod run;
+
 use std::fmt;
 
+use hashbrown::HashTable;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
-use serde::ser::SerializeSeq;
+use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Generations per horizon: the sweep granularity.
+use run::{KEY_BITS, Located, Run, TAG_BITS, TAG_MASK, merged_descending, tags_of};
+
+/// Generations per horizon: the granularity of forgetting.
 const GENERATIONS: u32 = 4;
 /// Generations are at least a second long, so their numbers fit in `u32` until 2106.
 const MIN_GENERATION_MS: i64 = 1000;
-/// Bits of an entry that hold the generation.
-const GEN_BITS: u32 = 8;
-const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
+/// Ids the buffer takes before it is merged into `recent`: what a hashbrown table of 2^18
+/// slots holds (2.4 MB). Each merge rewrites `recent`, so a generation of `g` ids costs about
+/// `g / (2 * BUFFER_IDS)` entries rewritten per id (2.5 at 5,000 ids/s): with half as many,
+/// 2^17 slots, the `dedup` bench took 10-25 % longer per id, for 0.1 byte an id less.
+pub const BUFFER_IDS: usize = 229_376;
+/// The largest cap: runs index their entries with `u32`s.
+const MAX_IDS: usize = 1 << 31;
 
-/// An id hash and its generation in one word: id bits above, generation bits below.
-fn pack(id: u64, generation: u32) -> u64 {
-    (id << GEN_BITS) | (u64::from(generation) & GEN_MASK)
+/// The key of an id hash: its low bits (which formats 3 and 4 kept too, so that their ids
+/// convert exactly).
+fn key_of(id: u64) -> u64 {
+    id & ((1 << KEY_BITS) - 1)
 }
 
-/// The part of an entry that identifies the id.
-fn id_bits(entry: u64) -> u64 {
-    entry >> GEN_BITS
+/// Where a key lives in the buffer: spread over all 64 bits, because hashbrown takes the slot
+/// from the low bits and its tag from the top ones.
+fn slot(key: u64) -> u64 {
+    key.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// Where an entry lives in the table: the id bits, spread over all 64 bits because hashbrown
-/// takes the bucket from the low bits and its tag from the top ones.
-fn slot(entry: u64) -> u64 {
-    id_bits(entry).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+fn tag_of(generation: u32) -> u64 {
+    u64::from(generation) & TAG_MASK
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The generation an entry's tag names, given that every live entry lies within 7 generations
+/// at or below `newest`.
+fn generation_of(newest: u32, tag: u64) -> u32 {
+    let behind = u64::from(newest).wrapping_sub(tag) & TAG_MASK;
+    newest.saturating_sub(behind as u32)
+}
+
+#[derive(Debug, Clone)]
 pub struct Dedup {
-    /// Packed (id hash, generation) entries.
-    #[serde(serialize_with = "save_entries", deserialize_with = "load_entries")]
-    seen: HashTable<u64>,
+    /// The newest ids, as entries (`key << TAG_BITS | tag`).
+    buffer: HashTable<u64>,
+    /// Buffer entries by tag.
+    buffer_tags: [u32; 8],
+    /// The buffer's entries, sorted, while they are merged (kept, so that a steady stream's
+    /// generations allocate nothing).
+    scratch: Vec<u64>,
+    /// Most of the open generation (and ids that arrived late for an older one).
+    recent: Run,
+    /// The generations before.
+    sealed: Run,
+    /// Ids the buffer takes before it is merged ([`BUFFER_IDS`] but in tests).
+    buffer_ids: usize,
+    /// Ids inserted since the last generation closed.
+    period_ids: usize,
     generation_ms: i64,
+    /// The configured horizon.
+    horizon_ms: i64,
     max_ids: usize,
     /// Newest generation seen.
     newest: u32,
-    /// Entries older than this generation are expired (swept, or about to be).
+    /// Ids of generations before this one are gone.
     oldest_kept: u32,
     evicted: u64,
+    /// Newest event time seen (`i64::MIN` before any).
+    newest_ms: i64,
+    /// Every id of this event time or later is still held, whatever the horizon (`i64::MIN`
+    /// until the cap forgets ids early).
+    remembered_from_ms: i64,
 }
 
 impl Dedup {
     pub fn new(horizon_ms: i64, max_ids: usize) -> Self {
         Dedup {
-            seen: HashTable::new(),
-            generation_ms: (horizon_ms / GENERATIONS as i64).max(MIN_GENERATION_MS),
-            max_ids: max_ids.max(1),
+            buffer: HashTable::new(),
+            buffer_tags: [0; 8],
+            scratch: Vec::new(),
+            recent: Run::default(),
+            sealed: Run::default(),
+            buffer_ids: BUFFER_IDS,
+            period_ids: 0,
+            // Rounded up, so that four generations are never less than the horizon.
+            generation_ms: (horizon_ms.max(0) as u64)
+                .div_ceil(u64::from(GENERATIONS))
+                .max(MIN_GENERATION_MS as u64) as i64,
+            horizon_ms,
+            max_ids: max_ids.clamp(1, MAX_IDS),
             newest: 0,
             oldest_kept: 0,
             evicted: 0,
+            newest_ms: i64::MIN,
+            remembered_from_ms: i64::MIN,
         }
     }
 
@@ -80,147 +142,161 @@ impl Dedup {
         u32::try_from(ts_ms.max(0) / self.generation_ms).unwrap_or(u32::MAX)
     }
 
-    /// The full generation of an entry, given that every live entry lies within 255
-    /// generations at or below `newest`.
-    fn generation_of(newest: u32, entry: u64) -> u32 {
-        let behind = (newest as u64).wrapping_sub(entry) & GEN_MASK;
-        newest.saturating_sub(behind as u32)
-    }
-
     /// Records `id` at event time `ts_ms`. Returns false if it was already seen (a duplicate).
     pub fn insert(&mut self, id: u64, ts_ms: i64) -> bool {
         let generation = self.generation(ts_ms);
         if generation > self.newest {
-            let cutoff = generation.saturating_sub(GENERATIONS);
-            if cutoff > self.oldest_kept {
-                // Decode against the old newest: every entry lies at or below it.
-                self.sweep(cutoff);
-            }
-            self.newest = generation;
+            self.advance(generation);
         }
-        let generation = generation.max(self.oldest_kept);
-        let probe = pack(id, 0);
-        let (newest, oldest_kept) = (self.newest, self.oldest_kept);
-        let same_id = |e: &u64| id_bits(*e) == id_bits(probe);
-        // At the cap, room is made before a new id goes in (`entry` would first grow the
-        // table, doubling it exactly when memory is to be bounded).
-        if self.seen.len() >= self.max_ids && self.seen.find(slot(probe), same_id).is_none() {
+        self.newest_ms = self.newest_ms.max(ts_ms);
+        let key = key_of(id);
+        let hash = slot(key);
+        // Each run's index and hints, and the buffer, before anything branches on them: none
+        // of these loads depends on another's, so they can be in flight together.
+        let (in_sealed, in_recent): (Located, Located) =
+            (self.sealed.locate(key), self.recent.locate(key));
+        let buffered = self.buffer.find(hash, |e| *e >> TAG_BITS == key).is_some();
+        let known = buffered | self.sealed.holds(in_sealed) | self.recent.holds(in_recent);
+        if known {
+            return false;
+        }
+        if self.len() >= self.max_ids {
             self.make_room();
         }
-        // One probe finds the id or the slot a new one goes to (most ids are new).
-        match self.seen.entry(slot(probe), same_id, |e| slot(*e)) {
-            Entry::Occupied(e) if Self::generation_of(newest, *e.get()) >= oldest_kept => false,
-            // Expired but not yet swept: new again.
-            Entry::Occupied(mut e) => {
-                *e.get_mut() = pack(id, generation);
-                true
-            }
-            Entry::Vacant(v) => {
-                v.insert(pack(id, generation));
-                true
-            }
+        let tag = tag_of(generation.max(self.oldest_kept));
+        self.buffer
+            .insert_unique(hash, (key << TAG_BITS) | tag, |e| slot(*e >> TAG_BITS));
+        self.buffer_tags[tag as usize] += 1;
+        self.period_ids += 1;
+        if self.buffer.len() >= self.buffer_ids {
+            self.flush();
         }
+        true
     }
 
-    /// Drops entries older than generation `keep`, and sizes the table for the next period.
-    fn sweep(&mut self, keep: u32) {
-        self.oldest_kept = keep;
+    /// Moves to a newer generation: forgets the ones that fell out of the horizon, and seals
+    /// the rest.
+    fn advance(&mut self, generation: u32) {
+        let cutoff = generation.saturating_sub(GENERATIONS).max(self.oldest_kept);
+        // Tags read against the old newest: every entry lies at or below it.
         let newest = self.newest;
-        // Ids only accumulate between sweeps: the count now is the peak of the last period,
-        // and what the next one will hold again (an eighth more allows for a rising rate).
-        let peak = self.seen.len();
-        let need = (peak + peak / 8).min(self.max_ids);
-        self.seen
-            .retain(|e| Self::generation_of(newest, *e) >= keep);
-        // `capacity` is the ids the table takes before it must reallocate. Erasing leaves
-        // tombstones, which use it up: when it runs out, hashbrown rehashes in place only if
-        // at most half the table is live, and otherwise doubles it, so a steady stream's
-        // table would double hours after it had settled, and a table at its cap would be
-        // twice the size the cap needs. Rebuilding it here, at the size the next period
-        // needs, clears the tombstones without growing.
-        let (len, capacity) = (self.seen.len(), self.seen.capacity());
-        let target = if len < capacity / 8 {
-            // A burst has passed: give its memory back, and let the table grow again if the
-            // rate comes back. (A table sized for `need` is over a third full after a steady
-            // period, so this never flaps.)
-            len * 2
-        } else {
-            need
-        };
-        // Too small (or short of room through tombstones), or well over what the next period
-        // needs: a table that grew while a backlog arrived out of order, say, or one larger
-        // than the cap's (restored from a checkpoint taken under a higher cap).
-        if capacity < target || !self.suits(self.full_room(), target) {
-            self.rebuild(target);
-        }
+        self.seal(|tag| generation_of(newest, tag) >= cutoff);
+        self.oldest_kept = cutoff;
+        self.newest = generation;
     }
 
-    /// Ids the table takes before it must grow, tombstones aside (`capacity` counts them
-    /// against it): hashbrown's load factor (7/8, or one less than the buckets below 8) of the
-    /// buckets its allocation holds, 9 bytes each beside a group of control bytes.
-    fn full_room(&self) -> usize {
-        let buckets = self.seen.allocation_size().saturating_sub(16) / 9;
-        if buckets < 8 {
-            buckets.saturating_sub(1)
-        } else {
-            buckets / 8 * 7
+    /// Merges the buffer and `recent` into `sealed`, keeping only the entries whose tag `keep`
+    /// accepts.
+    fn seal(&mut self, keep: impl Fn(u64) -> bool + Copy) {
+        let recent = std::mem::take(&mut self.recent);
+        let mut add_tags = [0; 8];
+        for (t, n) in add_tags.iter_mut().enumerate() {
+            if keep(t as u64) {
+                *n = self.buffer_tags[t] + recent.tags()[t];
+            }
         }
+        self.drain_buffer(keep);
+        // Memory follows the ids held: a buffer grown for a faster period is given back.
+        let period = std::mem::take(&mut self.period_ids).min(self.buffer_ids);
+        if self.buffer.capacity() > 4 * period.max(64) {
+            self.buffer.shrink_to(period, |e| slot(*e >> TAG_BITS));
+            self.scratch.shrink_to(period);
+        }
+        let add = merged_descending(
+            recent.iter_rev().filter(|e| keep(e & TAG_MASK)),
+            self.scratch.iter().rev().copied(),
+        );
+        self.sealed.rewrite(keep, add, add_tags);
+        self.scratch.clear();
     }
 
-    /// Puts the entries back into a table with room for `capacity` ids and no tombstones.
-    fn rebuild(&mut self, capacity: usize) {
-        // Draining empties the table (no tombstones left) and keeps its allocation.
-        let entries: Vec<u64> = self.seen.drain().collect();
-        if !self.suits(self.seen.capacity(), capacity) {
-            self.seen = HashTable::with_capacity(capacity);
-        }
-        // Otherwise the entries go back where they were: a fresh table allocated beside the
-        // old one each time made glibc's heap creep (RSS +6 % between 10 M and 20 M events
-        // of `examples/memory --stream`, flat with a fixed mmap threshold).
-        put_back(&mut self.seen, entries);
+    /// Merges the full buffer into `recent`.
+    fn flush(&mut self) {
+        let add_tags = self.buffer_tags;
+        self.drain_buffer(|_| true);
+        self.recent
+            .rewrite(|_| true, self.scratch.iter().rev().copied(), add_tags);
+        self.scratch.clear();
     }
 
-    /// Whether a table with room for `room` ids suits one that must take `needed`: see
-    /// [`fits`]; and never larger than a table made for the cap.
-    fn suits(&self, room: usize, needed: usize) -> bool {
-        fits(room, needed) && room <= room_for(self.max_ids)
+    /// Empties the buffer into `scratch`: its entries whose tag `keep` accepts, sorted.
+    fn drain_buffer(&mut self, keep: impl Fn(u64) -> bool) {
+        self.scratch.clear();
+        let entries = self.buffer.drain().filter(|e| keep(e & TAG_MASK));
+        self.scratch.extend(entries);
+        self.buffer_tags = [0; 8];
+        self.scratch.sort_unstable();
+    }
+
+    /// The oldest generation that holds ids.
+    fn oldest_held(&self) -> u32 {
+        (0..8u64)
+            .filter(|&t| {
+                let t = t as usize;
+                self.buffer_tags[t] + self.recent.tags()[t] + self.sealed.tags()[t] > 0
+            })
+            .map(|t| generation_of(self.newest, t))
+            .min()
+            .unwrap_or(self.newest)
     }
 
     /// Forgets the oldest generation still held (or everything, if only one is left).
     fn make_room(&mut self) {
-        let before = self.seen.len();
-        let newest = self.newest;
-        let oldest = self
-            .seen
-            .iter()
-            .map(|e| Self::generation_of(newest, *e))
-            .min()
-            .unwrap_or(newest);
+        let before = self.len();
+        let (newest, oldest) = (self.newest, self.oldest_held());
         if oldest < newest {
-            self.sweep(oldest + 1);
+            self.seal(|tag| generation_of(newest, tag) > oldest);
+            self.oldest_kept = self.oldest_kept.max(oldest + 1);
+            self.remembered_from_ms = self
+                .remembered_from_ms
+                .max(i64::from(oldest + 1).saturating_mul(self.generation_ms));
         } else {
-            self.seen.clear();
+            self.buffer.clear();
+            self.buffer_tags = [0; 8];
+            self.recent = Run::default();
+            self.sealed = Run::default();
+            // No id seen so far had a later event time.
+            self.remembered_from_ms = self.newest_ms.saturating_add(1);
         }
-        self.evicted += (before - self.seen.len()) as u64;
+        self.evicted += (before - self.len()) as u64;
     }
 
     /// Ids currently remembered.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.buffer.len() + self.recent.len() + self.sealed.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.len() == 0
     }
 
-    /// Bytes the table holds (entries and control bytes), for memory accounting.
+    /// Bytes allocated for the ids, for memory accounting.
     pub fn table_bytes(&self) -> usize {
-        self.seen.allocation_size()
+        self.buffer.allocation_size() + self.recent.heap_bytes() + self.sealed.heap_bytes()
     }
 
     /// Ids forgotten early because of `max_ids`, since creation.
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// The configured horizon.
+    pub fn configured_horizon_ms(&self) -> i64 {
+        self.horizon_ms
+    }
+
+    /// The horizon this partition keeps: how far back from the newest event time it has seen
+    /// every id is still remembered. The configured horizon, unless `max_ids` forced ids out
+    /// early; then the newest event time minus the start of the oldest generation still whole
+    /// (0 just after a generation alone overflowed the cap and was cleared). An id re-sent
+    /// with an event time within this span of the newest is always a duplicate.
+    pub fn horizon_ms(&self) -> i64 {
+        if self.newest_ms == i64::MIN {
+            return self.horizon_ms;
+        }
+        self.newest_ms
+            .saturating_sub(self.remembered_from_ms)
+            .clamp(0, self.horizon_ms)
     }
 
     /// Applies a (possibly changed) configuration to restored memory.
@@ -231,116 +307,269 @@ impl Dedup {
             *self = fresh;
         } else {
             self.max_ids = fresh.max_ids;
+            self.horizon_ms = fresh.horizon_ms;
             // Saved under a higher cap: down to this one now, as if those ids had come
-            // under it (the sweeps that make room also size the table for the cap).
-            while self.seen.len() > self.max_ids {
+            // under it.
+            while self.len() > self.max_ids {
                 self.make_room();
             }
         }
     }
+
+    /// A memory whose buffer takes `ids` before it is merged, so that tests reach the runs
+    /// with few ids.
+    #[cfg(test)]
+    fn with_buffer(horizon_ms: i64, max_ids: usize, ids: usize) -> Self {
+        Dedup {
+            buffer_ids: ids,
+            ..Dedup::new(horizon_ms, max_ids)
+        }
+    }
+
+    /// The memory as format 3 and 4 left it: packed (56-bit key, 8-bit generation) words.
+    fn from_words(
+        words: Vec<u64>,
+        generation_ms: i64,
+        max_ids: usize,
+        newest: u32,
+        oldest_kept: u32,
+        evicted: u64,
+    ) -> Result<Dedup, String> {
+        if generation_ms < 1 {
+            return Err(format!("a generation of {generation_ms} ms"));
+        }
+        let generation =
+            |w: u64| newest.saturating_sub(u64::from(newest).wrapping_sub(w) as u8 as u32);
+        let mut entries: Vec<u64> = words
+            .into_iter()
+            .map(|w| (w, generation(w)))
+            // Expired but not yet swept.
+            .filter(|&(_, g)| g >= oldest_kept)
+            .map(|(w, g)| ((w >> 8) << TAG_BITS) | tag_of(g))
+            .collect();
+        entries.sort_unstable();
+        entries.dedup_by_key(|e| *e >> TAG_BITS);
+        let horizon_ms = generation_ms.saturating_mul(i64::from(GENERATIONS));
+        let mut d = Dedup {
+            generation_ms,
+            horizon_ms,
+            newest,
+            oldest_kept,
+            evicted,
+            // Not saved then: the start of the newest generation, until the next event.
+            newest_ms: i64::from(newest).saturating_mul(generation_ms),
+            remembered_from_ms: if evicted > 0 {
+                i64::from(oldest_kept).saturating_mul(generation_ms)
+            } else {
+                i64::MIN
+            },
+            ..Dedup::new(horizon_ms, max_ids)
+        };
+        let tags = tags_of(entries.iter().copied());
+        d.sealed.rewrite(|_| true, entries.into_iter().rev(), tags);
+        Ok(d)
+    }
 }
 
-/// Ids a table made for `ids` takes (its room): hashbrown's buckets are a power of two, of
-/// which it fills 7/8. (Exact from 15 ids, below which hashbrown rounds small tables up; caps
-/// are at least 1,000.)
-fn room_for(ids: usize) -> usize {
-    let buckets = (ids.max(15) * 8 / 7).next_power_of_two();
-    buckets / 8 * 7
-}
-
-/// Whether a table with room for `room` ids suits one that must take `needed`: enough, and
-/// not much more. A table made for `needed` has less than twice the room; the gap between
-/// that and 5/2 keeps a need that wobbles around a size boundary from growing and shrinking
-/// the table at every sweep.
-fn fits(room: usize, needed: usize) -> bool {
-    room >= needed && room <= needed * 5 / 2
-}
-
-/// Entries per chunk of a checkpoint's id list: 32 KiB, encoded without a buffer the size of
+/// Entries per chunk of a checkpoint's word list: 32 KiB, encoded without a buffer the size of
 /// the table.
 const PER_CHUNK: usize = 4096;
 
-/// Checkpoints hold the packed entries as byte strings of little-endian words, up to
-/// `PER_CHUNK` entries each. Format 3 held them as a sequence of `u64`s, which postcard
-/// writes as varints: 10 bytes for a hash spread over 64 bits, and most of the time of a
-/// checkpoint (criterion `checkpoint/encode`, 55,000 ids: 1.28 ms as varints, 0.67 as bytes).
-fn save_entries<S: Serializer>(table: &HashTable<u64>, s: S) -> Result<S::Ok, S::Error> {
-    struct Raw<'a>(&'a [u8]);
-    impl Serialize for Raw<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(self.0)
-        }
-    }
-    let mut seq = s.serialize_seq(Some(table.len().div_ceil(PER_CHUNK)))?;
-    let mut chunk = Vec::with_capacity(PER_CHUNK * 8);
-    for e in table.iter() {
-        chunk.extend_from_slice(&e.to_le_bytes());
-        if chunk.len() == PER_CHUNK * 8 {
-            seq.serialize_element(&Raw(&chunk))?;
-            chunk.clear();
-        }
-    }
-    if !chunk.is_empty() {
-        seq.serialize_element(&Raw(&chunk))?;
-    }
-    seq.end()
-}
+/// What format 5 writes first where format 4 wrote the number of chunks of its id list: a
+/// count no list can have, so one reader tells the two apart and the layout stays inside the
+/// de-duplication's own (de)serialisation (checkpoints are postcard, which writes a struct
+/// as its fields in order, and a count as a varint).
+const FORMAT_5: u64 = u64::MAX;
 
-fn load_entries<'de, D: Deserializer<'de>>(d: D) -> Result<HashTable<u64>, D::Error> {
-    /// Puts one chunk's entries into the table as it is read, without copying it first.
-    struct Chunk<'t>(&'t mut HashTable<u64>);
-    impl<'de> DeserializeSeed<'de> for Chunk<'_> {
-        type Value = ();
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_bytes(self)
-        }
-    }
-    impl Visitor<'_> for Chunk<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("packed ids, 8 bytes each")
-        }
-        fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<(), E> {
-            if !bytes.len().is_multiple_of(8) {
-                return Err(E::invalid_length(bytes.len(), &self));
+/// Entries as byte strings of little-endian words, up to `PER_CHUNK` each. (Format 3 held
+/// them as a sequence of `u64`s, which postcard writes as varints: 10 bytes for a hash spread
+/// over 64 bits, and most of the time of a checkpoint.)
+struct Words<'a>(&'a HashTable<u64>);
+
+impl Serialize for Words<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Raw<'a>(&'a [u8]);
+        impl Serialize for Raw<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
             }
-            self.0.reserve(bytes.len() / 8, |e| slot(*e));
-            let entries = bytes.chunks_exact(8);
-            put_back(
-                self.0,
-                entries.map(|b| u64::from_le_bytes(b.try_into().unwrap())),
-            );
-            Ok(())
         }
+        let mut seq = s.serialize_seq(Some(self.0.len().div_ceil(PER_CHUNK)))?;
+        let mut chunk = Vec::with_capacity(PER_CHUNK.min(self.0.len()) * 8);
+        for e in self.0.iter() {
+            chunk.extend_from_slice(&e.to_le_bytes());
+            if chunk.len() == PER_CHUNK * 8 {
+                seq.serialize_element(&Raw(&chunk))?;
+                chunk.clear();
+            }
+        }
+        if !chunk.is_empty() {
+            seq.serialize_element(&Raw(&chunk))?;
+        }
+        seq.end()
     }
-    struct Chunks;
-    impl<'de> Visitor<'de> for Chunks {
-        type Value = HashTable<u64>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("chunks of packed ids")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut table = HashTable::new();
-            while seq.next_element_seed(Chunk(&mut table))?.is_some() {}
-            Ok(table)
-        }
-    }
-    d.deserialize_seq(Chunks)
 }
 
-/// Format 3's list: a sequence of `u64`s.
-fn load_entries_v3<'de, D: Deserializer<'de>>(d: D) -> Result<HashTable<u64>, D::Error> {
-    let entries = Vec::<u64>::deserialize(d)?;
-    let mut table = HashTable::with_capacity(entries.len());
-    put_back(&mut table, entries);
-    Ok(table)
+/// Reads one chunk of words onto the end of a list, without copying it first.
+struct Chunk<'v>(&'v mut Vec<u64>);
+
+impl<'de> DeserializeSeed<'de> for Chunk<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_bytes(self)
+    }
 }
 
-/// A [`Dedup`] as checkpoints of format 3 hold it.
+impl Visitor<'_> for Chunk<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("packed ids, 8 bytes each")
+    }
+    fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<(), E> {
+        if !bytes.len().is_multiple_of(8) {
+            return Err(E::invalid_length(bytes.len(), &self));
+        }
+        let words = bytes.chunks_exact(8);
+        self.0
+            .extend(words.map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))));
+        Ok(())
+    }
+}
+
+/// Reads a list of chunks of words.
+struct Chunks<'v>(&'v mut Vec<u64>);
+
+impl<'de> DeserializeSeed<'de> for Chunks<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Chunks<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("chunks of packed ids")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Chunk(self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+/// Format 5: the marker, the scalars, the buffer's entries as words, then `recent` and
+/// `sealed` as they are in memory (see `run`): about 5.3 bytes an id.
+impl Serialize for Dedup {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(12)?;
+        t.serialize_element(&FORMAT_5)?;
+        t.serialize_element(&self.generation_ms)?;
+        t.serialize_element(&self.horizon_ms)?;
+        t.serialize_element(&(self.max_ids as u64))?;
+        t.serialize_element(&self.newest)?;
+        t.serialize_element(&self.oldest_kept)?;
+        t.serialize_element(&self.evicted)?;
+        t.serialize_element(&self.newest_ms)?;
+        t.serialize_element(&self.remembered_from_ms)?;
+        t.serialize_element(&Words(&self.buffer))?;
+        t.serialize_element(&self.recent)?;
+        t.serialize_element(&self.sealed)?;
+        t.end()
+    }
+}
+
+/// Formats 4 and 5 (see [`FORMAT_5`]); format 4's packed words are converted as they are read.
+impl<'de> Deserialize<'de> for Dedup {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dedup, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Dedup;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("de-duplication memory")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dedup, A::Error> {
+                fn next<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
+                    seq: &mut A,
+                ) -> Result<T, A::Error> {
+                    seq.next_element()?
+                        .ok_or_else(|| de::Error::custom("de-duplication memory cut short"))
+                }
+                let first: u64 = next(&mut seq)?;
+                if first != FORMAT_5 {
+                    // Format 4: `first` chunks of packed words, then the scalars.
+                    let mut words = Vec::new();
+                    for _ in 0..first {
+                        seq.next_element_seed(Chunk(&mut words))?
+                            .ok_or_else(|| de::Error::custom("de-duplication ids cut short"))?;
+                    }
+                    let generation_ms: i64 = next(&mut seq)?;
+                    let max_ids: u64 = next(&mut seq)?;
+                    let (newest, oldest_kept, evicted) =
+                        (next(&mut seq)?, next(&mut seq)?, next(&mut seq)?);
+                    return Dedup::from_words(
+                        words,
+                        generation_ms,
+                        max_ids as usize,
+                        newest,
+                        oldest_kept,
+                        evicted,
+                    )
+                    .map_err(de::Error::custom);
+                }
+                let generation_ms: i64 = next(&mut seq)?;
+                if generation_ms < 1 {
+                    return Err(de::Error::custom("a generation of less than 1 ms"));
+                }
+                let horizon_ms: i64 = next(&mut seq)?;
+                let max_ids: u64 = next(&mut seq)?;
+                let newest: u32 = next(&mut seq)?;
+                let oldest_kept: u32 = next(&mut seq)?;
+                let evicted: u64 = next(&mut seq)?;
+                let newest_ms: i64 = next(&mut seq)?;
+                let remembered_from_ms: i64 = next(&mut seq)?;
+                let mut words = Vec::new();
+                seq.next_element_seed(Chunks(&mut words))?
+                    .ok_or_else(|| de::Error::custom("de-duplication buffer cut short"))?;
+                let recent: Run = next(&mut seq)?;
+                let sealed: Run = next(&mut seq)?;
+                let mut d = Dedup {
+                    recent,
+                    sealed,
+                    generation_ms,
+                    horizon_ms,
+                    newest,
+                    oldest_kept,
+                    evicted,
+                    newest_ms,
+                    remembered_from_ms,
+                    ..Dedup::new(horizon_ms, max_ids.try_into().unwrap_or(usize::MAX))
+                };
+                d.buffer.reserve(words.len(), |e| slot(*e >> TAG_BITS));
+                for e in words {
+                    if e >> (KEY_BITS + TAG_BITS) != 0 {
+                        return Err(de::Error::custom("a buffered id of more than 59 bits"));
+                    }
+                    d.buffer_tags[(e & TAG_MASK) as usize] += 1;
+                    d.buffer
+                        .insert_unique(slot(e >> TAG_BITS), e, |e| slot(*e >> TAG_BITS));
+                }
+                Ok(d)
+            }
+        }
+        // A tuple of no fixed length: format 4's has as many elements as it has chunks.
+        d.deserialize_tuple(usize::MAX, V)
+    }
+}
+
+/// A [`Dedup`] as checkpoints of format 3 hold it (its ids as a sequence of `u64`s, which
+/// postcard writes as varints), converted as it is read.
 #[derive(Deserialize)]
-pub(crate) struct DedupV3 {
-    #[serde(deserialize_with = "load_entries_v3")]
-    seen: HashTable<u64>,
+#[serde(try_from = "SavedV3")]
+pub(crate) struct DedupV3(Dedup);
+
+#[derive(Deserialize)]
+struct SavedV3 {
+    seen: Vec<u64>,
     generation_ms: i64,
     max_ids: usize,
     newest: u32,
@@ -348,318 +577,26 @@ pub(crate) struct DedupV3 {
     evicted: u64,
 }
 
-impl From<DedupV3> for Dedup {
-    fn from(v3: DedupV3) -> Dedup {
-        Dedup {
-            seen: v3.seen,
-            generation_ms: v3.generation_ms,
-            max_ids: v3.max_ids,
-            newest: v3.newest,
-            oldest_kept: v3.oldest_kept,
-            evicted: v3.evicted,
-        }
+impl TryFrom<SavedV3> for DedupV3 {
+    type Error = String;
+    fn try_from(v3: SavedV3) -> Result<DedupV3, String> {
+        Dedup::from_words(
+            v3.seen,
+            v3.generation_ms,
+            v3.max_ids,
+            v3.newest,
+            v3.oldest_kept,
+            v3.evicted,
+        )
+        .map(DedupV3)
     }
 }
 
-/// Puts entries that were in a table (so distinct) into `table`, without looking for them
-/// first.
-fn put_back(table: &mut HashTable<u64>, entries: impl IntoIterator<Item = u64>) {
-    for e in entries {
-        table.insert_unique(slot(e), e, |e| slot(*e));
+impl From<DedupV3> for Dedup {
+    fn from(v3: DedupV3) -> Dedup {
+        v3.0
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIN: i64 = 60_000;
-    const T0: i64 = 1_763_798_400_000;
-
-    #[test]
-    fn a_repeated_id_is_a_duplicate() {
-        let mut d = Dedup::new(15 * MIN, 1000);
-        assert!(d.insert(1, T0));
-        assert!(!d.insert(1, T0));
-        assert!(!d.insert(1, T0 + 5 * MIN));
-        assert!(d.insert(2, T0));
-        assert_eq!(d.len(), 2);
-    }
-
-    #[test]
-    fn ids_are_remembered_for_at_least_the_horizon() {
-        let mut d = Dedup::new(15 * MIN, 1000);
-        assert!(d.insert(1, T0));
-        // Newer traffic moves event time on; the id is still known 15 minutes later.
-        assert!(d.insert(2, T0 + 15 * MIN));
-        assert!(!d.insert(1, T0));
-        // Well past the horizon plus one generation, it has been swept.
-        assert!(d.insert(3, T0 + 21 * MIN));
-        assert!(d.insert(1, T0));
-    }
-
-    #[test]
-    fn out_of_order_arrivals_are_still_recognised() {
-        let mut d = Dedup::new(15 * MIN, 1000);
-        assert!(d.insert(7, T0 - 10 * MIN));
-        assert!(d.insert(8, T0));
-        assert!(!d.insert(7, T0 - 10 * MIN));
-    }
-
-    #[test]
-    fn memory_is_bounded_and_evictions_counted() {
-        let mut d = Dedup::new(15 * MIN, 1000);
-        for i in 0..5000u64 {
-            // 50 ids per second of event time: 5000 ids span 100 s.
-            d.insert(i, T0 + (i as i64) * 20);
-            assert!(d.len() <= 1000);
-        }
-        assert!(d.evicted() >= 4000, "evicted {}", d.evicted());
-        // The most recent ids are still known.
-        assert!(!d.insert(4999, T0 + 4999 * 20));
-    }
-
-    /// Feeds distinct ids (id, event time) to a table capped at `cap`, checking after each
-    /// that it was new and that the table holds at most `cap` ids, in no more memory than a
-    /// table made for `cap`.
-    fn feed_within_cap(cap: usize, ids: impl Iterator<Item = (u64, i64)>) -> Dedup {
-        let fitted = HashTable::<u64>::with_capacity(cap).allocation_size();
-        let mut d = Dedup::new(15 * MIN, cap);
-        for (id, ts) in ids {
-            assert!(d.insert(id, ts), "id {id} taken for a duplicate");
-            assert!(d.len() <= cap);
-            assert!(
-                d.table_bytes() <= fitted,
-                "{} bytes at id {id}, {fitted} fit the cap",
-                d.table_bytes()
-            );
-        }
-        d
-    }
-
-    /// The default cap is what a power-of-two table holds at hashbrown's load factor: a cap
-    /// just above it would take a table twice the size (18 MiB instead of 9 at 2^20 slots).
-    #[test]
-    fn the_default_cap_fills_its_table() {
-        let env = Some(std::collections::BTreeMap::new());
-        let config = crate::config::Config::load_with_env(None, env).unwrap();
-        let cap = config.dedup.max_ids_per_partition;
-        let table = HashTable::<u64>::with_capacity(cap);
-        assert_eq!(table.capacity(), cap);
-        let d = feed_within_cap(cap, (0..cap as u64 + 5_000).map(|i| (i, T0 + i as i64)));
-        assert_eq!(d.table_bytes(), table.allocation_size());
-        assert!(d.evicted() > 0);
-    }
-
-    /// At the cap, with several generations held (so room is made by sweeps, which leave
-    /// tombstones), the table is never larger than one made for the cap.
-    #[test]
-    fn a_table_at_its_cap_does_not_grow() {
-        // Two ids per second of event time: 450 per generation, so the cap is reached with
-        // three generations live.
-        let d = feed_within_cap(1000, (0..20_000u64).map(|i| (i, T0 + i as i64 * 500)));
-        assert!(d.evicted() > 0);
-    }
-
-    /// Ids older than the horizon, arriving before any newer ones (a backlog read newest
-    /// first), fill the table to its cap; the sweep that makes room sizes the table for the
-    /// cap, not for more.
-    #[test]
-    fn a_backlog_read_newest_first_fills_the_table_only_to_its_cap() {
-        // An hour of ids, newest first: four times what the horizon holds.
-        let mut d = feed_within_cap(10_000, (0..40_000u64).map(|i| (i, T0 - i as i64 * 360)));
-        assert!(d.evicted() > 0);
-        // The newest id is still known.
-        assert!(!d.insert(0, T0));
-    }
-
-    #[test]
-    fn the_newest_generation_alone_over_the_cap_is_cleared_not_grown() {
-        let mut d = Dedup::new(15 * MIN, 1000);
-        for i in 0..3000u64 {
-            d.insert(i, T0);
-        }
-        assert!(d.len() <= 1000);
-        assert_eq!(d.evicted() + d.len() as u64, 3000);
-    }
-
-    #[test]
-    fn generations_are_told_apart_across_the_8_bit_wrap() {
-        let generation = 15 * MIN / 4;
-        // Generation numbers around a multiple of 256, where the packed bits wrap.
-        let base = 255 * generation;
-        let mut d = Dedup::new(15 * MIN, 1000);
-        for step in 0..12i64 {
-            let ts = base + step * generation;
-            assert!(d.insert(100 + step as u64, ts), "step {step}");
-            // The ids of the last horizon are known, older ones were swept.
-            for back in 0..=step {
-                let known = !d.insert(
-                    100 + (step - back) as u64,
-                    base + (step - back) * generation,
-                );
-                assert_eq!(known, back <= 4, "step {step}, {back} generations back");
-            }
-        }
-    }
-
-    #[test]
-    fn a_passed_burst_gives_its_memory_back() {
-        let mut d = Dedup::new(15 * MIN, 1_000_000);
-        for i in 0..200_000u64 {
-            d.insert(i, T0);
-        }
-        let burst = d.table_bytes();
-        // Quiet traffic for two horizons: the burst's ids are swept and the table shrinks.
-        for i in 0..100u64 {
-            d.insert(1_000_000 + i, T0 + 30 * MIN + i as i64 * 1000);
-        }
-        assert!(
-            d.table_bytes() * 100 < burst,
-            "{} of {burst}",
-            d.table_bytes()
-        );
-    }
-
-    #[test]
-    fn a_steady_stream_settles_its_table_size_within_the_first_horizon() {
-        // 100 ids per second of event time for eight hours: tombstones left by the sweeps
-        // must not make the table double later on.
-        let mut d = Dedup::new(15 * MIN, 1_000_000);
-        let mut sizes = Vec::new();
-        for i in 0..8 * 3600 * 100u64 {
-            let id = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
-            // Every id is new: none may be taken for a duplicate, whatever the sweeps did.
-            assert!(
-                d.insert(id, T0 + i as i64 * 10),
-                "id {i} taken for a duplicate"
-            );
-            if i % (60 * 100) == 0 {
-                sizes.push(d.table_bytes());
-            }
-        }
-        let settled = sizes[20];
-        assert!(
-            sizes[20..].iter().all(|&s| s == settled),
-            "table bytes per minute: {sizes:?}"
-        );
-    }
-
-    /// A backlog that arrives behind the newest id (the two hours before it, oldest first)
-    /// is held until the next sweep and grows the table; once the stream is steady again,
-    /// the table is the size the steady stream alone gives it.
-    #[test]
-    fn a_table_grown_by_a_late_backlog_settles_at_the_steady_size() {
-        let id = |i: u64| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
-        // Two hours at 100 ids per second of event time.
-        let steady = |d: &mut Dedup| {
-            for i in 0..2 * 3600 * 100u64 {
-                d.insert(id(i), T0 + i as i64 * 10);
-            }
-        };
-        let mut plain = Dedup::new(15 * MIN, 1_000_000);
-        steady(&mut plain);
-        let mut late = Dedup::new(15 * MIN, 1_000_000);
-        late.insert(id(u64::MAX), T0);
-        for i in 0..2 * 3600 * 100u64 {
-            late.insert(id(u64::MAX / 2 + i), T0 - 2 * 60 * MIN + i as i64 * 10);
-        }
-        let grown = late.table_bytes();
-        steady(&mut late);
-        assert!(
-            grown > 2 * plain.table_bytes(),
-            "{grown} bytes after the backlog"
-        );
-        assert_eq!(late.table_bytes(), plain.table_bytes());
-    }
-
-    /// A need that wobbles just either side of a size boundary keeps the table it grew to,
-    /// rather than shrinking it again at the next sweep.
-    #[test]
-    fn a_need_wobbling_at_a_size_boundary_keeps_the_table() {
-        // 917,504 ids fill 2^20 buckets; one more takes 2^21.
-        let grown = HashTable::<u64>::with_capacity(917_505).capacity();
-        assert!(fits(grown, 917_505));
-        assert!(fits(grown, 916_000));
-        assert!(!fits(grown, 600_000));
-        assert!(!fits(grown, 2_000_000));
-    }
-
-    /// Ids are saved in chunks of `PER_CHUNK`: a table of several, the last one partial,
-    /// reads back whole; a chunk whose length is not a whole number of ids is an error.
-    #[test]
-    fn a_table_of_several_chunks_reads_back_whole() {
-        let mut d = Dedup::new(15 * MIN, 100_000);
-        let ids = 2 * PER_CHUNK as u64 + 808;
-        for i in 0..ids {
-            assert!(d.insert(xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()), T0));
-        }
-        let bytes = postcard::to_allocvec(&d).unwrap();
-        // Eight bytes an id, plus a few of lengths and fields.
-        assert!(bytes.len() < ids as usize * 8 + 64, "{} bytes", bytes.len());
-        let mut back: Dedup = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back.len(), ids as usize);
-        for i in 0..ids {
-            assert!(!back.insert(xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()), T0));
-        }
-        assert_eq!(back.len(), ids as usize);
-        // One chunk of 7 bytes.
-        let empty = postcard::to_allocvec(&Dedup::new(15 * MIN, 1000)).unwrap();
-        let mut torn = vec![1, 7, 1, 2, 3, 4, 5, 6, 7];
-        torn.extend_from_slice(&empty[1..]);
-        assert!(postcard::from_bytes::<Dedup>(&torn).is_err());
-    }
-
-    #[test]
-    fn room_for_matches_hashbrown() {
-        for ids in (15..100).chain([1000, 917_503, 917_504, 917_505, 1_000_000]) {
-            let room = HashTable::<u64>::with_capacity(ids).capacity();
-            assert_eq!(room_for(ids), room, "{ids} ids");
-        }
-    }
-
-    /// A table saved under a higher cap (before an upgrade lowered the default, say) comes
-    /// down to the running cap: its ids at once, its size by the next sweep.
-    #[test]
-    fn a_table_restored_under_a_lower_cap_comes_down_to_it() {
-        let id = |i: u64| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
-        // 3,000 ids over three generations, under a cap of 4,000: a table of 4,096 slots.
-        let mut d = Dedup::new(15 * MIN, 4000);
-        for i in 0..3000u64 {
-            d.insert(id(i), T0 + i as i64 * 600);
-        }
-        let bytes = postcard::to_allocvec(&d).unwrap();
-        let mut back: Dedup = postcard::from_bytes(&bytes).unwrap();
-        back.reconfigure(15 * MIN, 1792);
-        assert!(back.len() <= 1792, "{} ids", back.len());
-        assert!(back.evicted() > 0);
-        // The newest ids are still known.
-        assert!(!back.insert(id(2999), T0 + 2999 * 600));
-        // Two more horizons at the cap, in no more memory than a table made for it.
-        let fitted = HashTable::<u64>::with_capacity(1792).allocation_size();
-        for i in 3000..9000u64 {
-            back.insert(id(i), T0 + i as i64 * 600);
-            assert!(back.len() <= 1792);
-        }
-        assert!(
-            back.table_bytes() <= fitted,
-            "{} of {fitted}",
-            back.table_bytes()
-        );
-    }
-
-    #[test]
-    fn a_checkpointed_table_reads_back_the_same() {
-        let mut d = Dedup::new(15 * MIN, 1000);
-        for i in 0..500u64 {
-            d.insert(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), T0 + i as i64 * 1000);
-        }
-        let bytes = postcard::to_allocvec(&d).unwrap();
-        let mut back: Dedup = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back.len(), d.len());
-        for i in 0..500u64 {
-            let id = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            assert_eq!(back.insert(id, T0 + 499_000), d.insert(id, T0 + 499_000));
-        }
-    }
-}
+mod tests;

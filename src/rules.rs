@@ -188,12 +188,13 @@ fn render_service_rules(out: &mut String) {
     let _ = writeln!(out, "        annotations:");
     let _ = writeln!(out, "          summary: {}", q(STALLED_SUMMARY));
     let _ = writeln!(out, "          description: {}", q(STALLED_DESCRIPTION));
+    render_dedup_rule(out);
 }
 
-/// A generated test of the stall alert: a partition stalled from the first minute fires once
-/// past the threshold for `for`; one that keeps moving, however long each pause, and an idle
-/// one do not.
-fn render_service_tests(out: &mut String) {
+/// Generated tests of the service rules. The stall alert: a partition stalled from the first
+/// minute fires once past the threshold for `for`; one that keeps moving, however long each
+/// pause, and an idle one do not.
+fn render_service_tests(out: &mut String, config: &Config) {
     let series = |partition: u32| {
         q(&format!(
             "ecom_pulse_partition_stalled_seconds{{instance=\"i1\",topic=\"visits\",partition=\"{partition}\"}}"
@@ -225,6 +226,7 @@ fn render_service_tests(out: &mut String) {
             q(&fill(STALLED_DESCRIPTION)),
         );
     }
+    render_dedup_test(out, config);
 }
 
 /// The same rules as a Prometheus Operator `PrometheusRule` (deploy/k8s/prometheusrule.yaml).
@@ -546,7 +548,7 @@ pub fn render_tests(config: &Config, rules_file: &str) -> String {
         );
     }
 
-    render_service_tests(&mut out);
+    render_service_tests(&mut out, config);
 
     // Alerting rules: for each, a key that breaches it (held long enough) and one that does not.
     let rules: Vec<Rule> = config
@@ -623,6 +625,89 @@ fn render_incomplete_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
         );
         render_exp_alert(out, rule, "breaching", value);
     }
+}
+
+/// Alerts on the service's own health, not on a KPI.
+const DEDUP_HORIZON_SHORT: &str = "EcomPulseDedupHorizonShort";
+
+fn dedup_horizon_summary() -> &'static str {
+    "De-duplication of {{ $labels.topic }}/{{ $labels.partition }} remembers {{ $value | printf \"%.0f\" }} s of event ids, less than dedup.horizon"
+}
+
+fn dedup_horizon_description() -> &'static str {
+    "On {{ $labels.instance }}, partition {{ $labels.topic }}/{{ $labels.partition }} brings more event ids per horizon than dedup.max_ids_per_partition holds, so the oldest are forgotten early (ecom_pulse_dedup_evicted_ids): an event re-sent further apart than this is counted again. Raise dedup.max_ids_per_partition (about 5.6 bytes an id) or spread the topic over more partitions."
+}
+
+/// In the `ecom-pulse-service` group: the de-duplication horizon a partition keeps, below the
+/// configured one for 10 minutes (a cap too small for the partition's rate, not a moment's
+/// burst).
+fn render_dedup_rule(out: &mut String) {
+    let _ = writeln!(out, "      - alert: {DEDUP_HORIZON_SHORT}");
+    let _ = writeln!(
+        out,
+        "        expr: {}",
+        q(
+            "ecom_pulse_dedup_horizon_seconds < ignoring (topic, partition) group_left ecom_pulse_dedup_configured_horizon_seconds"
+        )
+    );
+    out.push_str("        for: 10m\n        labels:\n          severity: \"warning\"\n");
+    let _ = writeln!(out, "        annotations:");
+    let _ = writeln!(out, "          summary: {}", q(dedup_horizon_summary()));
+    let _ = writeln!(
+        out,
+        "          description: {}",
+        q(dedup_horizon_description())
+    );
+}
+
+/// `promtool test rules` for [`render_dedup_rule`]: of two partitions on one instance, the
+/// one whose horizon is short fires after 10 minutes, not before; the other never does.
+fn render_dedup_test(out: &mut String, config: &Config) {
+    let configured = config.dedup.horizon.as_secs();
+    let short = configured / 3;
+    out.push_str("  - name: \"alert EcomPulseDedupHorizonShort (the horizon a partition keeps is below dedup.horizon)\"\n    interval: 1m\n    input_series:\n");
+    for (series, value) in [
+        (
+            "ecom_pulse_dedup_horizon_seconds{instance=\"i1\",topic=\"visits\",partition=\"0\"}",
+            configured,
+        ),
+        (
+            "ecom_pulse_dedup_horizon_seconds{instance=\"i1\",topic=\"orders\",partition=\"3\"}",
+            short,
+        ),
+        (
+            "ecom_pulse_dedup_configured_horizon_seconds{instance=\"i1\"}",
+            configured,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "      - series: {}\n        values: \"{value}x20\"",
+            q(series)
+        );
+    }
+    out.push_str("    alert_rule_test:\n");
+    let _ = writeln!(
+        out,
+        "      - eval_time: 5m\n        alertname: {DEDUP_HORIZON_SHORT}\n        exp_alerts: []"
+    );
+    let _ = writeln!(
+        out,
+        "      - eval_time: 12m\n        alertname: {DEDUP_HORIZON_SHORT}\n        exp_alerts:"
+    );
+    let fill = |template: &str| {
+        template
+            .replace("{{ $labels.instance }}", "i1")
+            .replace("{{ $labels.topic }}", "orders")
+            .replace("{{ $labels.partition }}", "3")
+            .replace("{{ $value | printf \"%.0f\" }}", &short.to_string())
+    };
+    let _ = writeln!(
+        out,
+        "          - exp_labels:\n              severity: \"warning\"\n              instance: i1\n              topic: orders\n              partition: \"3\"\n            exp_annotations:\n              summary: {}\n              description: {}",
+        q(&fill(dedup_horizon_summary())),
+        q(&fill(dedup_horizon_description()))
+    );
 }
 
 fn sums(visits: u64, orders: u64, new_customers: u64, gmv: f64, ad_spend: f64) -> Sums {
@@ -1104,6 +1189,27 @@ mod tests {
             "1x2 2 3x1"
         );
         assert_eq!(run_lengths(&v(&["5"])), "5");
+    }
+
+    /// The service's own health is watched whatever KPI alerts are configured.
+    #[test]
+    fn the_service_group_warns_of_a_short_dedup_horizon() {
+        let mut config = Config::load_with_env(None, Some(Default::default())).unwrap();
+        config.alerts.clear();
+        let text = render(&config);
+        let group = text
+            .split("  - name: ecom-pulse-service\n")
+            .nth(1)
+            .expect("the group");
+        assert!(
+            group.contains("- alert: EcomPulseDedupHorizonShort\n"),
+            "{group}"
+        );
+        assert!(group.contains("\"ecom_pulse_dedup_horizon_seconds < ignoring (topic, partition) group_left ecom_pulse_dedup_configured_horizon_seconds\""));
+        assert!(group.contains("for: 10m\n"));
+        assert!(group.contains("severity: \"warning\""));
+        let tests = render_tests(&config, "rules.yml");
+        assert!(tests.contains("alertname: EcomPulseDedupHorizonShort"));
     }
 
     #[test]

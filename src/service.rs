@@ -87,6 +87,7 @@ impl Service {
                 store.clone(),
                 health.clone(),
                 pipeline.windows.clone(),
+                config.dedup.horizon,
             )))
             .expect("partition metric names are unique");
         let alerts = Arc::new(AlertView::default());

@@ -781,13 +781,13 @@ mod tests {
             CheckpointStore::new(&config.kafka, &config.checkpoint, pipeline.windows.clone())
                 .unwrap();
 
-        // Four partitions of ~1.6 MB each (de-duplication ids do not compress): more than a
-        // wave in all.
+        // Four partitions of ~1.8 MB each (de-duplication ids do not compress, and take 5–8
+        // bytes each): more than a wave in all.
         let now = crate::now_ms();
         let parts: Vec<(TopicPartition, SharedPartition)> = (0..4)
             .map(|p| {
                 let mut st = pipeline.new_partition();
-                for i in 0..200_000 {
+                for i in 0..300_000 {
                     let json = format!(
                         r#"{{"type":"visit","event_id":"{p}-{i}","timestamp":{now},"campaign":"c{}","channel":"x"}}"#,
                         i % 50

@@ -11,9 +11,10 @@
 //! - manifest key `{group}/{topic}/{p}/m`: JSON with the checkpoint id, the chunk count, the
 //!   offset of the first chunk, the input offset the state reaches, and a checksum.
 //!
-//! Chunks, manifests and the encoded state carry the format version. This build writes 4 and
-//! reads 3 as well (format 3 laid the de-duplication ids out as varints), so a checkpoint
-//! written before an upgrade restores after it.
+//! Chunks, manifests and the encoded state carry the format version. This build writes 5 and
+//! reads 3 and 4 as well, which differ only in how de-duplication ids are laid out (format 3
+//! as varints, 4 as a hash table's 64-bit words, 5 as sorted runs of about five bytes an id),
+//! so a checkpoint written before an upgrade restores after it.
 //!
 //! Chunks alternate between two slots, so while checkpoint *n* is being written the chunks of
 //! *n − 1* are never the latest value of their key, and compaction cannot remove them before
@@ -31,9 +32,10 @@ use crate::window::{RingLayout, Windows};
 /// Format version of both the encoded state and the manifest, written.
 pub const VERSION: u8 = 5;
 /// Format versions read, so a checkpoint written before an upgrade restores after it: 4 has
-/// no window coverage or offset index and saved each window's length and span rather than
-/// its ring's layout; 3 differs from 4 in how de-duplication ids are laid out (see
-/// `dedup::save_entries`).
+/// no window coverage or offset index, saved each window's length and span rather than its
+/// ring's layout, and held the de-duplication ids as a hash table's words; 3 differs from 4
+/// in how those ids are laid out. (The de-duplication memory tells 4 from 5 itself, see
+/// `dedup::FORMAT_5`; an older build refuses 5 by its version.)
 const READABLE: [u8; 3] = [3, 4, VERSION];
 /// Largest chunk value: well under Kafka's default 1 MB message limit.
 pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
@@ -44,7 +46,7 @@ const CHUNK_HEADER: usize = 4 + 1 + 8 + 4 + 4;
 pub enum CheckpointError {
     #[error("checkpoint is damaged: {0}")]
     Corrupt(String),
-    #[error("checkpoint format version {0} is not supported (this build reads 3 and {VERSION})")]
+    #[error("checkpoint format version {0} is not supported (this build reads 3 to {VERSION})")]
     Version(u8),
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -461,18 +463,25 @@ mod tests {
         st
     }
 
-    /// `saved` (`mixed`'s state as some build encoded it) reads back as the state that build
-    /// made of the same events.
+    /// `saved` (`mixed`'s state as a build before format 5 encoded it) reads back as the
+    /// state that build made of the same events.
     fn reads_as_mixed(saved: &[u8]) {
         let p = pipeline(&["5m", "1h"]);
-        let (mut back, layout) = decode(saved).unwrap();
+        let (back, layout) = decode(saved).unwrap();
         assert!(matches!(layout, SavedLayout::Geometry(_)));
-        assert!(back.reconfigure(&p, &layout, T0).kept_all());
         let now = mixed_as_before(&p);
         assert!(
             now.dedup().len() > mixed(&p).dedup().len(),
             "the events the rule change concerns are there"
         );
+        reads_as(back, &layout, now);
+    }
+
+    /// A decoded state reads as `now`, the state made of `mixed_events`, in its aggregates,
+    /// its offset and its remembered ids.
+    fn reads_as(mut back: PartitionState, layout: &SavedLayout, now: PartitionState) {
+        let p = pipeline(&["5m", "1h"]);
+        assert!(back.reconfigure(&p, layout, T0).kept_all());
         assert!(back.same_aggregates(&now));
         assert_eq!(back.next_offset(), now.next_offset());
         assert_eq!(back.dedup().len(), now.dedup().len());
@@ -519,27 +528,43 @@ mod tests {
         assert_eq!(v3[0], 3);
         reads_as_mixed(v3);
         // Its ids took nine or ten bytes each as varints (hashes spread over 64 bits), where
-        // words take eight.
+        // words take eight (these few ids are all in the buffer of the newest ones).
         let p = pipeline(&["5m", "1h"]);
         let st = mixed(&p);
-        let (v4, ids) = (encode(&st, &p.windows), st.dedup().len() as u32);
+        let (now, ids) = (encode(&st, &p.windows), st.dedup().len() as u32);
         assert!(ids > 100);
         assert!(
-            raw_len(&v4) + ids <= raw_len(v3),
+            raw_len(&now) + ids <= raw_len(v3),
             "{} against {}",
-            raw_len(&v4),
+            raw_len(&now),
             raw_len(v3)
         );
     }
 
     /// Checkpoints of format 4 still read the same: `testdata/format-4.bin` is `mixed`'s
-    /// state as the build that introduced format 4 encoded it, before rings were saved with
-    /// their layout and windows with their coverage.
+    /// state as the build of 33b951e encoded it, before rings were saved with their layout,
+    /// windows with their coverage, and with the de-duplication ids as a hash table's 64-bit
+    /// words: converted as it is read.
     #[test]
     fn a_checkpoint_of_format_4_reads_the_same() {
         let v4 = include_bytes!("testdata/format-4.bin");
         assert_eq!(v4[0], 4);
         reads_as_mixed(v4);
+    }
+
+    /// The format this build writes is pinned: `testdata/format-5.bin` is `mixed`'s state as
+    /// the build that introduced format 5 encoded it (`encode(&mixed(&p), &p.windows)`). A
+    /// change that alters the bytes needs a new version (and the old one read, as formats 3
+    /// and 4 are).
+    #[test]
+    fn a_checkpoint_of_format_5_reads_the_same_and_is_written_alike() {
+        let v5 = include_bytes!("testdata/format-5.bin");
+        assert_eq!(v5[0], VERSION);
+        let p = pipeline(&["5m", "1h"]);
+        let (back, layout) = decode(v5).unwrap();
+        assert_eq!(layout, SavedLayout::Rings(p.windows.layout()));
+        reads_as(back, &layout, mixed(&p));
+        assert_eq!(raw_len(&encode(&mixed(&p), &p.windows)), raw_len(v5));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
@@ -316,11 +317,14 @@ fn escape_into(out: &mut String, value: &str) {
     }
 }
 
-/// Per-partition progress, read at scrape time: watermarks and catch-up after a restore.
+/// Per-partition progress, read at scrape time: watermarks, catch-up after a restore, and
+/// de-duplication memory.
 pub struct PartitionCollector {
     store: Arc<Store>,
     health: Arc<Health>,
     windows: Windows,
+    /// `dedup.horizon`, in seconds.
+    dedup_horizon_s: f64,
     descs: Vec<Desc>,
 }
 
@@ -360,13 +364,26 @@ const UNCONSUMED: (&str, &str) = (
     "ecom_pulse_group_partitions_unconsumed",
     "Partitions of the consumed topics with events waiting whose committed offset has not moved for three checkpoint intervals: consumed by no member of the group, or stalled where they are.",
 );
+const DEDUP_HORIZON: (&str, &str) = (
+    "ecom_pulse_dedup_horizon_seconds",
+    "How far back in event time, from the newest event of the partition, every event id is still remembered: dedup.horizon, or less while dedup.max_ids_per_partition forces the oldest ids out early.",
+);
+const DEDUP_CONFIGURED_HORIZON: (&str, &str) = (
+    "ecom_pulse_dedup_configured_horizon_seconds",
+    "dedup.horizon: the event-time span within which a repeated event id is promised to count once.",
+);
 const BEHIND: (&str, &str) = (
     "ecom_pulse_restore_seconds_behind",
     "While partitions catch up after a restore: how far their newest applied event is behind the wall clock (0 when caught up).",
 );
 
 impl PartitionCollector {
-    pub fn new(store: Arc<Store>, health: Arc<Health>, windows: Windows) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        health: Arc<Health>,
+        windows: Windows,
+        dedup_horizon: Duration,
+    ) -> Self {
         let descs = [
             (COVERAGE, &["window"][..]),
             (PRECEDING_COVERAGE, &["window"][..]),
@@ -378,6 +395,8 @@ impl PartitionCollector {
             (BEHIND, &[][..]),
             (DEDUP_IDS, &[][..]),
             (DEDUP_EVICTED, &[][..]),
+            (DEDUP_HORIZON, &["topic", "partition"][..]),
+            (DEDUP_CONFIGURED_HORIZON, &[][..]),
         ]
         .iter()
         .map(|((name, help), labels)| {
@@ -394,6 +413,7 @@ impl PartitionCollector {
             store,
             health,
             windows,
+            dedup_horizon_s: dedup_horizon.as_secs_f64(),
             descs,
         }
     }
@@ -408,6 +428,7 @@ impl Collector for PartitionCollector {
         let now = crate::now_ms();
         let catching_up = self.health.catching_up();
         let mut watermarks = family(WATERMARK.0, WATERMARK.1, MetricType::GAUGE);
+        let mut horizons = family(DEDUP_HORIZON.0, DEDUP_HORIZON.1, MetricType::GAUGE);
         let mut behind_ms = 0i64;
         let (mut ids, mut evicted) = (0usize, 0u64);
         let partitions = self.store.partitions();
@@ -419,13 +440,19 @@ impl Collector for PartitionCollector {
             }
             ids += state.dedup().len();
             evicted += state.dedup().evicted();
+            let labels = || {
+                vec![
+                    pair("topic", &tp.topic),
+                    pair("partition", &tp.partition.to_string()),
+                ]
+            };
+            let mut m = Metric::from_label(labels());
+            m.set_gauge(gauge_value(state.dedup().horizon_ms() as f64 / 1000.0));
+            horizons.mut_metric().push(m);
             let Some(watermark) = state.watermark_ms() else {
                 continue;
             };
-            let mut m = Metric::from_label(vec![
-                pair("topic", &tp.topic),
-                pair("partition", &tp.partition.to_string()),
-            ]);
+            let mut m = Metric::from_label(labels());
             m.set_gauge(gauge_value(watermark as f64 / 1000.0));
             watermarks.mut_metric().push(m);
             if catching_up.contains(tp) {
@@ -446,6 +473,7 @@ impl Collector for PartitionCollector {
             single(BEHIND, behind_ms.max(0) as f64 / 1000.0),
             single(DEDUP_IDS, ids as f64),
             single(DEDUP_EVICTED, evicted as f64),
+            single(DEDUP_CONFIGURED_HORIZON, self.dedup_horizon_s),
         ];
         if !watermarks.get_metric().is_empty() {
             out.push(watermarks);
@@ -483,6 +511,9 @@ impl Collector for PartitionCollector {
         }
         if !stalled.get_metric().is_empty() {
             out.push(stalled);
+        }
+        if !horizons.get_metric().is_empty() {
+            out.push(horizons);
         }
         out
     }
@@ -587,6 +618,71 @@ mod tests {
             &clv,
         );
         out
+    }
+
+    /// The horizon each partition keeps, and the configured one beside it, for the rule that
+    /// compares them.
+    #[test]
+    fn partitions_export_the_dedup_horizon_they_keep() {
+        use crate::aggregate::TopicPartition;
+        use crate::dedup::Dedup;
+        let store = Arc::new(Store::default());
+        let horizon_ms = 900_000;
+        let full = TopicPartition::new("visits", 0);
+        let short = TopicPartition::new("orders", 3);
+        store.get_or_insert(&full, || {
+            crate::aggregate::PartitionState::new(Dedup::new(horizon_ms, 1000))
+        });
+        let state = store.get_or_insert(&short, || {
+            crate::aggregate::PartitionState::new(Dedup::new(horizon_ms, 1000))
+        });
+        // 1,000 ids a second over the cap of 1,000: one whole generation cannot be held, so
+        // the newest event time is all that is promised.
+        let mut dedup = Dedup::new(horizon_ms, 1000);
+        for i in 0..2000u64 {
+            dedup.insert(i, 1_763_798_400_000 + i as i64);
+        }
+        assert!(dedup.horizon_ms() < horizon_ms);
+        let expected = dedup.horizon_ms() as f64 / 1000.0;
+        *state.write() = crate::aggregate::PartitionState::new(dedup);
+        let collector = PartitionCollector::new(
+            store,
+            Arc::new(Health::default()),
+            Windows::from_labels(&["5m"], 60),
+            Duration::from_millis(horizon_ms as u64),
+        );
+        let families = collector.collect();
+        let gauge = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+            families
+                .iter()
+                .find(|f| f.name() == name)?
+                .get_metric()
+                .iter()
+                .find(|m| {
+                    m.get_label().len() == labels.len()
+                        && labels.iter().all(|(k, v)| {
+                            m.get_label()
+                                .iter()
+                                .any(|l| l.name() == *k && l.value() == *v)
+                        })
+                })
+                .map(|m| m.get_gauge().get_value())
+        };
+        assert_eq!(
+            gauge("ecom_pulse_dedup_configured_horizon_seconds", &[]),
+            Some(900.0)
+        );
+        let horizon = "ecom_pulse_dedup_horizon_seconds";
+        assert_eq!(
+            gauge(horizon, &[("topic", "visits"), ("partition", "0")]),
+            Some(900.0)
+        );
+        assert_eq!(
+            gauge(horizon, &[("topic", "orders"), ("partition", "3")]),
+            Some(expected)
+        );
+        let evicted = gauge("ecom_pulse_dedup_evicted_ids", &[]).unwrap();
+        assert!(evicted >= 1000.0, "{evicted}");
     }
 
     #[test]
