@@ -19,6 +19,12 @@
 //! (every 10 minutes, a SQLite VACUUM among other things) can hold the broker longer than
 //! that. The service's log is kept in `target/tmp/soak-service.log`, and the rebalances and
 //! readiness changes are printed.
+//!
+//! Memory is written once a minute to `target/tmp/soak-memory.tsv`: resident and anonymous
+//! memory of the process, the ids the de-duplication memory holds and the keys exported, so a
+//! long run shows where growth goes. `SOAK_HEAPTRACK=1` runs the service under heaptrack's
+//! allocation tracer (Debian's `heaptrack`), writing its raw trace to
+//! `target/tmp/soak-heaptrack.raw`; the test prints how to turn that into a report.
 
 mod common;
 
@@ -33,6 +39,21 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .map(|v| v.parse().expect("a number"))
         .unwrap_or(default)
+}
+
+/// `(Rss, Anonymous)` of the process in bytes, from `/proc/PID/smaps_rollup`: anonymous memory
+/// is the heap and the allocator's arenas, the rest mapped code and files.
+fn memory(pid: u32) -> (u64, u64) {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .expect(name)
+            * 1024
+    };
+    (field("Rss:"), field("Anonymous:"))
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -70,7 +91,22 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
         &extra,
     )
     .replace("\"session.timeout.ms\" = \"6000\"\n", "");
-    let svc = Service::start(&config, port);
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let heaptrack_raw = tmp.join("soak-heaptrack.raw");
+    let svc = if std::env::var("SOAK_HEAPTRACK").is_ok_and(|v| v == "1") {
+        // What the `heaptrack` script does, minus its wrapper process, so the pid sampled
+        // below is the service's own.
+        Service::spawn_with_env(
+            &config,
+            port,
+            &[
+                ("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so"),
+                ("DUMP_HEAPTRACK_OUTPUT", heaptrack_raw.to_str().unwrap()),
+            ],
+        )
+    } else {
+        Service::start(&config, port)
+    };
     svc.wait_ready(Duration::from_secs(60));
     let quiet_from = svc.log().len();
     let pid = svc.proc.child.id();
@@ -92,11 +128,23 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
 
     // The scraper: every second, as an aggressive Prometheus would.
     let mut samples: Vec<(Duration, u64, f64, Duration, bool)> = Vec::new(); // (at, rss, lag, latency, ready)
+    let memory_log = tmp.join("soak-memory.tsv");
+    let mut memory_rows = String::from("seconds\trss_bytes\tanonymous_bytes\tdedup_ids\tkeys\n");
     let start = Instant::now();
     while !producer.is_finished() {
         let t = Instant::now();
         let m = svc.metrics();
         let latency = t.elapsed();
+        if samples.len().is_multiple_of(60) {
+            let (rss, anonymous) = memory(pid);
+            memory_rows.push_str(&format!(
+                "{}\t{rss}\t{anonymous}\t{}\t{}\n",
+                start.elapsed().as_secs(),
+                m.sum("ecom_pulse_dedup_ids"),
+                m.sum("ecom_pulse_tracked_keys"),
+            ));
+            std::fs::write(&memory_log, &memory_rows).unwrap();
+        }
         samples.push((
             start.elapsed(),
             rss_bytes(pid),
@@ -237,6 +285,13 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
             "RSS not flat over the last third: {:.1}..{:.1} MiB",
             mib(lo),
             mib(hi)
+        );
+    }
+    println!("soak: memory once a minute in {}", memory_log.display());
+    if heaptrack_raw.exists() {
+        println!(
+            "soak: heaptrack trace in {0}; report: /usr/lib/heaptrack/libexec/heaptrack_interpret < {0} | zstd > soak.heaptrack.zst && heaptrack_print soak.heaptrack.zst",
+            heaptrack_raw.display()
         );
     }
     assert!(
