@@ -20,7 +20,8 @@
 //! that. The service's log is kept in `target/tmp/soak-service.log`, and the rebalances and
 //! readiness changes are printed.
 //!
-//! Memory is written once a minute to `target/tmp/soak-memory.tsv`: resident and anonymous
+//! Memory is written once a minute to `target/tmp/soak-memory.tsv` (`SOAK_OUT` names another
+//! directory for it, the log and the trace): resident and anonymous
 //! memory of the process, the ids the de-duplication memory holds and the keys exported, so a
 //! long run shows where growth goes. `SOAK_HEAPTRACK=1` runs the service under heaptrack's
 //! allocation tracer (Debian's `heaptrack`), writing its raw trace to
@@ -91,7 +92,12 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
         &extra,
     )
     .replace("\"session.timeout.ms\" = \"6000\"\n", "");
-    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // SOAK_OUT: where the log, memory samples and trace go, so two soaks can run at once.
+    let tmp = std::path::PathBuf::from(
+        std::env::var("SOAK_OUT").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").to_string()),
+    );
+    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = tmp.as_path();
     let heaptrack_raw = tmp.join("soak-heaptrack.raw");
     let svc = if std::env::var("SOAK_HEAPTRACK").is_ok_and(|v| v == "1") {
         // What the `heaptrack` script does, minus its wrapper process, so the pid sampled
@@ -160,7 +166,7 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
         "lag samples are numbers"
     );
     let expected = traffic.total();
-    let log_copy = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("soak-service.log");
+    let log_copy = tmp.join("soak-service.log");
     let keep_log = || std::fs::write(&log_copy, svc.log()).unwrap();
     // What happened to the group, with when: printed at the end whatever the outcome.
     let timeline = || -> String {
