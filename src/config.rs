@@ -819,14 +819,23 @@ enum PropertyValue {
     Table(BTreeMap<String, PropertyValue>),
 }
 
+/// librdkafka properties (CONFIGURATION.md) whose names contain `_`, set through a
+/// configuration file or environment: kept as written.
+const UNDERSCORED_PROPERTIES: &[&str] = &["log_level"];
+
 fn flatten_properties<'de, D>(de: D) -> Result<KafkaProperties, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
     fn walk(prefix: &str, table: BTreeMap<String, PropertyValue>, out: &mut KafkaProperties) {
         for (key, value) in table {
-            // librdkafka names never contain `_`, environment variable names cannot contain `.`.
-            let key = key.replace('_', ".");
+            // Environment variable names cannot contain `.`, so `_` stands for it; librdkafka's
+            // names use `.` throughout except the few listed in `UNDERSCORED_PROPERTIES`.
+            let key = if UNDERSCORED_PROPERTIES.contains(&key.as_str()) {
+                key
+            } else {
+                key.replace('_', ".")
+            };
             let name = if prefix.is_empty() {
                 key
             } else {
@@ -1090,6 +1099,27 @@ mod tests {
         assert_eq!(p.get("session.timeout.ms").unwrap(), "6000");
         assert_eq!(p.get("security.protocol").unwrap(), "SSL");
         assert_eq!(p.get("enable.partition.eof").unwrap(), "false");
+    }
+
+    /// `log_level` is one of librdkafka's names with `_`: it reaches the client as written,
+    /// from a file or from the environment, while `_` elsewhere still stands for `.`.
+    #[test]
+    fn kafka_properties_keep_librdkafkas_underscored_names() {
+        let c = load_toml("[kafka.properties]
+log_level = 3
+").unwrap();
+        assert_eq!(c.kafka.properties.get("log_level").unwrap(), "3");
+        assert!(c.kafka.properties.get("log.level").is_none());
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("ECOM_PULSE__KAFKA__PROPERTIES__LOG_LEVEL", "7"),
+                ("ECOM_PULSE__KAFKA__PROPERTIES__FETCH_MIN_BYTES", "10"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.properties.get("log_level").unwrap(), "7");
+        assert_eq!(c.kafka.properties.get("fetch.min.bytes").unwrap(), "10");
     }
 
     #[test]
