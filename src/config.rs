@@ -1105,9 +1105,12 @@ mod tests {
     /// from a file or from the environment, while `_` elsewhere still stands for `.`.
     #[test]
     fn kafka_properties_keep_librdkafkas_underscored_names() {
-        let c = load_toml("[kafka.properties]
+        let c = load_toml(
+            "[kafka.properties]
 log_level = 3
-").unwrap();
+",
+        )
+        .unwrap();
         assert_eq!(c.kafka.properties.get("log_level").unwrap(), "3");
         assert!(c.kafka.properties.get("log.level").is_none());
         let c = Config::load_with_env(

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -87,6 +87,9 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 }
 
 /// Receives librdkafka's callbacks: logs, statistics, errors and rebalances.
+/// `SourceContext::reported_error` when no error waits to be matched: not a librdkafka code.
+const NO_ERROR: i32 = i32::MIN;
+
 pub struct SourceContext {
     store: Arc<Store>,
     pipeline: Arc<Pipeline>,
@@ -102,6 +105,10 @@ pub struct SourceContext {
     redactor: Redactor,
     /// Last connection state logged (0 none yet, 1 down, 2 up), so each change is logged once.
     logged_state: AtomicU8,
+    /// The code of the error `ClientContext::error` last reported and the consume loop has not
+    /// seen yet (`NO_ERROR` for none): rdkafka hands each error event to both, and the second
+    /// must not count or log it again.
+    reported_error: AtomicI32,
     /// Consumer lag per partition as last reported (statistics callback only).
     lags: Mutex<BTreeMap<TopicPartition, i64>>,
     /// Partitions the statistics callback saw reach their end, marked caught up by the
@@ -150,6 +157,18 @@ impl SourceContext {
 
     fn warn_limited(&self, what: &str, error: &dyn fmt::Display) {
         warn_within(&self.error_log, what, error);
+    }
+
+    /// Whether the consume loop's `e` is the error event `ClientContext::error` just counted
+    /// and logged (with librdkafka's reason, which the loop's copy lacks). A fetch error of a
+    /// partition reaches the loop only, and is its to report.
+    fn already_reported(&self, e: &KafkaError) -> bool {
+        let Some(code) = e.rdkafka_error_code() else {
+            return false;
+        };
+        self.reported_error
+            .compare_exchange(code as i32, NO_ERROR, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Connection state and consumer lag from a statistics report; partitions whose target
@@ -443,6 +462,8 @@ impl ClientContext for SourceContext {
             self.set_connected(false);
         }
         self.telemetry.kafka_error(&code_label(code));
+        self.reported_error
+            .store(code.map_or(NO_ERROR, |c| c as i32), Ordering::Release);
         let error = self.redactor.apply(&error.to_string());
         self.warn_limited(
             &format!("Kafka client error: {}", self.redactor.apply(reason)),
@@ -614,6 +635,7 @@ impl Source {
             stats_log: RateLimit::new(Duration::from_secs(60)),
             redactor: cfg.properties.redactor(),
             logged_state: AtomicU8::new(0),
+            reported_error: AtomicI32::new(NO_ERROR),
             lags: Default::default(),
             reached: Default::default(),
             stalls_logged: Default::default(),
@@ -823,6 +845,9 @@ impl Source {
             return;
         }
         let ctx = self.consumer.context();
+        if ctx.already_reported(&e) {
+            return;
+        }
         ctx.telemetry
             .kafka_error(&code_label(e.rdkafka_error_code()));
         ctx.warn_limited("Kafka consume error; retrying", &e);
@@ -1485,6 +1510,38 @@ mod tests {
         assert_eq!(kept, 15);
     }
 
+    /// An error event reaches `ClientContext::error` and then the consume loop: counted once.
+    /// A fetch error the loop alone sees is counted, and so is the same code again later.
+    #[test]
+    fn an_error_event_is_counted_once() {
+        let ctx = context();
+        let count = |code: &str| {
+            ctx.telemetry
+                .registry
+                .gather()
+                .iter()
+                .filter(|f| f.name() == "ecom_pulse_kafka_errors_total")
+                .flat_map(|f| f.get_metric())
+                .filter(|m| m.get_label().iter().any(|l| l.value() == code))
+                .map(|m| m.get_counter().get_value())
+                .sum::<f64>()
+        };
+        let down = || KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
+        let label = code_label(Some(RDKafkaErrorCode::AllBrokersDown));
+        ctx.error(down(), "1/1 brokers are down");
+        assert!(ctx.already_reported(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
+        assert_eq!(count(&label), 1.0);
+        // Not twice, and not for another code.
+        assert!(!ctx.already_reported(&down()));
+        ctx.error(down(), "1/1 brokers are down");
+        assert!(!ctx.already_reported(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BadMessage
+        )));
+        assert_eq!(count(&label), 2.0);
+    }
+
     fn context() -> SourceContext {
         let config = Config::load_with_env(None, Some(Default::default())).unwrap();
         let pipeline = Arc::new(Pipeline::from_config(&config).unwrap());
@@ -1529,6 +1586,7 @@ mod tests {
             stats_log: RateLimit::new(Duration::from_secs(60)),
             redactor: config.kafka.properties.redactor(),
             logged_state: AtomicU8::new(0),
+            reported_error: AtomicI32::new(NO_ERROR),
             lags: Default::default(),
             reached: Default::default(),
             stalls_logged: Default::default(),
