@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::window::WindowLength;
+
 /// The defaults, and the documentation of every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -423,14 +425,6 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `tracing_subscriber::EnvFilter` directives.
     pub level: String,
-}
-
-/// A validated window length.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WindowLength {
-    /// As written in the config; the `window` label value.
-    pub label: String,
-    pub length: Duration,
 }
 
 impl Config {
@@ -1099,6 +1093,16 @@ mod tests {
         assert_eq!(p.get("session.timeout.ms").unwrap(), "6000");
         assert_eq!(p.get("security.protocol").unwrap(), "SSL");
         assert_eq!(p.get("enable.partition.eof").unwrap(), "false");
+    }
+
+    /// The default cap holds the horizon at 5,000 events/s per partition: ids live up to 1.25
+    /// horizons (a generation past it), 5,625,000 of them.
+    #[test]
+    fn the_default_cap_holds_15_minutes_at_5000_events_per_second() {
+        let config = Config::load_with_env(None, Some(Default::default())).unwrap();
+        let horizon_s = config.dedup.horizon.as_secs() as usize;
+        assert_eq!(horizon_s, 900);
+        assert!(config.dedup.max_ids_per_partition >= 5_000 * horizon_s * 5 / 4);
     }
 
     /// `log_level` is one of librdkafka's names with `_`: it reaches the client as written,

@@ -28,9 +28,9 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::aggregate::TopicPartition;
-use crate::checkpoint::kafka::Quiet;
 use crate::config::{KafkaConfig, Redactor};
 use crate::decode::Rejection;
+use crate::kafka::Quiet;
 use crate::telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +129,7 @@ impl DeadLetters {
         for (k, v) in &kafka.properties {
             config.set(k, v);
         }
-        for key in crate::checkpoint::kafka::CONSUMER_ONLY {
+        for key in crate::kafka::CONSUMER_ONLY {
             config.remove(key);
         }
         let client_config = config.clone();

@@ -8,8 +8,8 @@
 //! the rejection counters have something to count too. Messages are keyed by campaign, which
 //! co-partitions the three topics.
 
-use crate::checkpoint::kafka::Quiet;
 use crate::config::KafkaProperties;
+use crate::kafka::Quiet;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;

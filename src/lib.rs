@@ -42,6 +42,7 @@ pub mod demo;
 pub mod export;
 pub mod fault;
 pub mod generate;
+pub mod kafka;
 pub mod kpi;
 pub mod rules;
 pub mod service;

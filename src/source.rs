@@ -32,10 +32,11 @@ use rdkafka::{ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Outcome, PartitionState, Pipeline, SharedPartition, Store, TopicPartition};
-use crate::checkpoint::kafka::{CheckpointStore, Quiet};
+use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{KafkaConfig, Redactor};
 use crate::deadletter::{DeadLetters, Rejected};
 use crate::decode::{Reason, Rejection};
+use crate::kafka::Quiet;
 use crate::task::TaskFailure;
 use crate::telemetry::{Health, RateLimit, Tally, Telemetry};
 
@@ -961,7 +962,7 @@ fn probe_config(cfg: &KafkaConfig) -> ClientConfig {
     for (key, value) in &cfg.properties {
         c.set(key, value);
     }
-    for key in crate::checkpoint::kafka::CONSUMER_ONLY {
+    for key in crate::kafka::CONSUMER_ONLY {
         c.remove(key);
     }
     c.set("client.id", "ecom-pulse-watermarks");

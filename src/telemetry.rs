@@ -425,10 +425,9 @@ impl Telemetry {
         }
     }
 
-    pub fn alert_transition(&self, to: crate::alert::Phase) {
-        self.alert_transitions
-            .with_label_values(&[&to.to_string()])
-            .inc();
+    /// An alert moved to `phase` (`pending`, `firing`, `resolved`).
+    pub fn alert_transition(&self, phase: &str) {
+        self.alert_transitions.with_label_values(&[phase]).inc();
     }
 
     pub fn notification(&self, ok: bool) {

@@ -20,7 +20,13 @@ use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
 
-use crate::config::WindowLength;
+/// A window length as configured: its label (also the `window` label value) and length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowLength {
+    /// As written in the config.
+    pub label: String,
+    pub length: Duration,
+}
 
 /// One window length and its bucket geometry.
 #[derive(Debug, Clone, PartialEq, Eq)]

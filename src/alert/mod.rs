@@ -21,8 +21,10 @@
 //! `orders < 1` would fire here for ever for every campaign that ended, and never in
 //! Prometheus.
 
-pub mod evaluator;
 pub mod notify;
+mod view;
+
+pub use view::AlertView;
 
 use std::collections::BTreeMap;
 use std::fmt;

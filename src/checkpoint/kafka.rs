@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::message::Message;
@@ -26,25 +26,12 @@ use super::{
 use crate::aggregate::{PartitionState, SavedLayout, SharedPartition, TopicPartition};
 use crate::config::{CheckpointConfig, KafkaConfig, Redactor};
 use crate::deadletter::DeadLetters;
+use crate::kafka::Quiet;
 use crate::window::Windows;
 
 /// How long a checkpoint waits for the dead letters of what it covers; past it, the partition
 /// is saved at the next round.
 const DEAD_LETTER_WAIT: Duration = Duration::from_secs(5);
-
-/// Settings of `kafka.properties` that only the group consumer understands.
-pub const CONSUMER_ONLY: [&str; 10] = [
-    "group.id",
-    "session.timeout.ms",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.offset.reset",
-    "statistics.interval.ms",
-    "partition.assignment.strategy",
-    "max.poll.interval.ms",
-    "heartbeat.interval.ms",
-    "group.instance.id",
-];
 
 /// A checkpoint read back.
 pub struct Loaded {
@@ -684,41 +671,6 @@ impl CheckpointStore {
         reader.unassign()?;
         result
     }
-}
-
-/// The callbacks of the clients besides the main consumer (checkpoints, admin, feed,
-/// generator). Broker trouble is already reported by the main consumer (metrics, readiness,
-/// one warning per change); these clients' copies of it go to debug level instead of
-/// repeating it. Messages pass through the redactor, like the consumer's.
-pub struct Quiet {
-    pub client: &'static str,
-    pub redactor: Redactor,
-}
-
-impl ClientContext for Quiet {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        // Failures that matter here surface as save/load errors, logged by their callers.
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let message = self.redactor.apply(message);
-            tracing::debug!(target: "librdkafka", client = self.client, ?level, facility = fac, "{message}");
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let error = self.redactor.apply(&error.to_string());
-            let reason = self.redactor.apply(reason);
-            tracing::debug!(error = %error, client = self.client, "{reason}");
-        }
-    }
-}
-
-impl ConsumerContext for Quiet {}
-
-/// The generator's producer ignores delivery reports: its rate is what it is.
-impl ProducerContext for Quiet {
-    type DeliveryOpaque = ();
-    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
 }
 
 /// The checkpoint producer's delivery reports, by the token each message was sent with.

@@ -209,17 +209,6 @@ fn the_buffer_fills_one_table_and_no_more() {
     assert_eq!(d.recent.len(), 3 * BUFFER_IDS);
 }
 
-/// The default cap holds the horizon at 5,000 events/s per partition: ids live up to 1.25
-/// horizons (a generation past it), 5,625,000 of them.
-#[test]
-fn the_default_cap_holds_15_minutes_at_5000_events_per_second() {
-    let env = Some(std::collections::BTreeMap::new());
-    let config = crate::config::Config::load_with_env(None, env).unwrap();
-    let horizon_s = config.dedup.horizon.as_secs() as usize;
-    assert_eq!(horizon_s, 900);
-    assert!(config.dedup.max_ids_per_partition >= 5_000 * horizon_s * 5 / 4);
-}
-
 /// Ids re-sent from anywhere in the last horizon are duplicates at a rate that just fits
 /// the cap, and nothing is evicted.
 #[test]

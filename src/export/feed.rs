@@ -15,9 +15,9 @@ use serde::Serialize;
 use crate::aggregate::Snapshot;
 use crate::alert::notify::rfc3339;
 use crate::alert::{Phase, ResolvedReason, Transition};
-use crate::checkpoint::kafka::Quiet;
 use crate::config::KafkaConfig;
-use crate::export::http::{KpiRow, RowCoverage, kpi_row};
+use crate::export::rows::{KpiRow, RowCoverage, kpi_row};
+use crate::kafka::Quiet;
 use crate::kpi::ClvAssumptions;
 use crate::telemetry::{Coverage, Telemetry};
 use crate::window::Windows;
@@ -121,7 +121,7 @@ impl Feed {
         for (k, v) in &kafka.properties {
             config.set(k, v);
         }
-        for key in crate::checkpoint::kafka::CONSUMER_ONLY {
+        for key in crate::kafka::CONSUMER_ONLY {
             config.remove(key);
         }
         let producer = config

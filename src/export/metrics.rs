@@ -15,7 +15,7 @@ use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 use crate::aggregate::rebuild::{COMPLETE, coverage_ratio};
 use crate::aggregate::{EventTypes, Key, Snapshot, Store};
-use crate::alert::evaluator::AlertView;
+use crate::alert::AlertView;
 use crate::kpi::{ClvAssumptions, Kpis, Sums};
 use crate::telemetry::Health;
 use crate::window::Windows;

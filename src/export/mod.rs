@@ -5,4 +5,5 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod page;
+pub mod rows;
 pub mod web;

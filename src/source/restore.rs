@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{describe, warn_within};
 use crate::aggregate::{PartitionState, Pipeline, TopicPartition};
-use crate::checkpoint::kafka::{CheckpointStore, Quiet};
+use crate::checkpoint::kafka::CheckpointStore;
 use crate::deadletter::DeadLetters;
+use crate::kafka::Quiet;
 use crate::telemetry::{Health, Progress, RateLimit, Telemetry};
 
 /// A partition taken over: its state, where its consumption starts, and how far it has to

@@ -9,10 +9,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod ticker;
+
 use crate::aggregate::{Pipeline, Store};
-use crate::alert::evaluator::{AlertView, Evaluator};
 use crate::alert::notify::{Notifier, Update};
-use crate::alert::{Engine, Rule};
+use crate::alert::{AlertView, Engine, Rule};
 use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{Config, ConfigError};
 use crate::deadletter::DeadLetters;
@@ -25,6 +26,7 @@ use crate::kpi::ClvAssumptions;
 use crate::source::{Source, SourceError};
 use crate::task::TaskFailure;
 use crate::telemetry::{Health, Telemetry};
+use ticker::Ticker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -58,7 +60,7 @@ pub struct Service {
     web: Web,
     state: AppState,
     source: Source,
-    evaluator: Evaluator,
+    ticker: Ticker,
     notifier: Option<(Notifier, tokio::sync::mpsc::Receiver<Update>)>,
     /// Cancelled when `run`'s token is: stops restore retries inside the Kafka client.
     shutdown: CancellationToken,
@@ -181,7 +183,7 @@ impl Service {
         let samples =
             (1800.0 / config.alerting.snapshot_interval.as_secs_f64()).clamp(10.0, 1000.0) as usize;
         let history = Arc::new(History::new(samples, 50));
-        let evaluator = Evaluator {
+        let ticker = Ticker {
             engine: Engine::new(rules, clv),
             store: store.clone(),
             windows: pipeline.windows.clone(),
@@ -209,7 +211,7 @@ impl Service {
             web,
             state,
             source,
-            evaluator,
+            ticker,
             notifier,
             shutdown,
         })
@@ -251,11 +253,11 @@ impl Service {
         // that /readyz says "shutting down" (503) while the rest drains.
         let mut tasks: JoinSet<(&'static str, Result<(), TaskFailure>)> = JoinSet::new();
         let mut names = std::collections::HashMap::new();
-        let evaluator = self.evaluator;
+        let ticker = self.ticker;
         let stop = shutdown.clone();
         let id = tasks
             .spawn(async move {
-                evaluator.run(stop).await;
+                ticker.run(stop).await;
                 ("alert evaluator", Ok(()))
             })
             .id();

@@ -1,40 +1,23 @@
-//! The periodic task around the [`Engine`]: evaluate on a snapshot, log and publish the
+//! The service's ticker, the periodic task around the alert [`Engine`]: evaluate on a snapshot, log and publish the
 //! transitions, hand firing alerts to the Alertmanager notifier; and, on its own cadence,
 //! send KPI snapshots and record the live page's history.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::notify::Update;
-use super::{Alert, Engine, Phase, ResolvedReason};
 use crate::aggregate::{Snapshot, Store};
+use crate::alert::notify::Update;
+use crate::alert::{Alert, AlertView, Engine, Phase, ResolvedReason};
 use crate::export::feed::Feed;
 use crate::export::history::History;
 use crate::kpi::ClvAssumptions;
 use crate::telemetry::{Health, Telemetry};
 use crate::window::Windows;
 
-/// The alerts as of the last evaluation, for `/metrics` and `/api/v1/alerts`.
-#[derive(Debug, Default)]
-pub struct AlertView {
-    alerts: RwLock<Vec<Alert>>,
-}
-
-impl AlertView {
-    pub fn active(&self) -> Vec<Alert> {
-        self.alerts.read().clone()
-    }
-
-    pub fn replace(&self, alerts: Vec<Alert>) {
-        *self.alerts.write() = alerts;
-    }
-}
-
-pub struct Evaluator {
+pub struct Ticker {
     pub engine: Engine,
     pub store: Arc<Store>,
     pub windows: Windows,
@@ -49,7 +32,7 @@ pub struct Evaluator {
     pub snapshot_interval: Duration,
 }
 
-impl Evaluator {
+impl Ticker {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut evaluate = tokio::time::interval(self.evaluation_interval);
         // On multiples of the interval in wall-clock time, so that every instance's snapshots
@@ -112,7 +95,7 @@ impl Evaluator {
                 let resolved_reason = t.resolved_reason.map(ResolvedReason::as_str);
                 tracing::info!(alertname = %a.name, campaign, channel, window = %a.window, value = a.value, threshold = a.threshold, resolved_reason, "{message}");
             }
-            self.telemetry.alert_transition(t.to);
+            self.telemetry.alert_transition(&t.to.to_string());
         }
         if let Some(feed) = &self.feed {
             feed.publish_transitions(&transitions);
