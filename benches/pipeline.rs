@@ -6,12 +6,12 @@
 use std::collections::VecDeque;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use ecom_pulse::aggregate::{Limits, Outcome, Pipeline, Store, TopicPartition};
-use ecom_pulse::decode::Decoder;
-use ecom_pulse::export::metrics::render_kpis;
-use ecom_pulse::generate::synthetic;
-use ecom_pulse::kpi::ClvAssumptions;
-use ecom_pulse::window::Windows;
+use ecom_pulse::pure::decode::Decoder;
+use ecom_pulse::pure::kpi::ClvAssumptions;
+use ecom_pulse::pure::window::Windows;
+use ecom_pulse::read::metrics::render_kpis;
+use ecom_pulse::state::aggregate::{Limits, Outcome, Pipeline, Store, TopicPartition};
+use ecom_pulse::tools::generate::synthetic;
 
 /// Keys: campaign x channel pairs.
 const KEYS: usize = 20_000;
@@ -33,7 +33,7 @@ fn pipeline() -> Pipeline {
     }
 }
 
-/// The synthetic load of `ecom_pulse::generate::synthetic`, stamped as producers do: within
+/// The synthetic load of `ecom_pulse::tools::generate::synthetic`, stamped as producers do: within
 /// the last two seconds, 1 % up to four minutes late.
 fn messages(tag: &str, n: usize) -> Vec<Vec<u8>> {
     (0..n)
@@ -194,7 +194,7 @@ fn ingest_while_scraped(c: &mut Criterion) {
     };
     // As the consumer does it: a partition whose lock a reader holds gets its messages held
     // (copied) while the others go on; they are applied, in order, once the lock is free.
-    let slot = |part: &ecom_pulse::aggregate::SharedPartition| {
+    let slot = |part: &ecom_pulse::state::aggregate::SharedPartition| {
         warm.iter()
             .position(|(p, _)| std::sync::Arc::ptr_eq(p, part))
             .unwrap()
@@ -207,7 +207,7 @@ fn ingest_while_scraped(c: &mut Criterion) {
         .into_iter()
         .map(|(tp, part, json)| (tp, slot(&part), part, json))
         .collect();
-    let apply = |state: &mut ecom_pulse::aggregate::PartitionState,
+    let apply = |state: &mut ecom_pulse::state::aggregate::PartitionState,
                  held: &mut VecDeque<Box<[u8]>>,
                  json: Option<&[u8]>| {
         let accepted = |o| assert!(matches!(o, Outcome::Accepted { .. }));
@@ -222,7 +222,7 @@ fn ingest_while_scraped(c: &mut Criterion) {
     let ingest = |batch: &[(
         TopicPartition,
         usize,
-        ecom_pulse::aggregate::SharedPartition,
+        ecom_pulse::state::aggregate::SharedPartition,
         Vec<u8>,
     )],
                   iters: u64| {
@@ -315,20 +315,20 @@ fn checkpoint(c: &mut Criterion) {
             NOW,
         );
     }
-    let mut scratch = ecom_pulse::checkpoint::Scratch::default();
-    ecom_pulse::checkpoint::encode_into(&state, &p.windows, &mut scratch);
+    let mut scratch = ecom_pulse::state::checkpoint::Scratch::default();
+    ecom_pulse::state::checkpoint::encode_into(&state, &p.windows, &mut scratch);
     let mut group = c.benchmark_group("checkpoint");
     group.throughput(Throughput::Elements(state.dedup().len() as u64));
     group.bench_function("encode (55k ids, 1k keys)", |b| {
         b.iter(|| {
-            ecom_pulse::checkpoint::encode_into(&state, &p.windows, &mut scratch);
+            ecom_pulse::state::checkpoint::encode_into(&state, &p.windows, &mut scratch);
             scratch.payload().len()
         })
     });
     let saved = scratch.payload().to_vec();
     group.bench_function("decode (55k ids, 1k keys)", |b| {
         b.iter(|| {
-            ecom_pulse::checkpoint::decode(&saved)
+            ecom_pulse::state::checkpoint::decode(&saved)
                 .unwrap()
                 .0
                 .next_offset()
@@ -368,7 +368,7 @@ fn statistics(c: &mut Criterion) {
 /// holds the horizon, so the per-id figure includes the work done when a generation closes.
 /// 800 ids/s is what the cap of 917,504 held before 2026-12; 5,000 ids/s holds 5.6 M.
 fn dedup(c: &mut Criterion) {
-    use ecom_pulse::dedup::Dedup;
+    use ecom_pulse::pure::dedup::Dedup;
     const HORIZON: i64 = 15 * 60_000;
     let id = |i: u64| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
     let mut group = c.benchmark_group("dedup");

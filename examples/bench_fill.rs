@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ecom_pulse::generate::{Stream, synthetic};
+use ecom_pulse::tools::generate::{Stream, synthetic};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 

@@ -17,8 +17,8 @@
 //! a day) and prints resident memory as the event count grows: once the de-duplication
 //! horizon has filled (about 900 k events at that rate), memory must stay flat.
 
-use ecom_pulse::aggregate::{Pipeline, Store, TopicPartition};
 use ecom_pulse::config::Config;
+use ecom_pulse::state::aggregate::{Pipeline, Store, TopicPartition};
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
@@ -111,7 +111,7 @@ fn main() {
 
 /// Events at a steady rate over a fixed key set: resident memory at growing event counts.
 fn stream(keys: usize, total: usize) {
-    use ecom_pulse::generate::{Stream, synthetic};
+    use ecom_pulse::tools::generate::{Stream, synthetic};
     let pipeline = pipeline_for(keys);
     let store = Store::default();
     let partitions = 6u64;

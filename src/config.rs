@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::window::WindowLength;
+use crate::pure::window::WindowLength;
 
 /// The defaults, and the documentation of every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -721,13 +721,13 @@ impl Config {
     /// The configured windows, parsed, in config order.
     pub fn window_lengths(&self) -> Result<Vec<WindowLength>, ConfigError> {
         if self.windows.lengths.is_empty()
-            || self.windows.lengths.len() > crate::window::MAX_WINDOWS
+            || self.windows.lengths.len() > crate::pure::window::MAX_WINDOWS
         {
             return Err(invalid(
                 "windows.lengths",
                 format!(
                     "must list between 1 and {} windows",
-                    crate::window::MAX_WINDOWS
+                    crate::pure::window::MAX_WINDOWS
                 ),
             ));
         }
@@ -743,7 +743,7 @@ impl Config {
                 ));
             }
             let buckets =
-                crate::window::bucket_count(length.as_millis() as i64, self.windows.buckets);
+                crate::pure::window::bucket_count(length.as_millis() as i64, self.windows.buckets);
             if buckets * 2 < self.windows.buckets as usize {
                 return Err(invalid(
                     &key,

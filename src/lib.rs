@@ -1,55 +1,52 @@
 //! ecom-pulse: live marketing KPIs from Kafka events, for Prometheus and Grafana.
 //!
-//! The modules follow the data:
+//! The modules follow the data, and the folders are layers: each imports only from the
+//! layers below it (`tests/layers.rs` keeps it so).
 //!
 //! ```text
-//!  Kafka ──► source ──► decode ──► aggregate ──────────────► export
-//!  (topics)  consumer,  JSON →     per-partition state:      /metrics  (Prometheus text)
-//!            offsets,   Event,     dedup + window rings      /api/v1/kpis (JSON)
-//!            rebalance  rejection  (window), exact sums      /healthz, /readyz
-//!                       reasons         │
-//!                                       └─► kpi: ratios from sums, at read time
+//!  Kafka ─► source ─► pure::decode ─► pure::dedup ─► state (per-partition ─► read ─► server ─► HTTP
+//!           consumer,  JSON → Event   ids within    aggregates: pure::   metrics, (TLS,     /metrics
+//!           offsets,   or a rejection the horizon   window rings, exact  JSON API, auth)    /api/v1
+//!           restore                                 sums; checkpoints)   page, feed
+//!                                                          │
+//!                                  alert: rules over the sums ◄─┘ (pure::kpi ratios at read time)
 //! ```
 //!
-//! - [`source`]: the consumer group member, at-least-once (offsets stored after apply).
-//! - [`decode`]: one message value → [`decode::Event`] or a [`decode::Rejection`] with a reason.
-//! - [`dedup`]: event ids remembered for a horizon of event time, in bounded memory.
-//! - [`window`]: rolling windows as bucket rings; pure, time passed in.
-//! - [`aggregate`]: the per-message step ([`aggregate::Pipeline`]) and the per-partition
-//!   state it updates ([`aggregate::Store`]).
-//! - [`kpi`]: SPEC §1 formulas over exact sums.
-//! - [`export`]: the Prometheus collector and the HTTP router.
-//! - [`telemetry`]: the service's own metrics, readiness and rate-limited logs.
-//! - [`checkpoint`]: a partition's state and offset, saved together and restored on assignment.
+//! From the bottom up:
+//! - [`pure`]: the core, no I/O, no locks, no configuration, time passed in.
+//!   [`pure::decode`] turns one message value into an event or a rejection with a reason;
+//!   [`pure::dedup`] remembers event ids for a horizon of event time in bounded memory;
+//!   [`pure::window`] lays out rolling windows as bucket rings; [`pure::kpi`] computes the
+//!   ratios from exact sums.
+//! - [`config`]: the typed configuration, loaded and validated once at start-up.
+//! - [`state`]: the per-message step and the per-partition state it updates
+//!   ([`state::aggregate`]), shared with readers through a store, and the checkpoint format
+//!   that saves a partition's state with its offset ([`state::checkpoint`]).
+//! - [`runtime`]: what every task shares: the service's own metrics and readiness
+//!   ([`runtime::telemetry`]), task failures and the faults tests inject.
+//! - [`source`]: the consumer group member (at-least-once: offsets stored after apply), the
+//!   take-over of assigned partitions, the checkpoint topic, dead letters.
 //! - [`alert`]: threshold and drop rules with `for`, guards and hysteresis; Alertmanager
-//!   delivery. [`rules`] renders the same rules for Prometheus.
-//! - [`service`] wires these together; [`generate`] and [`demo`] make traffic to show it.
-//!
-//! Everything from `decode` to `kpi` is pure and synchronous; I/O lives in `source`,
-//! `export` and `service`.
+//!   delivery.
+//! - [`read`]: what readers see: the Prometheus exposition, the JSON API and its router, the
+//!   live page, the KPI feed to Kafka, the Prometheus rule files.
+//! - [`server`]: TLS and authentication in front of the router.
+//! - [`service`]: wires it all together, runs and supervises the tasks.
+//! - [`tools`]: the traffic generator and the demo.
 
 // No `unsafe` here: the speed comes from data layout, not from unchecked code.
 #![forbid(unsafe_code)]
 
-pub mod aggregate;
 pub mod alert;
-pub mod checkpoint;
 pub mod config;
-pub mod deadletter;
-pub mod decode;
-pub mod dedup;
-pub mod demo;
-pub mod export;
-pub mod fault;
-pub mod generate;
-pub mod kafka;
-pub mod kpi;
-pub mod rules;
+pub mod pure;
+pub mod read;
+pub mod runtime;
+pub mod server;
 pub mod service;
 pub mod source;
-pub mod task;
-pub mod telemetry;
-pub mod window;
+pub mod state;
+pub mod tools;
 
 /// Wall-clock time in epoch milliseconds: the only clock the pure core is ever given.
 pub fn now_ms() -> i64 {

@@ -149,10 +149,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         prometheus_rule,
     }) = &cli.command
     {
-        let rules = ecom_pulse::rules::render(&config);
+        let rules = ecom_pulse::read::rules::render(&config);
         match write {
             None if *prometheus_rule => {
-                print!("{}", ecom_pulse::rules::render_prometheus_rule(&config))
+                print!(
+                    "{}",
+                    ecom_pulse::read::rules::render_prometheus_rule(&config)
+                )
             }
             None => print!("{rules}"),
             Some(dir) => {
@@ -161,7 +164,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))
                 };
                 write("ecom-pulse.rules.yml", rules)?;
-                let tests = ecom_pulse::rules::render_tests(&config, "ecom-pulse.rules.yml");
+                let tests = ecom_pulse::read::rules::render_tests(&config, "ecom-pulse.rules.yml");
                 write("ecom-pulse.rules.test.yml", tests)?;
                 eprintln!(
                     "wrote {0}/ecom-pulse.rules.yml and {0}/ecom-pulse.rules.test.yml",
@@ -190,7 +193,7 @@ async fn execute(command: Option<Command>, config: Config) -> anyhow::Result<()>
             service.run(shutdown).await?;
         }
         Command::Demo { rate } => {
-            ecom_pulse::demo::run(config, rate, shutdown).await?;
+            ecom_pulse::tools::demo::run(config, rate, shutdown).await?;
         }
         Command::Generate {
             brokers,
@@ -201,7 +204,14 @@ async fn execute(command: Option<Command>, config: Config) -> anyhow::Result<()>
             let properties = config.kafka.properties.clone();
             let topics = config.kafka.topics.clone();
             let sent = tokio::task::spawn_blocking(move || {
-                ecom_pulse::generate::run(&brokers, &topics, rate, bad_ratio, &properties, shutdown)
+                ecom_pulse::tools::generate::run(
+                    &brokers,
+                    &topics,
+                    rate,
+                    bad_ratio,
+                    &properties,
+                    shutdown,
+                )
             })
             .await??;
             tracing::info!(sent, "generator stopped");

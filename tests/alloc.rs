@@ -9,10 +9,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ecom_pulse::aggregate::{Limits, Outcome, Pipeline};
-use ecom_pulse::decode::Decoder;
-use ecom_pulse::generate::synthetic;
-use ecom_pulse::window::Windows;
+use ecom_pulse::pure::decode::Decoder;
+use ecom_pulse::pure::window::Windows;
+use ecom_pulse::state::aggregate::{Limits, Outcome, Pipeline};
+use ecom_pulse::tools::generate::synthetic;
 
 struct Counting;
 

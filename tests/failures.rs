@@ -1,5 +1,5 @@
 //! What a supervisor sees when one of the service's tasks dies: a fault injected into each
-//! task in turn (debug builds only, see `ecom_pulse::fault`) takes the process down with a
+//! task in turn (debug builds only, see `ecom_pulse::runtime::fault`) takes the process down with a
 //! non-zero exit and the cause in the log, never a clean exit. And a partition whose restore
 //! never completes shows as stalled.
 

@@ -6,10 +6,10 @@
 
 mod common;
 
-use ecom_pulse::aggregate::{Outcome, Pipeline, Store, TopicPartition};
 use ecom_pulse::config::Config;
-use ecom_pulse::export::metrics::render_kpis;
-use ecom_pulse::kpi::ClvAssumptions;
+use ecom_pulse::pure::kpi::ClvAssumptions;
+use ecom_pulse::read::metrics::render_kpis;
+use ecom_pulse::state::aggregate::{Outcome, Pipeline, Store, TopicPartition};
 
 const EVENTS: usize = 1_000_000;
 const PARTITIONS: usize = 3;

@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ecom_pulse::aggregate::TopicPartition;
 use ecom_pulse::config::Config;
 use ecom_pulse::service::Service as Ecom;
+use ecom_pulse::state::aggregate::TopicPartition;
 use rdkafka::consumer::Consumer;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};

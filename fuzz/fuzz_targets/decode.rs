@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use ecom_pulse::decode::Decoder;
+use ecom_pulse::pure::decode::Decoder;
 use libfuzzer_sys::fuzz_target;
 
 static DECODER: LazyLock<Decoder> =

@@ -3,12 +3,12 @@
 //! checkpoint do with the state. No panic anywhere, and a checkpoint reads back the same.
 #![no_main]
 
-use ecom_pulse::aggregate::{Limits, Pipeline, Store, TopicPartition};
-use ecom_pulse::checkpoint;
-use ecom_pulse::decode::Decoder;
-use ecom_pulse::export::metrics::render_kpis;
-use ecom_pulse::kpi::ClvAssumptions;
-use ecom_pulse::window::Windows;
+use ecom_pulse::pure::decode::Decoder;
+use ecom_pulse::pure::kpi::ClvAssumptions;
+use ecom_pulse::pure::window::Windows;
+use ecom_pulse::read::metrics::render_kpis;
+use ecom_pulse::state::aggregate::{Limits, Pipeline, Store, TopicPartition};
+use ecom_pulse::state::checkpoint;
 use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_795_334_400_000;
@@ -32,13 +32,13 @@ fuzz_target!(|data: &[u8]| {
         // A little under a second between messages: buckets roll over, dedup generations too.
         now = NOW + 997 * offset as i64;
         pipeline.process(&mut state, message, now - 1000, now);
-        state.applied(offset as i64);
+        state.applied(offset as i64, now, now - 1000);
     }
     state.evict_idle(&pipeline.windows, &pipeline.limits, now);
 
     let bytes = checkpoint::encode(&state, &pipeline.windows);
-    let (mut restored, geometry) = checkpoint::decode(&bytes).expect("a checkpoint reads back");
-    assert!(restored.reconfigure(&pipeline, &geometry));
+    let (mut restored, layout) = checkpoint::decode(&bytes).expect("a checkpoint reads back");
+    assert!(restored.reconfigure(&pipeline, &layout, now).kept_all());
     assert!(restored.same_aggregates(&state));
     assert_eq!(restored.dedup().len(), state.dedup().len());
     assert_eq!(restored.next_offset(), state.next_offset());

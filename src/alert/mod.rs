@@ -15,7 +15,7 @@
 //! Drop rules compare the window with the preceding window of the same length: "ROAS fell by
 //! 30 % hour over hour" fires when this hour's ROAS ≤ 0.7 × last hour's.
 //!
-//! The generated Prometheus rules (`crate::rules`) evaluate the same conditions on the
+//! The generated Prometheus rules (`crate::read::rules`) evaluate the same conditions on the
 //! exported series, and `/metrics` has no series for a window without data. So here too a
 //! window without data is not evaluated, rather than read as zero orders: otherwise
 //! `orders < 1` would fire here for ever for every campaign that ended, and never in
@@ -32,10 +32,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::aggregate::{Key, Snapshot};
 use crate::config::AlertRuleConfig;
-use crate::kpi::{ClvAssumptions, Kpis, Sums};
-use crate::window::Windows;
+use crate::pure::kpi::{ClvAssumptions, Kpis, Sums};
+use crate::pure::window::Windows;
+use crate::state::aggregate::{Key, Snapshot};
 
 /// What a rule watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -644,7 +644,7 @@ fn end(alert: Alert, now_ms: i64, reason: ResolvedReason) -> Transition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Row;
+    use crate::state::aggregate::Row;
     use std::time::Duration;
 
     const T0: i64 = 1_795_334_400_000;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Alert, ResolvedReason};
 use crate::config::AlertmanagerConfig;
-use crate::telemetry::{RateLimit, Telemetry};
+use crate::runtime::telemetry::{RateLimit, Telemetry};
 
 /// What the evaluator tells the notifier after each evaluation.
 #[derive(Debug, Clone)]
@@ -233,7 +233,7 @@ impl Notifier {
                 biased;
                 _ = shutdown.cancelled() => break,
                 update = updates.recv() => {
-                    crate::fault::trip("notifier");
+                    crate::runtime::fault::trip("notifier");
                     let Some(update) = update else { break };
                     firing = update.firing;
                     resolved.extend(update.resolved);
@@ -318,8 +318,8 @@ fn id(a: &Alert) -> (String, String, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Key;
     use crate::alert::Phase;
+    use crate::state::aggregate::Key;
 
     #[test]
     fn an_alert_becomes_alertmanager_json() {

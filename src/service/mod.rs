@@ -11,21 +11,21 @@ use tokio_util::sync::CancellationToken;
 
 mod ticker;
 
-use crate::aggregate::{Pipeline, Store};
 use crate::alert::notify::{Notifier, Update};
 use crate::alert::{AlertView, Engine, Rule};
-use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{Config, ConfigError};
-use crate::deadletter::DeadLetters;
-use crate::export::feed::Feed;
-use crate::export::history::History;
-use crate::export::http::{AppState, router};
-use crate::export::metrics::{AlertCollector, PartitionCollector};
-use crate::export::web::{Web, WebConfigError, protect};
-use crate::kpi::ClvAssumptions;
+use crate::pure::kpi::ClvAssumptions;
+use crate::read::feed::Feed;
+use crate::read::history::History;
+use crate::read::http::{AppState, router};
+use crate::read::metrics::{AlertCollector, PartitionCollector};
+use crate::runtime::task::TaskFailure;
+use crate::runtime::telemetry::{Health, Telemetry};
+use crate::server::web::{Web, WebConfigError, protect};
+use crate::source::checkpoints::CheckpointStore;
+use crate::source::deadletter::DeadLetters;
 use crate::source::{Source, SourceError};
-use crate::task::TaskFailure;
-use crate::telemetry::{Health, Telemetry};
+use crate::state::aggregate::{Pipeline, Store};
 use ticker::Ticker;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +41,11 @@ pub enum ServiceError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("checkpoints: {0}")]
-    Checkpoint(#[source] crate::checkpoint::CheckpointError),
+    Checkpoint(#[source] crate::state::checkpoint::CheckpointError),
     #[error("kafka.kpis_topic / kafka.alerts_topic producer: {0}")]
     Feed(#[source] rdkafka::error::KafkaError),
     #[error(transparent)]
-    DeadLetters(#[from] crate::deadletter::DeadLetterError),
+    DeadLetters(#[from] crate::source::deadletter::DeadLetterError),
     #[error("Alertmanager client: {0}")]
     Alertmanager(#[source] crate::alert::notify::NotifyError),
     #[error(transparent)]
@@ -341,14 +341,14 @@ fn host_name() -> String {
 /// then lets in-flight requests finish.
 async fn serve(
     listener: TcpListener,
-    tls: Option<crate::export::web::Tls>,
+    tls: Option<crate::server::web::Tls>,
     app: axum::Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     // Tests make the server fail on purpose (debug builds only; see `fault`).
     #[cfg(debug_assertions)]
     let failing = async {
-        while !crate::fault::armed("http") {
+        while !crate::runtime::fault::armed("http") {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         Err::<(), _>(std::io::Error::other(
@@ -370,7 +370,7 @@ async fn serve(
 
 async fn serve_until(
     listener: TcpListener,
-    tls: Option<crate::export::web::Tls>,
+    tls: Option<crate::server::web::Tls>,
     app: axum::Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {

@@ -8,14 +8,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::{Snapshot, Store};
 use crate::alert::notify::Update;
 use crate::alert::{Alert, AlertView, Engine, Phase, ResolvedReason};
-use crate::export::feed::Feed;
-use crate::export::history::History;
-use crate::kpi::ClvAssumptions;
-use crate::telemetry::{Health, Telemetry};
-use crate::window::Windows;
+use crate::pure::kpi::ClvAssumptions;
+use crate::pure::window::Windows;
+use crate::read::feed::Feed;
+use crate::read::history::History;
+use crate::runtime::telemetry::{Health, Telemetry};
+use crate::state::aggregate::{Snapshot, Store};
 
 pub struct Ticker {
     pub engine: Engine,
@@ -67,7 +67,7 @@ impl Ticker {
     }
 
     async fn evaluate(&mut self) {
-        crate::fault::trip("evaluator");
+        crate::runtime::fault::trip("evaluator");
         if self.engine.rules().is_empty() {
             return;
         }
@@ -128,7 +128,7 @@ impl Ticker {
         let (snapshot, now) = self.snapshot().await;
         self.history.record(&snapshot, self.windows.len(), now);
         if let Some(feed) = &self.feed {
-            crate::fault::trip("feed");
+            crate::runtime::fault::trip("feed");
             // The moment this tick stands for (the snapshot is read a little after it).
             let every = self.snapshot_interval.as_millis().max(1) as i64;
             let at = now - (now + every / 2).rem_euclid(every) + every / 2;

@@ -16,11 +16,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use super::{describe, warn_within};
-use crate::aggregate::{PartitionState, Pipeline, TopicPartition};
-use crate::checkpoint::kafka::CheckpointStore;
-use crate::deadletter::DeadLetters;
-use crate::kafka::Quiet;
-use crate::telemetry::{Health, Progress, RateLimit, Telemetry};
+use crate::runtime::telemetry::{Health, Progress, RateLimit, Telemetry};
+use crate::source::checkpoints::CheckpointStore;
+use crate::source::client::Quiet;
+use crate::source::deadletter::DeadLetters;
+use crate::state::aggregate::{PartitionState, Pipeline, TopicPartition};
 
 /// A partition taken over: its state, where its consumption starts, and how far it has to
 /// catch up.
@@ -50,7 +50,7 @@ impl Restorer {
     /// Restores (or starts fresh) the state of newly assigned partitions and says where each
     /// one's consumption starts. `None` if shutting down before the checkpoints could be read.
     pub fn take_over(&self, tps: &[TopicPartition]) -> Option<Vec<Restored>> {
-        crate::fault::hang("restore", &|| self.shutdown.is_cancelled());
+        crate::runtime::fault::hang("restore", &|| self.shutdown.is_cancelled());
         let mut loaded = loop {
             match self.checkpoints.load(tps, Duration::from_secs(60)) {
                 Ok(loaded) => break loaded,
@@ -150,7 +150,7 @@ impl Restorer {
         &self,
         tp: &TopicPartition,
         state: &mut PartitionState,
-        mark: Option<crate::checkpoint::DeadLetterMark>,
+        mark: Option<crate::state::checkpoint::DeadLetterMark>,
     ) {
         let Some(dead_letters) = &self.dead_letters else {
             return;
@@ -181,10 +181,10 @@ impl Restorer {
         &self,
         tp: &TopicPartition,
         state: &mut PartitionState,
-        reshape: &crate::aggregate::Reshape,
+        reshape: &crate::state::aggregate::Reshape,
         low: Option<i64>,
     ) -> i64 {
-        use crate::aggregate::rebuild::{COMPLETE, UNKNOWN};
+        use crate::state::aggregate::rebuild::{COMPLETE, UNKNOWN};
         let indexed = state
             .rebuild_start(&self.pipeline, reshape, crate::now_ms())
             .filter(|&(offset, _)| low.is_none_or(|low| offset >= low));

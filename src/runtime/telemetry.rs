@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::aggregate::{Outcome, TopicPartition};
-use crate::decode::{EventType, Reason, Rejection};
+use crate::pure::decode::{EventType, Reason, Rejection};
+use crate::state::aggregate::{Outcome, TopicPartition};
 
 /// Registered service metrics.
 pub struct Telemetry {
@@ -619,7 +619,7 @@ impl Health {
     }
 
     /// A task stopped before shutdown: not ready from now on, with the reason.
-    pub fn fail(&self, failure: &crate::task::TaskFailure) {
+    pub fn fail(&self, failure: &crate::runtime::task::TaskFailure) {
         tracing::error!(task = failure.task, cause = %failure.cause, "a task of the service stopped; shutting down to be restarted");
         self.failed
             .lock()
@@ -890,7 +890,7 @@ mod tests {
         h.set_connected(true);
         h.assignment_received();
         assert_eq!(h.readiness(), Ok(()));
-        h.fail(&crate::task::TaskFailure::new(
+        h.fail(&crate::runtime::task::TaskFailure::new(
             "checkpoint writer",
             "panicked: boom",
         ));
@@ -899,7 +899,7 @@ mod tests {
             why.contains("checkpoint writer stopped: panicked: boom"),
             "{why}"
         );
-        h.fail(&crate::task::TaskFailure::new("other", "later"));
+        h.fail(&crate::runtime::task::TaskFailure::new("other", "later"));
         assert!(h.readiness().unwrap_err().contains("checkpoint writer"));
         let h = Health::default();
         h.set_connected(true);
@@ -964,7 +964,7 @@ mod tests {
         tally.record(&t, &Outcome::Duplicate, &"here");
         tally.record(
             &t,
-            &Outcome::Rejected(crate::decode::Rejection {
+            &Outcome::Rejected(crate::pure::decode::Rejection {
                 reason: Reason::TooLate,
                 field: None,
                 detail: "x",

@@ -15,11 +15,11 @@
 
 use std::fmt::Write;
 
-use crate::aggregate::{Key, Row, Snapshot};
 use crate::alert::{Alert, Condition, Engine, Kpi, Op, Phase, Rule, drop_factors};
 use crate::config::Config;
-use crate::kpi::{ClvAssumptions, Sums};
-use crate::window::Windows;
+use crate::pure::kpi::{ClvAssumptions, Sums};
+use crate::pure::window::Windows;
+use crate::state::aggregate::{Key, Row, Snapshot};
 
 /// Roll-up levels: name and the labels kept.
 const LEVELS: [(&str, &str); 4] = [

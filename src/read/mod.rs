@@ -6,4 +6,4 @@ pub mod http;
 pub mod metrics;
 pub mod page;
 pub mod rows;
-pub mod web;
+pub mod rules;

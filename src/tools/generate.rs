@@ -9,7 +9,7 @@
 //! co-partitions the three topics.
 
 use crate::config::KafkaProperties;
-use crate::kafka::Quiet;
+use crate::source::client::Quiet;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -480,10 +480,10 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Outcome, Pipeline, Store, TopicPartition};
-    use crate::decode::{Decoder, EventType};
-    use crate::kpi::ClvAssumptions;
-    use crate::window::Windows;
+    use crate::pure::decode::{Decoder, EventType};
+    use crate::pure::kpi::ClvAssumptions;
+    use crate::pure::window::Windows;
+    use crate::state::aggregate::{Outcome, Pipeline, Store, TopicPartition};
 
     #[test]
     fn generated_traffic_decodes_and_drifts_one_campaign_below_break_even() {

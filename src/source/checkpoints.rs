@@ -19,15 +19,15 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use super::{
+use crate::config::{CheckpointConfig, KafkaConfig, Redactor};
+use crate::pure::window::Windows;
+use crate::source::client::Quiet;
+use crate::source::deadletter::DeadLetters;
+use crate::state::aggregate::{PartitionState, SavedLayout, SharedPartition, TopicPartition};
+use crate::state::checkpoint::{
     Assembler, CheckpointError, DeadLetterMark, Manifest, Scratch, VERSION, append_chunks,
     checkpoint_partition, chunk_key, encode_into, manifest_key,
 };
-use crate::aggregate::{PartitionState, SavedLayout, SharedPartition, TopicPartition};
-use crate::config::{CheckpointConfig, KafkaConfig, Redactor};
-use crate::deadletter::DeadLetters;
-use crate::kafka::Quiet;
-use crate::window::Windows;
 
 /// How long a checkpoint waits for the dead letters of what it covers; past it, the partition
 /// is saved at the next round.
@@ -360,7 +360,12 @@ impl CheckpointStore {
                 let checkpoint_id = self.id_base | (seq & 0xffff_ffff);
                 wave.push(Pending {
                     tp: tp.clone(),
-                    ranges: append_chunks(payload, checkpoint_id, super::MAX_CHUNK_BYTES, chunks),
+                    ranges: append_chunks(
+                        payload,
+                        checkpoint_id,
+                        crate::state::checkpoint::MAX_CHUNK_BYTES,
+                        chunks,
+                    ),
                     bytes: payload.len(),
                     checksum: xxhash_rust::xxh3::xxh3_64(payload),
                     next_offset,
@@ -607,7 +612,7 @@ impl CheckpointStore {
                     // Intact (the checksum matched) but unreadable: written by a version of
                     // ecom-pulse with another format. Start the partition over rather than
                     // refuse to consume it.
-                    let (state, layout) = match super::decode(&payload) {
+                    let (state, layout) = match crate::state::checkpoint::decode(&payload) {
                         Ok(decoded) => decoded,
                         Err(e) => {
                             tracing::error!(partition = %format!("{}/{}", tp.topic, tp.partition), error = %e, "checkpoint unreadable; the partition starts fresh");
@@ -716,8 +721,8 @@ mod tests {
     use rdkafka::mocking::MockCluster;
 
     use super::*;
-    use crate::aggregate::Pipeline;
     use crate::config::Config;
+    use crate::state::aggregate::Pipeline;
 
     /// A round bigger than a wave goes out in several, and every partition reads back whole.
     #[test]

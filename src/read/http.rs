@@ -13,15 +13,15 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{GroupBy, Store};
 use crate::alert::AlertView;
 use crate::alert::notify;
-use crate::export::history::History;
-use crate::export::metrics::render_kpis_in_pieces;
-use crate::export::rows::{RowCoverage, kpi_row};
-use crate::kpi::ClvAssumptions;
-use crate::telemetry::{Coverage, Health, Telemetry};
-use crate::window::Windows;
+use crate::pure::kpi::ClvAssumptions;
+use crate::pure::window::Windows;
+use crate::read::history::History;
+use crate::read::metrics::render_kpis_in_pieces;
+use crate::read::rows::{RowCoverage, kpi_row};
+use crate::runtime::telemetry::{Coverage, Health, Telemetry};
+use crate::state::aggregate::{GroupBy, Store};
 
 /// What the handlers read. Cheap to clone.
 #[derive(Clone)]
@@ -266,7 +266,7 @@ async fn kpis(State(state): State<AppState>, Query(q): Query<KpiQuery>) -> Respo
 /// `GET /`: the live page.
 async fn page(State(state): State<AppState>) -> axum::response::Html<String> {
     let windows: Vec<&str> = state.windows.specs().iter().map(|s| &*s.label).collect();
-    axum::response::Html(crate::export::page::render(
+    axum::response::Html(crate::read::page::render(
         &windows,
         state.telemetry.reporting_currency(),
     ))
@@ -404,7 +404,7 @@ pub struct AlertEntry {
     pub active_since: String,
     /// When it started firing, if it does.
     pub firing_since: Option<String>,
-    /// Input partitions this instance holds, of all the consumed topics' (see [`KpiRow`]):
+    /// Input partitions this instance holds, of all the consumed topics' (see [`KpiRow`](crate::read::rows::KpiRow)):
     /// an instance raises alerts on the keys of its own partitions only.
     pub partitions_held: usize,
     pub partitions_total: usize,
@@ -439,10 +439,10 @@ async fn alerts(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Pipeline, TopicPartition};
-    use crate::decode::Decoder;
-    use crate::export::metrics::AlertCollector;
-    use crate::export::rows::KpiRow;
+    use crate::pure::decode::Decoder;
+    use crate::read::metrics::AlertCollector;
+    use crate::read::rows::KpiRow;
+    use crate::state::aggregate::{Pipeline, TopicPartition};
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
     use tower::ServiceExt;
@@ -669,7 +669,7 @@ mod tests {
             rule: 0,
             name: "RoasBelowBreakEven".into(),
             severity: "warning".into(),
-            key: crate::aggregate::Key::new("spring", "paid_social"),
+            key: crate::state::aggregate::Key::new("spring", "paid_social"),
             window: "1h".into(),
             phase: crate::alert::Phase::Firing,
             value: 1.5,

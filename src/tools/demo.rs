@@ -11,8 +11,8 @@ use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::generate;
 use crate::service::{Service, ServiceError};
+use crate::tools::generate;
 
 /// Partitions per demo topic. The mock keeps ~5 MiB per partition, so spread the traffic.
 const PARTITIONS: i32 = 6;

@@ -1,7 +1,7 @@
 //! Checkpoints: a partition's state and the offset it reaches, saved together so a restart or
 //! a new owner continues exactly where the state left off.
 //!
-//! The format is pure and tested here; [`kafka`] writes and reads it on a compacted topic.
+//! The format is pure and tested here; [`crate::source::checkpoints`] writes and reads it on a compacted topic.
 //!
 //! A checkpoint of input partition (topic, p) is one or more **chunks** followed by a
 //! **manifest**, all on the same checkpoint-topic partition, in that order:
@@ -22,12 +22,10 @@
 //! and intact; any such checkpoint is a consistent (state, offset) pair, so replaying the input
 //! from its offset gives exactly the numbers of an uninterrupted run.
 
-pub mod kafka;
-
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{PartitionState, SavedLayout, TopicPartition};
-use crate::window::{RingLayout, Windows};
+use crate::pure::window::{RingLayout, Windows};
+use crate::state::aggregate::{PartitionState, SavedLayout, TopicPartition};
 
 /// Format version of both the encoded state and the manifest, written.
 pub const VERSION: u8 = 5;
@@ -89,13 +87,13 @@ struct Saved {
 #[derive(Deserialize)]
 struct SavedV4 {
     geometry: Vec<(i64, i64)>,
-    state: crate::aggregate::PartitionStateV4,
+    state: crate::state::aggregate::PartitionStateV4,
 }
 
 #[derive(Deserialize)]
 struct SavedV3 {
     geometry: Vec<(i64, i64)>,
-    state: crate::aggregate::PartitionStateV3,
+    state: crate::state::aggregate::PartitionStateV3,
 }
 
 /// Encodes a state (postcard, then LZ4: empty buckets are runs of zero bytes).
@@ -371,8 +369,8 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Outcome, Pipeline, Store};
-    use crate::decode::Decoder;
+    use crate::pure::decode::Decoder;
+    use crate::state::aggregate::{Outcome, Pipeline, Store};
 
     const T0: i64 = 1_795_334_400_000;
 
@@ -582,7 +580,7 @@ mod tests {
         let again = format!(r#"{{"type":"order","event_id":"o5","timestamp":{T0},"amount":1}}"#);
         assert_eq!(
             p.process(&mut back, again.as_bytes(), T0, T0),
-            crate::aggregate::Outcome::Duplicate
+            crate::state::aggregate::Outcome::Duplicate
         );
         // Reading back gives the same sums.
         let (a, b) = (Store::default(), Store::default());
@@ -644,7 +642,7 @@ mod tests {
     fn a_changed_configuration_keeps_what_still_fits() {
         let p = pipeline(&["5m", "1h"]);
         let st = filled(&p, 100);
-        let five = |st: &PartitionState| -> Vec<crate::kpi::Sums> {
+        let five = |st: &PartitionState| -> Vec<crate::pure::kpi::Sums> {
             let mut all: Vec<_> = st
                 .keys()
                 .map(|(k, ks)| (k.clone(), ks.window_sums(&p.windows, 0, T0)))
@@ -717,7 +715,7 @@ mod tests {
     /// and every window says it is complete.
     #[test]
     fn windows_a_configuration_change_cannot_keep_are_rebuilt_from_the_input() {
-        use crate::aggregate::rebuild::COMPLETE;
+        use crate::state::aggregate::rebuild::COMPLETE;
         let before = pipeline(&["5m", "1h"]);
         let log = timeline();
         let end = log.last().unwrap().1;
@@ -951,8 +949,8 @@ mod tests {
 
     mod property {
         use super::*;
-        use crate::aggregate::Key;
-        use crate::kpi::Sums;
+        use crate::pure::kpi::Sums;
+        use crate::state::aggregate::Key;
         use proptest::prelude::*;
         use std::collections::BTreeMap;
 

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, VecDeque};
 use parking_lot::RwLock;
 use serde::Serialize;
 
-use crate::aggregate::{GroupBy, Snapshot};
-use crate::kpi::{ClvAssumptions, Sums};
+use crate::pure::kpi::{ClvAssumptions, Sums};
+use crate::state::aggregate::{GroupBy, Snapshot};
 
 /// One campaign's (or the fleet's) line: a value per sample, `null` where undefined.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -129,7 +129,7 @@ fn push(line: &mut Line, sums: Option<&Sums>, clv: &ClvAssumptions) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Key, Row};
+    use crate::state::aggregate::{Key, Row};
 
     const CLV: ClvAssumptions = ClvAssumptions {
         purchases_per_year: 4.0,

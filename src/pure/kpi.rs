@@ -6,7 +6,7 @@
 
 use std::ops::AddAssign;
 
-use crate::decode::MICROS_PER_UNIT;
+use crate::pure::decode::MICROS_PER_UNIT;
 
 /// What a window (or a counter) holds for one key: the raw material of every KPI.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -7,13 +7,13 @@
 //! its partition is read again from an earlier offset: those events go into the missing
 //! buckets only, never into the counters, the other windows or the de-duplication memory of
 //! the live stream, which already have them. Where the topic no longer holds that far back,
-//! the window fills from what it holds and says how much it covers ([`Coverage`]).
+//! the window fills from what it holds and says how much it covers ([`PartitionState::coverage`](crate::state::aggregate::PartitionState::coverage)).
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dedup::Dedup;
+use crate::pure::dedup::Dedup;
 
 /// The first offset applied in each slot of wall-clock time, over the span the windows and
 /// the de-duplication horizon need. An event counts in a window at time `t` only if its place

@@ -27,11 +27,11 @@ use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use crate::aggregate::TopicPartition;
 use crate::config::{KafkaConfig, Redactor};
-use crate::decode::Rejection;
-use crate::kafka::Quiet;
-use crate::telemetry::Telemetry;
+use crate::pure::decode::Rejection;
+use crate::runtime::telemetry::Telemetry;
+use crate::source::client::Quiet;
+use crate::state::aggregate::TopicPartition;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -129,7 +129,7 @@ impl DeadLetters {
         for (k, v) in &kafka.properties {
             config.set(k, v);
         }
-        for key in crate::kafka::CONSUMER_ONLY {
+        for key in crate::source::client::CONSUMER_ONLY {
             config.remove(key);
         }
         let client_config = config.clone();

@@ -12,15 +12,15 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use serde::Serialize;
 
-use crate::aggregate::Snapshot;
 use crate::alert::notify::rfc3339;
 use crate::alert::{Phase, ResolvedReason, Transition};
 use crate::config::KafkaConfig;
-use crate::export::rows::{KpiRow, RowCoverage, kpi_row};
-use crate::kafka::Quiet;
-use crate::kpi::ClvAssumptions;
-use crate::telemetry::{Coverage, Telemetry};
-use crate::window::Windows;
+use crate::pure::kpi::ClvAssumptions;
+use crate::pure::window::Windows;
+use crate::read::rows::{KpiRow, RowCoverage, kpi_row};
+use crate::runtime::telemetry::{Coverage, Telemetry};
+use crate::source::client::Quiet;
+use crate::state::aggregate::Snapshot;
 
 pub const KPI_SCHEMA: &str = "ecom-pulse.kpi.v1";
 pub const ALERT_SCHEMA: &str = "ecom-pulse.alert.v1";
@@ -121,7 +121,7 @@ impl Feed {
         for (k, v) in &kafka.properties {
             config.set(k, v);
         }
-        for key in crate::kafka::CONSUMER_ONLY {
+        for key in crate::source::client::CONSUMER_ONLY {
             config.remove(key);
         }
         let producer = config

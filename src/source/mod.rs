@@ -1,7 +1,7 @@
 //! The Kafka side: one member of the consumer group, exact across restarts and rebalances.
 //!
 //! Each input partition's state is checkpointed together with the offset it reaches
-//! ([`crate::checkpoint`]). When the group assigns a partition, its newest checkpoint is
+//! ([`crate::state::checkpoint`]). When the group assigns a partition, its newest checkpoint is
 //! restored *before* the partition is handed to librdkafka, and consumption starts at the
 //! checkpoint's offset, so every event after it is applied exactly once to exactly the state
 //! that preceded it. When a partition is revoked, a final checkpoint is written and its
@@ -31,15 +31,20 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::{Outcome, PartitionState, Pipeline, SharedPartition, Store, TopicPartition};
-use crate::checkpoint::kafka::CheckpointStore;
 use crate::config::{KafkaConfig, Redactor};
-use crate::deadletter::{DeadLetters, Rejected};
-use crate::decode::{Reason, Rejection};
-use crate::kafka::Quiet;
-use crate::task::TaskFailure;
-use crate::telemetry::{Health, RateLimit, Tally, Telemetry};
+use crate::pure::decode::{Reason, Rejection};
+use crate::runtime::task::TaskFailure;
+use crate::runtime::telemetry::{Health, RateLimit, Tally, Telemetry};
+use crate::source::checkpoints::CheckpointStore;
+use crate::source::client::Quiet;
+use crate::source::deadletter::{DeadLetters, Rejected};
+use crate::state::aggregate::{
+    Outcome, PartitionState, Pipeline, SharedPartition, Store, TopicPartition,
+};
 
+pub mod checkpoints;
+pub mod client;
+pub mod deadletter;
 pub mod restore;
 pub mod stats;
 
@@ -795,7 +800,7 @@ impl Source {
         let mut since_check: u8 = 0;
         loop {
             if since_check == 0 || !wait.is_zero() {
-                crate::fault::trip("consumer");
+                crate::runtime::fault::trip("consumer");
                 ctx.install_restored(&self.consumer);
                 ctx.telemetry.add(&mut handles.tally);
                 for tp in ctx.reached.lock().drain(..) {
@@ -931,7 +936,7 @@ async fn checkpoint_loop(consumer: Arc<Kafka>, every: Duration, shutdown: Cancel
             biased;
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
-                crate::fault::trip("checkpoint");
+                crate::runtime::fault::trip("checkpoint");
                 if round.as_ref().is_none_or(|r| r.is_finished()) {
                     let consumer = consumer.clone();
                     // Sync commit on this blocking thread: its result is ours to count (results
@@ -962,7 +967,7 @@ fn probe_config(cfg: &KafkaConfig) -> ClientConfig {
     for (key, value) in &cfg.properties {
         c.set(key, value);
     }
-    for key in crate::kafka::CONSUMER_ONLY {
+    for key in crate::source::client::CONSUMER_ONLY {
         c.remove(key);
     }
     c.set("client.id", "ecom-pulse-watermarks");
@@ -996,7 +1001,7 @@ async fn probe_loop(
             biased;
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
-                crate::fault::trip("probe");
+                crate::runtime::fault::trip("probe");
                 // A round still going (a broker that does not answer) skips this tick.
                 if round.as_ref().is_some_and(|r| !r.is_finished()) {
                     continue;
@@ -1481,7 +1486,7 @@ fn entry<'a>(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::telemetry::Progress;
+    use crate::runtime::telemetry::Progress;
 
     /// Only the calling thread yields: a thread started after it keeps the default priority.
     #[cfg(target_os = "linux")]

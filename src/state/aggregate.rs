@@ -19,10 +19,10 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
-use crate::decode::{Decoder, Event, EventType, Reason, Rejection};
-use crate::dedup::Dedup;
-use crate::kpi::Sums;
-use crate::window::{Cell, RingLayout, Series, Windows};
+use crate::pure::decode::{Decoder, Event, EventType, Reason, Rejection};
+use crate::pure::dedup::Dedup;
+use crate::pure::kpi::Sums;
+use crate::pure::window::{Cell, RingLayout, Series, Windows};
 
 pub mod rebuild;
 
@@ -571,7 +571,7 @@ pub(crate) struct PartitionStateV4 {
 #[derive(Deserialize)]
 pub(crate) struct PartitionStateV3 {
     keys: hashbrown::HashMap<Key, KeyState>,
-    dedup: crate::dedup::DedupV3,
+    dedup: crate::pure::dedup::DedupV3,
     next_offset: i64,
     watermark_ms: i64,
 }
@@ -1091,7 +1091,7 @@ pub fn clean_label(value: &str, max: usize) -> Cow<'_, str> {
     }
     if out.is_empty() {
         // Nothing but control characters: as if the name were empty.
-        return Cow::Borrowed(crate::decode::NONE_LABEL);
+        return Cow::Borrowed(crate::pure::decode::NONE_LABEL);
     }
     Cow::Owned(out)
 }
@@ -1623,7 +1623,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Decoder;
+    use crate::pure::decode::Decoder;
 
     const T0: i64 = 1_763_798_400_000;
     const MIN: i64 = 60_000;

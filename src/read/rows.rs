@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::Snapshot;
-use crate::kpi::{ClvAssumptions, Sums};
-use crate::telemetry::Coverage;
-use crate::window::Windows;
+use crate::pure::kpi::{ClvAssumptions, Sums};
+use crate::pure::window::Windows;
+use crate::runtime::telemetry::Coverage;
+use crate::state::aggregate::Snapshot;
 
 /// One row of `/api/v1/kpis`. A label that was grouped away is `null`.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
