@@ -177,7 +177,7 @@ def fill(brokers, events, keys, spread_minutes, tag):
     return time.monotonic() - t
 
 
-# ecom-pulse's own librdkafka tuning (src/source.rs), given to the floor as well so the two
+# ecom-pulse's own librdkafka tuning (src/source/mod.rs), given to the floor as well so the two
 # read the topics the same way.
 TUNING = ["fetch.queue.backoff.ms=10"]
 

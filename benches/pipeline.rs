@@ -8,9 +8,11 @@ use std::collections::VecDeque;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ecom_pulse::pure::decode::Decoder;
 use ecom_pulse::pure::kpi::ClvAssumptions;
+use ecom_pulse::pure::limits::Limits;
+use ecom_pulse::pure::pipeline::{Outcome, Pipeline};
 use ecom_pulse::pure::window::Windows;
 use ecom_pulse::read::metrics::render_kpis;
-use ecom_pulse::state::aggregate::{Limits, Outcome, Pipeline, Store, TopicPartition};
+use ecom_pulse::state::store::{Store, TopicPartition};
 use ecom_pulse::tools::generate::synthetic;
 
 /// Keys: campaign x channel pairs.
@@ -194,7 +196,7 @@ fn ingest_while_scraped(c: &mut Criterion) {
     };
     // As the consumer does it: a partition whose lock a reader holds gets its messages held
     // (copied) while the others go on; they are applied, in order, once the lock is free.
-    let slot = |part: &ecom_pulse::state::aggregate::SharedPartition| {
+    let slot = |part: &ecom_pulse::state::store::SharedPartition| {
         warm.iter()
             .position(|(p, _)| std::sync::Arc::ptr_eq(p, part))
             .unwrap()
@@ -207,7 +209,7 @@ fn ingest_while_scraped(c: &mut Criterion) {
         .into_iter()
         .map(|(tp, part, json)| (tp, slot(&part), part, json))
         .collect();
-    let apply = |state: &mut ecom_pulse::state::aggregate::PartitionState,
+    let apply = |state: &mut ecom_pulse::pure::partition::PartitionState,
                  held: &mut VecDeque<Box<[u8]>>,
                  json: Option<&[u8]>| {
         let accepted = |o| assert!(matches!(o, Outcome::Accepted { .. }));
@@ -222,7 +224,7 @@ fn ingest_while_scraped(c: &mut Criterion) {
     let ingest = |batch: &[(
         TopicPartition,
         usize,
-        ecom_pulse::state::aggregate::SharedPartition,
+        ecom_pulse::state::store::SharedPartition,
         Vec<u8>,
     )],
                   iters: u64| {

@@ -18,7 +18,8 @@
 //! horizon has filled (about 900 k events at that rate), memory must stay flat.
 
 use ecom_pulse::config::Config;
-use ecom_pulse::state::aggregate::{Pipeline, Store, TopicPartition};
+use ecom_pulse::pure::pipeline::Pipeline;
+use ecom_pulse::state::store::{Store, TopicPartition};
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");

@@ -16,12 +16,14 @@
 //! - [`pure`]: the core, no I/O, no locks, no configuration, time passed in.
 //!   [`pure::decode`] turns one message value into an event or a rejection with a reason;
 //!   [`pure::dedup`] remembers event ids for a horizon of event time in bounded memory;
-//!   [`pure::window`] lays out rolling windows as bucket rings; [`pure::kpi`] computes the
+//!   [`pure::window`] lays out rolling windows as bucket rings; [`pure::pipeline`] is the
+//!   per-message step that updates a [`pure::partition`] (its keys' [`pure::key_state`] of
+//!   [`pure::cells`], its de-duplication memory, its offset); [`pure::kpi`] computes the
 //!   ratios from exact sums.
 //! - [`config`]: the typed configuration, loaded and validated once at start-up.
-//! - [`state`]: the per-message step and the per-partition state it updates
-//!   ([`state::aggregate`]), shared with readers through a store, and the checkpoint format
-//!   that saves a partition's state with its offset ([`state::checkpoint`]).
+//! - [`state`]: the partitions shared with readers ([`state::store`]), the pipeline built from
+//!   the configuration, and the checkpoint format that saves a partition's state with its
+//!   offset ([`state::checkpoint`]).
 //! - [`runtime`]: what every task shares: the service's own metrics and readiness
 //!   ([`runtime::telemetry`]), task failures and the faults tests inject.
 //! - [`source`]: the consumer group member (at-least-once: offsets stored after apply), the

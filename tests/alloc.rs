@@ -10,8 +10,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ecom_pulse::pure::decode::Decoder;
+use ecom_pulse::pure::limits::Limits;
+use ecom_pulse::pure::pipeline::{Outcome, Pipeline};
 use ecom_pulse::pure::window::Windows;
-use ecom_pulse::state::aggregate::{Limits, Outcome, Pipeline};
 use ecom_pulse::tools::generate::synthetic;
 
 struct Counting;

@@ -8,8 +8,9 @@ mod common;
 
 use ecom_pulse::config::Config;
 use ecom_pulse::pure::kpi::ClvAssumptions;
+use ecom_pulse::pure::pipeline::{Outcome, Pipeline};
 use ecom_pulse::read::metrics::render_kpis;
-use ecom_pulse::state::aggregate::{Outcome, Pipeline, Store, TopicPartition};
+use ecom_pulse::state::store::{Store, TopicPartition};
 
 const EVENTS: usize = 1_000_000;
 const PARTITIONS: usize = 3;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use ecom_pulse::config::Config;
 use ecom_pulse::service::Service as Ecom;
-use ecom_pulse::state::aggregate::TopicPartition;
+use ecom_pulse::state::store::TopicPartition;
 use rdkafka::consumer::Consumer;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};

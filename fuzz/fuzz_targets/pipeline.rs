@@ -7,7 +7,9 @@ use ecom_pulse::pure::decode::Decoder;
 use ecom_pulse::pure::kpi::ClvAssumptions;
 use ecom_pulse::pure::window::Windows;
 use ecom_pulse::read::metrics::render_kpis;
-use ecom_pulse::state::aggregate::{Limits, Pipeline, Store, TopicPartition};
+use ecom_pulse::pure::limits::Limits;
+use ecom_pulse::pure::pipeline::Pipeline;
+use ecom_pulse::state::store::{Store, TopicPartition};
 use ecom_pulse::state::checkpoint;
 use libfuzzer_sys::fuzz_target;
 

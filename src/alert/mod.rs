@@ -33,9 +33,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::AlertRuleConfig;
+use crate::pure::key::Key;
 use crate::pure::kpi::{ClvAssumptions, Kpis, Sums};
 use crate::pure::window::Windows;
-use crate::state::aggregate::{Key, Snapshot};
+use crate::state::store::Snapshot;
 
 /// What a rule watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -644,7 +645,7 @@ fn end(alert: Alert, now_ms: i64, reason: ResolvedReason) -> Transition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::aggregate::Row;
+    use crate::state::store::Row;
     use std::time::Duration;
 
     const T0: i64 = 1_795_334_400_000;

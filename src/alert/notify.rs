@@ -319,7 +319,7 @@ fn id(a: &Alert) -> (String, String, String, String) {
 mod tests {
     use super::*;
     use crate::alert::Phase;
-    use crate::state::aggregate::Key;
+    use crate::pure::key::Key;
 
     #[test]
     fn an_alert_becomes_alertmanager_json() {

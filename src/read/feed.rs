@@ -20,7 +20,7 @@ use crate::pure::window::Windows;
 use crate::read::rows::{KpiRow, RowCoverage, kpi_row};
 use crate::runtime::telemetry::{Coverage, Telemetry};
 use crate::source::client::Quiet;
-use crate::state::aggregate::Snapshot;
+use crate::state::store::Snapshot;
 
 pub const KPI_SCHEMA: &str = "ecom-pulse.kpi.v1";
 pub const ALERT_SCHEMA: &str = "ecom-pulse.alert.v1";

@@ -12,7 +12,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 
 use crate::pure::kpi::{ClvAssumptions, Sums};
-use crate::state::aggregate::{GroupBy, Snapshot};
+use crate::state::store::{GroupBy, Snapshot};
 
 /// One campaign's (or the fleet's) line: a value per sample, `null` where undefined.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -129,7 +129,8 @@ fn push(line: &mut Line, sums: Option<&Sums>, clv: &ClvAssumptions) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::aggregate::{Key, Row};
+    use crate::pure::key::Key;
+    use crate::state::store::Row;
 
     const CLV: ClvAssumptions = ClvAssumptions {
         purchases_per_year: 4.0,

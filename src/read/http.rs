@@ -21,7 +21,7 @@ use crate::read::history::History;
 use crate::read::metrics::render_kpis_in_pieces;
 use crate::read::rows::{RowCoverage, kpi_row};
 use crate::runtime::telemetry::{Coverage, Health, Telemetry};
-use crate::state::aggregate::{GroupBy, Store};
+use crate::state::store::{GroupBy, Store};
 
 /// What the handlers read. Cheap to clone.
 #[derive(Clone)]
@@ -440,9 +440,10 @@ async fn alerts(State(state): State<AppState>) -> Response {
 mod tests {
     use super::*;
     use crate::pure::decode::Decoder;
+    use crate::pure::pipeline::Pipeline;
     use crate::read::metrics::AlertCollector;
     use crate::read::rows::KpiRow;
-    use crate::state::aggregate::{Pipeline, TopicPartition};
+    use crate::state::store::TopicPartition;
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
     use tower::ServiceExt;
@@ -669,7 +670,7 @@ mod tests {
             rule: 0,
             name: "RoasBelowBreakEven".into(),
             severity: "warning".into(),
-            key: crate::state::aggregate::Key::new("spring", "paid_social"),
+            key: crate::pure::key::Key::new("spring", "paid_social"),
             window: "1h".into(),
             phase: crate::alert::Phase::Firing,
             value: 1.5,

@@ -14,11 +14,13 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 use crate::alert::AlertView;
+use crate::pure::key::Key;
+use crate::pure::key_state::EventTypes;
 use crate::pure::kpi::{ClvAssumptions, Kpis, Sums};
+use crate::pure::rebuild::{COMPLETE, coverage_ratio};
 use crate::pure::window::Windows;
 use crate::runtime::telemetry::Health;
-use crate::state::aggregate::rebuild::{COMPLETE, coverage_ratio};
-use crate::state::aggregate::{EventTypes, Key, Snapshot, Store};
+use crate::state::store::{Snapshot, Store};
 
 /// A windowed gauge: name, help, and how to read it from the sums or KPIs.
 struct WindowedMetric {
@@ -603,7 +605,7 @@ fn gauge_value(v: f64) -> Gauge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::aggregate::{PartitionCounters, Row, TopicPartition};
+    use crate::state::store::{PartitionCounters, Row, TopicPartition};
 
     fn render(snapshot: &Snapshot) -> String {
         let mut out = String::new();
@@ -625,16 +627,16 @@ mod tests {
     #[test]
     fn partitions_export_the_dedup_horizon_they_keep() {
         use crate::pure::dedup::Dedup;
-        use crate::state::aggregate::TopicPartition;
+        use crate::state::store::TopicPartition;
         let store = Arc::new(Store::default());
         let horizon_ms = 900_000;
         let full = TopicPartition::new("visits", 0);
         let short = TopicPartition::new("orders", 3);
         store.get_or_insert(&full, || {
-            crate::state::aggregate::PartitionState::new(Dedup::new(horizon_ms, 1000))
+            crate::pure::partition::PartitionState::new(Dedup::new(horizon_ms, 1000))
         });
         let state = store.get_or_insert(&short, || {
-            crate::state::aggregate::PartitionState::new(Dedup::new(horizon_ms, 1000))
+            crate::pure::partition::PartitionState::new(Dedup::new(horizon_ms, 1000))
         });
         // 1,000 ids a second over the cap of 1,000: one whole generation cannot be held, so
         // the newest event time is all that is promised.
@@ -644,7 +646,7 @@ mod tests {
         }
         assert!(dedup.horizon_ms() < horizon_ms);
         let expected = dedup.horizon_ms() as f64 / 1000.0;
-        *state.write() = crate::state::aggregate::PartitionState::new(dedup);
+        *state.write() = crate::pure::partition::PartitionState::new(dedup);
         let collector = PartitionCollector::new(
             store,
             Arc::new(Health::default()),

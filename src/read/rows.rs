@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::pure::kpi::{ClvAssumptions, Sums};
 use crate::pure::window::Windows;
 use crate::runtime::telemetry::Coverage;
-use crate::state::aggregate::Snapshot;
+use crate::state::store::Snapshot;
 
 /// One row of `/api/v1/kpis`. A label that was grouped away is `null`.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]

@@ -17,9 +17,10 @@ use std::fmt::Write;
 
 use crate::alert::{Alert, Condition, Engine, Kpi, Op, Phase, Rule, drop_factors};
 use crate::config::Config;
+use crate::pure::key::Key;
 use crate::pure::kpi::{ClvAssumptions, Sums};
 use crate::pure::window::Windows;
-use crate::state::aggregate::{Key, Row, Snapshot};
+use crate::state::store::{Row, Snapshot};
 
 /// Roll-up levels: name and the labels kept.
 const LEVELS: [(&str, &str); 4] = [

@@ -12,7 +12,8 @@ use parking_lot::Mutex;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::pure::decode::{EventType, Reason, Rejection};
-use crate::state::aggregate::{Outcome, TopicPartition};
+use crate::pure::pipeline::Outcome;
+use crate::state::store::TopicPartition;
 
 /// Registered service metrics.
 pub struct Telemetry {

@@ -15,6 +15,7 @@ use crate::alert::notify::{Notifier, Update};
 use crate::alert::{AlertView, Engine, Rule};
 use crate::config::{Config, ConfigError};
 use crate::pure::kpi::ClvAssumptions;
+use crate::pure::pipeline::Pipeline;
 use crate::read::feed::Feed;
 use crate::read::history::History;
 use crate::read::http::{AppState, router};
@@ -25,7 +26,7 @@ use crate::server::web::{Web, WebConfigError, protect};
 use crate::source::checkpoints::CheckpointStore;
 use crate::source::deadletter::DeadLetters;
 use crate::source::{Source, SourceError};
-use crate::state::aggregate::{Pipeline, Store};
+use crate::state::store::Store;
 use ticker::Ticker;
 
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use crate::pure::window::Windows;
 use crate::read::feed::Feed;
 use crate::read::history::History;
 use crate::runtime::telemetry::{Health, Telemetry};
-use crate::state::aggregate::{Snapshot, Store};
+use crate::state::store::{Snapshot, Store};
 
 pub struct Ticker {
     pub engine: Engine,

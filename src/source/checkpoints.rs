@@ -20,14 +20,15 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{CheckpointConfig, KafkaConfig, Redactor};
+use crate::pure::partition::{PartitionState, SavedLayout};
 use crate::pure::window::Windows;
 use crate::source::client::Quiet;
 use crate::source::deadletter::DeadLetters;
-use crate::state::aggregate::{PartitionState, SavedLayout, SharedPartition, TopicPartition};
 use crate::state::checkpoint::{
     Assembler, CheckpointError, DeadLetterMark, Manifest, Scratch, VERSION, append_chunks,
     checkpoint_partition, chunk_key, encode_into, manifest_key,
 };
+use crate::state::store::{SharedPartition, TopicPartition};
 
 /// How long a checkpoint waits for the dead letters of what it covers; past it, the partition
 /// is saved at the next round.
@@ -722,7 +723,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::state::aggregate::Pipeline;
+    use crate::pure::pipeline::Pipeline;
 
     /// A round bigger than a wave goes out in several, and every partition reads back whole.
     #[test]

@@ -31,7 +31,7 @@ use crate::config::{KafkaConfig, Redactor};
 use crate::pure::decode::Rejection;
 use crate::runtime::telemetry::Telemetry;
 use crate::source::client::Quiet;
-use crate::state::aggregate::TopicPartition;
+use crate::state::store::TopicPartition;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {

@@ -33,14 +33,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, Redactor};
 use crate::pure::decode::{Reason, Rejection};
+use crate::pure::partition::PartitionState;
+use crate::pure::pipeline::{Outcome, Pipeline};
 use crate::runtime::task::TaskFailure;
 use crate::runtime::telemetry::{Health, RateLimit, Tally, Telemetry};
 use crate::source::checkpoints::CheckpointStore;
 use crate::source::client::Quiet;
 use crate::source::deadletter::{DeadLetters, Rejected};
-use crate::state::aggregate::{
-    Outcome, PartitionState, Pipeline, SharedPartition, Store, TopicPartition,
-};
+use crate::state::store::{SharedPartition, Store, TopicPartition};
 
 pub mod checkpoints;
 pub mod client;

@@ -16,11 +16,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use super::{describe, warn_within};
+use crate::pure::partition::PartitionState;
+use crate::pure::pipeline::Pipeline;
 use crate::runtime::telemetry::{Health, Progress, RateLimit, Telemetry};
 use crate::source::checkpoints::CheckpointStore;
 use crate::source::client::Quiet;
 use crate::source::deadletter::DeadLetters;
-use crate::state::aggregate::{PartitionState, Pipeline, TopicPartition};
+use crate::state::store::TopicPartition;
 
 /// A partition taken over: its state, where its consumption starts, and how far it has to
 /// catch up.
@@ -181,10 +183,10 @@ impl Restorer {
         &self,
         tp: &TopicPartition,
         state: &mut PartitionState,
-        reshape: &crate::state::aggregate::Reshape,
+        reshape: &crate::pure::partition::Reshape,
         low: Option<i64>,
     ) -> i64 {
-        use crate::state::aggregate::rebuild::{COMPLETE, UNKNOWN};
+        use crate::pure::rebuild::{COMPLETE, UNKNOWN};
         let indexed = state
             .rebuild_start(&self.pipeline, reshape, crate::now_ms())
             .filter(|&(offset, _)| low.is_none_or(|low| offset >= low));

@@ -1,5 +1,9 @@
-//! The state the core's values live in: per-partition aggregates, the store the read side
-//! shares with the consumer, and the checkpoint format that saves them.
+//! The state the core's values live in: the store of partitions the consumer shares with the
+//! read side, and the checkpoint format that saves a partition with its offset.
 
-pub mod aggregate;
 pub mod checkpoint;
+pub mod pipeline;
+pub mod store;
+
+#[cfg(test)]
+mod tests;

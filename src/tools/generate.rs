@@ -482,8 +482,9 @@ mod tests {
     use super::*;
     use crate::pure::decode::{Decoder, EventType};
     use crate::pure::kpi::ClvAssumptions;
+    use crate::pure::pipeline::{Outcome, Pipeline};
     use crate::pure::window::Windows;
-    use crate::state::aggregate::{Outcome, Pipeline, Store, TopicPartition};
+    use crate::state::store::{Store, TopicPartition};
 
     #[test]
     fn generated_traffic_decodes_and_drifts_one_campaign_below_break_even() {

@@ -24,8 +24,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::pure::partition::{PartitionState, SavedLayout};
 use crate::pure::window::{RingLayout, Windows};
-use crate::state::aggregate::{PartitionState, SavedLayout, TopicPartition};
+use crate::state::store::TopicPartition;
 
 /// Format version of both the encoded state and the manifest, written.
 pub const VERSION: u8 = 5;
@@ -87,13 +88,13 @@ struct Saved {
 #[derive(Deserialize)]
 struct SavedV4 {
     geometry: Vec<(i64, i64)>,
-    state: crate::state::aggregate::PartitionStateV4,
+    state: crate::pure::partition::PartitionStateV4,
 }
 
 #[derive(Deserialize)]
 struct SavedV3 {
     geometry: Vec<(i64, i64)>,
-    state: crate::state::aggregate::PartitionStateV3,
+    state: crate::pure::partition::PartitionStateV3,
 }
 
 /// Encodes a state (postcard, then LZ4: empty buckets are runs of zero bytes).
@@ -370,7 +371,8 @@ impl Assembler {
 mod tests {
     use super::*;
     use crate::pure::decode::Decoder;
-    use crate::state::aggregate::{Outcome, Pipeline, Store};
+    use crate::pure::pipeline::{Outcome, Pipeline};
+    use crate::state::store::Store;
 
     const T0: i64 = 1_795_334_400_000;
 
@@ -580,7 +582,7 @@ mod tests {
         let again = format!(r#"{{"type":"order","event_id":"o5","timestamp":{T0},"amount":1}}"#);
         assert_eq!(
             p.process(&mut back, again.as_bytes(), T0, T0),
-            crate::state::aggregate::Outcome::Duplicate
+            crate::pure::pipeline::Outcome::Duplicate
         );
         // Reading back gives the same sums.
         let (a, b) = (Store::default(), Store::default());
@@ -715,7 +717,7 @@ mod tests {
     /// and every window says it is complete.
     #[test]
     fn windows_a_configuration_change_cannot_keep_are_rebuilt_from_the_input() {
-        use crate::state::aggregate::rebuild::COMPLETE;
+        use crate::pure::rebuild::COMPLETE;
         let before = pipeline(&["5m", "1h"]);
         let log = timeline();
         let end = log.last().unwrap().1;
@@ -949,8 +951,8 @@ mod tests {
 
     mod property {
         use super::*;
+        use crate::pure::key::Key;
         use crate::pure::kpi::Sums;
-        use crate::state::aggregate::Key;
         use proptest::prelude::*;
         use std::collections::BTreeMap;
 

@@ -7,7 +7,7 @@
 //! its partition is read again from an earlier offset: those events go into the missing
 //! buckets only, never into the counters, the other windows or the de-duplication memory of
 //! the live stream, which already have them. Where the topic no longer holds that far back,
-//! the window fills from what it holds and says how much it covers ([`PartitionState::coverage`](crate::state::aggregate::PartitionState::coverage)).
+//! the window fills from what it holds and says how much it covers ([`PartitionState::coverage`](crate::pure::partition::PartitionState::coverage)).
 
 use std::collections::VecDeque;
 
