@@ -368,7 +368,7 @@ fn statistics(c: &mut Criterion) {
 /// again from ten minutes earlier, 1 % stamped four minutes late. Each iteration feeds one
 /// generation's worth of ids (a quarter of the 15-minute horizon) into a memory that already
 /// holds the horizon, so the per-id figure includes the work done when a generation closes.
-/// 800 ids/s is what the cap of 917,504 held before 2026-12; 5,000 ids/s holds 5.6 M.
+/// 800 ids/s is what the earlier default cap of 917,504 ids held; 5,000 ids/s holds 5.6 M.
 fn dedup(c: &mut Criterion) {
     use ecom_pulse::pure::dedup::Dedup;
     const HORIZON: i64 = 15 * 60_000;

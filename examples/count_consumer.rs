@@ -44,7 +44,7 @@ fn main() {
     let mut count = 0u64;
     let mut bytes = 0usize;
     let mut start: Option<(Instant, f64)> = None;
-    // The same poll loop as ecom-pulse's consuming thread (src/source.rs): without waiting
+    // The same poll loop as ecom-pulse's consuming thread (src/source/mod.rs): without waiting
     // while messages flow, so neither side pays for librdkafka reading the clock to set a
     // deadline on every call.
     let mut wait = Duration::ZERO;

@@ -65,7 +65,7 @@ pub struct Config {
     pub log: LogConfig,
     pub alerting: AlertingConfig,
     pub alertmanager: AlertmanagerConfig,
-    /// Alert rules (SPEC §6), evaluated per (campaign, channel).
+    /// Alert rules (docs/alerts.md), evaluated per (campaign, channel).
     #[serde(default)]
     pub alerts: Vec<AlertRuleConfig>,
 }

@@ -19,7 +19,7 @@
 //!   [`pure::window`] lays out rolling windows as bucket rings; [`pure::pipeline`] is the
 //!   per-message step that updates a [`pure::partition`] (its keys' [`pure::key_state`] of
 //!   [`pure::cells`], its de-duplication memory, its offset); [`pure::kpi`] computes the
-//!   ratios from exact sums.
+//!   ratios from exact sums (the formulas of docs/contract.md, "KPIs").
 //! - [`config`]: the typed configuration, loaded and validated once at start-up.
 //! - [`state`]: the partitions shared with readers ([`state::store`]), the pipeline built from
 //!   the configuration, and the checkpoint format that saves a partition's state with its
@@ -60,12 +60,11 @@ pub fn now_ms() -> i64 {
 
 /// Wall-clock time to a few milliseconds, for the per-message path.
 ///
-/// Reading the precise clock is not free everywhere: in virtual machines whose clock source
-/// the vDSO cannot read, `clock_gettime(CLOCK_REALTIME)` takes a slow path (perf, on this
-/// project's VM: 34 ns a read, several per cent of the service's CPU per event). Window buckets are
-/// seconds wide, so a message's arrival time only needs to be right to a few milliseconds:
-/// the kernel's coarse clock (the time at the last tick, 1-10 ms old) gives that for the cost
-/// of a memory read.
+/// Reading the precise clock is not free everywhere: in virtual machines whose clock source the
+/// vDSO cannot read, `clock_gettime(CLOCK_REALTIME)` takes a slow path, paid per event (figures
+/// in docs/performance.md). Window buckets are seconds wide, so a message's arrival time only
+/// needs to be right to a few milliseconds: the kernel's coarse clock (the time at the last
+/// tick, 1-10 ms old) gives that for the cost of a memory read.
 #[cfg(target_os = "linux")]
 // The conversions are identities on 64-bit targets; on some 32-bit ones `tv_nsec` (and
 // `tv_sec`) are narrower than i64.

@@ -1,4 +1,4 @@
-//! Producers' compression (issue 19, item 7): batches of every codec Kafka defines are
+//! Producers' compression: batches of every codec Kafka defines are
 //! consumed and counted exactly, whatever codec the batch before or after them used; and a
 //! batch the client cannot get shows as a stalled partition, in the gauge and in the shipped
 //! alert, rather than as a quiet stall.

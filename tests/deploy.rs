@@ -3,7 +3,7 @@
 //! file (check-jsonschema), Kubernetes' OpenAPI schemas for the manifests
 //! (kubernetes-validate), hadolint for the Dockerfile, yamllint for every YAML file, and the
 //! ecom-pulse binary itself for the configuration each of them passes it. Docker and a
-//! Kubernetes cluster cannot run on these machines; README says so.
+//! Kubernetes cluster cannot run on these machines; docs/deployment.md says so.
 
 mod common;
 

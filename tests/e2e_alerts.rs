@@ -245,7 +245,8 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
         "the low point was published too"
     );
 
-    // The README's example optimiser ranks campaigns from that feed.
+    // The example optimiser (examples/rank_by_roas.py, docs/alerts.md) ranks campaigns from
+    // that feed.
     let out = std::process::Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),

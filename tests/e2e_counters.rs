@@ -1,4 +1,4 @@
-//! Counters never step down (issue 19, item 2), shown the way an operator sees them: a real
+//! Counters never step down, shown the way an operator sees them: a real
 //! Prometheus scraping two instances of one consumer group, with the shipped rules, while
 //! partitions change hands (a join, a crash and a restart, a leave) under continuous traffic.
 //!

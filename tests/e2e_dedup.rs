@@ -1,7 +1,7 @@
 //! De-duplication at a real rate, through Tansu and the `ecom-pulse` binary: one partition
 //! brings a million visits over 14 minutes of event time (1,190 a second), then the first of
-//! them again. Every re-send is a duplicate at the default cap (the cap of 917,504 before
-//! 2026-12 forgot them), also after a restart that restores the memory from its checkpoint;
+//! them again. Every re-send is a duplicate at the default cap (the earlier default of 917,504
+//! ids forgot them), also after a restart that restores the memory from its checkpoint;
 //! the horizon each partition keeps is exported, and falls below the configured one under a
 //! cap too small for the rate.
 
@@ -18,7 +18,7 @@ const N: u64 = 1_000_000;
 /// produced as fast as the broker takes them).
 const SPAN_MS: i64 = 14 * 60_000;
 /// The first ids sent again, after all of them: 14 minutes older than the newest, within the
-/// 15-minute horizon. The cap of 917,504 before 2026-12 forgot at least the first 82,496.
+/// 15-minute horizon. The earlier default cap of 917,504 ids forgot at least the first 82,496.
 const RESENT: u64 = 80_000;
 const KEYS: u64 = 8;
 

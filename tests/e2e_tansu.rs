@@ -58,10 +58,12 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
 
-/// The worked examples of SPEC §1, one campaign each (amounts alternate number and string).
+/// The worked examples of docs/contract.md ("KPIs"), one campaign each (amounts alternate
+/// number and string).
 fn worked_examples(ts: i64) -> Vec<Msg> {
     let mut m = Vec::new();
-    // CVR: 500 orders from 10,000 visits -> 0.05. AOV: 20,000 revenue from 500 orders -> 40.
+    // Examples 1 and 3. CVR: 500 orders from 10,000 visits -> 0.05. AOV: 20,000 revenue from
+    // 500 orders -> 40.
     for i in 0..10_000 {
         m.push(visit(&format!("cv-{i}"), ts, "cvr_aov", "paid_search"));
     }
@@ -80,7 +82,7 @@ fn worked_examples(ts: i64) -> Vec<Msg> {
             false,
         ));
     }
-    // CAC: 5,000 spent, 100 new customers -> 50. CLV: AOV 50 x 4 x 3 -> 600.
+    // Examples 2 and 4. CAC: 5,000 spent, 100 new customers -> 50. CLV: AOV 50 x 4 x 3 -> 600.
     for i in 0..100 {
         m.push(order(
             &format!("ko-{i}"),
@@ -100,7 +102,7 @@ fn worked_examples(ts: i64) -> Vec<Msg> {
             "100",
         ));
     }
-    // ROAS: 10,000 revenue on 2,500 spend -> 4.0.
+    // Example 5. ROAS: 10,000 revenue on 2,500 spend -> 4.0.
     for i in 0..200 {
         m.push(order(
             &format!("ro-{i}"),
@@ -159,8 +161,8 @@ fn worked_examples_come_out_exact_in_every_window() {
         },
     );
     assert_eq!(accepted(&m), expected, "{}", svc.log());
-    // The consumer runs on its own thread at nice 10 (README, "Design choices"); every other
-    // thread, those that answer HTTP among them, keeps the process's own priority.
+    // The consumer runs on its own thread at nice 10 (docs/architecture.md, "Design choices");
+    // every other thread, those that answer HTTP among them, keeps the process's own priority.
     let pid = svc.proc.child.id();
     let threads = thread_nices(pid);
     let base = threads.iter().find(|(tid, ..)| *tid == pid).unwrap().2;

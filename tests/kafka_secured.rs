@@ -1,4 +1,4 @@
-//! Secured Kafka (issue 7): SASL/SCRAM and TLS through `kafka.properties`, against a Tansu
+//! Secured Kafka: SASL/SCRAM and TLS through `kafka.properties`, against a Tansu
 //! that requires SCRAM, behind stunnel for TLS (Tansu 0.6.0's own TLS does not work; see
 //! `Tansu::start_secured`). Secrets come from a file and from the environment, and show up in
 //! no log line, no HTTP answer and no error message.

@@ -1,4 +1,4 @@
-//! Secured HTTP (issue 7): a web config in Prometheus' exporter-toolkit format turns on TLS,
+//! Secured HTTP: a web config in Prometheus' exporter-toolkit format turns on TLS,
 //! client certificates, basic auth and bearer tokens for every endpoint; a real Prometheus
 //! scrapes through it. No broker is needed: the endpoints answer while Kafka is unreachable.
 

@@ -1,4 +1,5 @@
-//! Alert rules (SPEC §6) and their state machine. Pure: fed snapshots and the time.
+//! Alert rules and their state machine. Pure: fed snapshots and the time. How they behave is
+//! in docs/alerts.md; their keys in docs/contract.md ("Alert rule keys").
 //!
 //! Each rule is evaluated per (campaign, channel) on its window's sums. An alert goes
 //! inactive → pending (condition true) → firing (held for `for`) → resolved. Three things keep

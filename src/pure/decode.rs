@@ -1,4 +1,5 @@
-//! Decoding and validation of one Kafka message value into an [`Event`] (SPEC §2).
+//! Decoding and validation of one Kafka message value into an [`Event`] (the schema:
+//! docs/contract.md, "Events").
 //!
 //! Every rule of the event schema is checked here and every failure becomes a [`Rejection`]
 //! with a reason and the field at fault, so a bad event is counted and explained instead of
@@ -187,8 +188,8 @@ impl Decoder {
     }
 
     // Inlined, so the 400-byte RawEvent is read where `decode` built it instead of being
-    // copied into this call (with the copies out of `fast::parse`, memmove was ~12 % of
-    // decoding).
+    // copied into this call: copies of it were a visible share of decoding (figures in
+    // docs/performance.md).
     #[inline(always)]
     fn validate<'a>(&self, raw: RawEvent<'a>, fallback_ts_ms: i64) -> Result<Event<'a>, Rejection> {
         if let Some(field) = raw.duplicate {
@@ -698,7 +699,7 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
     }
 }
 
-/// The fields of SPEC §2, each as whatever JSON value it held.
+/// The event fields (docs/contract.md, "Events"), each as whatever JSON value it held.
 #[derive(Default)]
 struct RawEvent<'a> {
     kind: Option<Scalar<'a>>,
@@ -720,7 +721,7 @@ struct RawEvent<'a> {
 /// A key of the event object: one of the known fields, or `None` for any other.
 struct FieldName(Option<Field>);
 
-/// The fields of SPEC §2, in the order of `Field::NAMES`.
+/// The event fields (docs/contract.md, "Events"), in the order of `Field::NAMES`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
     Kind,

@@ -53,7 +53,8 @@ const MIN_GENERATION_MS: i64 = 1000;
 /// Ids the buffer takes before it is merged into `recent`: what a hashbrown table of 2^18
 /// slots holds (2.4 MB). Each merge rewrites `recent`, so a generation of `g` ids costs about
 /// `g / (2 * BUFFER_IDS)` entries rewritten per id (2.5 at 5,000 ids/s): with half as many,
-/// 2^17 slots, the `dedup` bench took 10-25 % longer per id, for 0.1 byte an id less.
+/// 2^17 slots, the `dedup` bench was slower per id, for 0.1 byte an id less (figures in
+/// docs/performance.md).
 pub const BUFFER_IDS: usize = 229_376;
 /// The largest cap: runs index their entries with `u32`s.
 const MAX_IDS: usize = 1 << 31;

@@ -1,4 +1,4 @@
-//! The KPI formulas of SPEC §1, computed from window sums at read time.
+//! The KPI formulas of docs/contract.md ("KPIs"), computed from window sums at read time.
 //!
 //! Sums are exact integers (counts, and money in micro-units); ratios are derived from them
 //! only when asked for, so a KPI is never averaged and never drifts. A KPI whose denominator
@@ -76,7 +76,7 @@ pub struct ClvAssumptions {
     pub lifetime_years: f64,
 }
 
-/// SPEC §1 KPIs; `None` where the denominator is zero.
+/// The KPIs of docs/contract.md; `None` where the denominator is zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Kpis {
     /// orders ÷ visits.
@@ -106,6 +106,7 @@ mod tests {
         units as u128 * 1_000_000
     }
 
+    /// docs/contract.md, worked example 1.
     #[test]
     fn cvr_worked_example() {
         let s = Sums {
@@ -116,6 +117,7 @@ mod tests {
         assert_eq!(s.kpis(&GUIDE).cvr, Some(0.05));
     }
 
+    /// docs/contract.md, worked example 2.
     #[test]
     fn cac_worked_example() {
         let s = Sums {
@@ -126,6 +128,7 @@ mod tests {
         assert_eq!(s.kpis(&GUIDE).cac, Some(50.0));
     }
 
+    /// docs/contract.md, worked example 3.
     #[test]
     fn aov_worked_example() {
         let s = Sums {
@@ -136,6 +139,7 @@ mod tests {
         assert_eq!(s.kpis(&GUIDE).aov, Some(40.0));
     }
 
+    /// docs/contract.md, worked example 4.
     #[test]
     fn clv_worked_example() {
         // 50 AOV x 4 purchases a year x 3 years.
@@ -148,6 +152,7 @@ mod tests {
         assert_eq!(s.kpis(&GUIDE).clv, Some(600.0));
     }
 
+    /// docs/contract.md, worked example 5.
     #[test]
     fn roas_worked_example() {
         let s = Sums {
@@ -158,6 +163,7 @@ mod tests {
         assert_eq!(s.kpis(&GUIDE).roas, Some(4.0));
     }
 
+    /// docs/contract.md, worked example 6.
     #[test]
     fn gmv_is_the_sum_of_amounts() {
         let s = Sums {
@@ -167,6 +173,7 @@ mod tests {
         assert_eq!(s.gmv(), 62.4);
     }
 
+    /// docs/contract.md, worked example 7.
     #[test]
     fn clv_cac_combines_both() {
         // CLV 600, CAC 50 -> 12.

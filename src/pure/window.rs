@@ -337,9 +337,9 @@ const EMPTY: i64 = i64::MIN / 2;
 pub const MAX_WINDOWS: usize = 8;
 
 /// Heads kept inside a series: as many as the default configuration has windows. A series of
-/// a configuration with more keeps them in one allocation of their own. Eight inline heads,
-/// five of them never used with the default windows, were 576 bytes a key (7 % of its state:
-/// 55 MiB at 100,000 keys).
+/// a configuration with more keeps them in one allocation of their own. Eight inline heads
+/// would leave five unused in every series with the default windows (their cost is in
+/// docs/performance.md).
 const INLINE_HEADS: usize = 3;
 
 type Heads<C> = SmallVec<[Head<C>; INLINE_HEADS]>;

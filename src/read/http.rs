@@ -1,4 +1,4 @@
-//! HTTP endpoints (SPEC §4): metrics, probes and the JSON API.
+//! HTTP endpoints (docs/contract.md, "HTTP endpoints"): metrics, probes and the JSON API.
 //!
 //! The router is built from an [`AppState`] alone, so tests drive it without a socket and the
 //! service serves it with graceful shutdown.

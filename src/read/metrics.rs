@@ -1,5 +1,5 @@
-//! The KPI series of SPEC §3, built at scrape time from the window state, and the collectors
-//! of the service's own state (partitions, alerts).
+//! The KPI series of docs/contract.md ("Metrics"), built at scrape time from the window state,
+//! and the collectors of the service's own state (partitions, alerts).
 //!
 //! Nothing here is updated per event: a scrape reads a [`Snapshot`] of the sums and derives
 //! every gauge from it, so the numbers in one scrape are consistent with each other and a KPI
@@ -89,8 +89,8 @@ const WINDOWED: &[WindowedMetric] = &[
 
 /// One (key, window) with data, as the exposition writes it: where its label set lies in the
 /// shared label buffer, and its windowed values, `values[m]` standing only where bit `m` of
-/// `present` is set (a KPI with a zero denominator has no sample). 112 bytes where a list of
-/// `Option<f64>` took 192: at 100,000 keys and 3 windows, 34 MB per scrape instead of 58.
+/// `present` is set (a KPI with a zero denominator has no sample): much smaller than a list of
+/// `Option<f64>`, and a large scrape holds one per (key, window) (sizes in docs/performance.md).
 struct WindowedRow {
     labels: Range<usize>,
     present: u16,
@@ -152,13 +152,13 @@ const TRACKED_KEYS: (&str, &str) = (
 /// Renders the KPI families of a snapshot in the Prometheus text format, straight into `out`.
 ///
 /// With 10,000 keys and three windows this is ~350,000 samples per scrape; building the
-/// `prometheus` crate's objects for them (three label strings each) took longer than a
-/// scrape should. Here each key's label set is escaped once, into one buffer shared by all
-/// keys (a string per label set was 40,000 allocations and frees per scrape, 12 % of the
-/// rendering), and each value is written with itoa/zmij. The layout is the crate's encoder's
-/// (HELP, TYPE, one family after the other); numbers are spelled as the text format reads
-/// them (infinities `+Inf`/`-Inf`, past 1e16 in exponent form), and `promtool check metrics`
-/// checks the output in the tests.
+/// `prometheus` crate's objects for them (three label strings each) took longer than a scrape
+/// should. Here each key's label set is escaped once, into one buffer shared by all keys (a
+/// string per label set would be an allocation and a free per key and scrape, a visible share
+/// of the rendering: docs/performance.md), and each value is written with itoa/zmij. The layout
+/// is the crate's encoder's (HELP, TYPE, one family after the other); numbers are spelled as
+/// the text format reads them (infinities `+Inf`/`-Inf`, past 1e16 in exponent form), and
+/// `promtool check metrics` checks the output in the tests.
 pub fn render_kpis(out: &mut String, snapshot: &Snapshot, windows: &Windows, clv: &ClvAssumptions) {
     render_kpis_in_pieces(out, snapshot, windows, clv, usize::MAX, &mut |_| true);
 }

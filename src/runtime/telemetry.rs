@@ -45,9 +45,9 @@ pub struct Telemetry {
 /// counted by the consuming thread in plain integers and added to the shared counters in
 /// batches ([`Telemetry::add`]). An atomic add per event is a locked instruction, which also
 /// waits for the event's own writes to the window state to leave the store buffer: two per
-/// message cost 6–11 % of the ingest path in criterion. The exported counters trail the state
-/// by at most one batch (the consumer adds every 256 polls, before it waits, and before a
-/// partition counts as caught up).
+/// message are a measurable share of the ingest path (docs/performance.md). The exported
+/// counters trail the state by at most one batch (the consumer adds every 256 polls, before it
+/// waits, and before a partition counts as caught up).
 #[derive(Debug, Default)]
 pub struct Tally {
     accepted: [u64; EventType::ALL.len()],

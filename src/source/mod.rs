@@ -83,7 +83,7 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("topic.metadata.refresh.interval.ms", "10000")
         // When the fetch queue is full, librdkafka waits this long before fetching again
         // (default 1 s): a consumer that is a little slower than the broker then stalls
-        // every other half second. Measured on the mock cluster: 190 k -> 1 M events/s.
+        // every other half second (the figure is in docs/performance.md).
         .set("fetch.queue.backoff.ms", "10")
         .set_log_level(RDKafkaLogLevel::Info);
     for (key, value) in &cfg.properties {
@@ -790,9 +790,9 @@ impl Source {
         let ctx = self.consumer.context();
         let mut handles = Handles::default();
         // While messages flow, poll without waiting: with a finite timeout librdkafka reads
-        // the monotonic clock on every call to set its deadline (perf: clock reads were ~9 %
-        // of the process's CPU at a million messages a second). Only a poll that found
-        // nothing is followed by one that waits.
+        // the monotonic clock on every call to set its deadline, a cost paid per message at
+        // high rates (docs/performance.md). Only a poll that found nothing is followed by
+        // one that waits.
         let mut wait = Duration::ZERO;
         // The token's flag sits behind a mutex: looked at every 256 polls while messages flow
         // (a fraction of a millisecond), and before every wait. Held messages get another

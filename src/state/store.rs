@@ -132,7 +132,8 @@ impl Store {
         /// Keys whose series are read ahead together (see `merge`).
         const TOUCH_AHEAD: usize = 8;
         // Merged in a hash map and sorted once at the end: a B-tree lookup per key and
-        // partition, comparing strings all the way down, took a third of a 10k-key scrape.
+        // partition compares strings all the way down, a large share of a big scrape
+        // (figures in docs/performance.md).
         let partitions = self.partitions();
         // Sized from the previous snapshot (keys come and go slowly): growing a map of rows
         // moves them all, several times over.
@@ -151,12 +152,12 @@ impl Store {
             let mut keys = state.keys().fuse();
             loop {
                 // Read one key at a time, the core waits for each key's series (separate
-                // allocations, cold in a large store) in turn: ~85 % of the time spent reading
-                // windows went there. So the heads of a few keys' series are read first, in a
-                // loop short enough for the core to have all those misses in flight at once,
-                // and the keys are then summed from the cache. (The prefetch intrinsic needs
-                // `unsafe`, which this crate forbids; plain loads whose results are kept do
-                // the same job here.)
+                // allocations, cold in a large store) in turn: most of the time spent reading
+                // windows went there (docs/performance.md). So the heads of a few keys' series
+                // are read first, in a loop short enough for the core to have all those misses
+                // in flight at once, and the keys are then summed from the cache. (The prefetch
+                // intrinsic needs `unsafe`, which this crate forbids; plain loads whose results
+                // are kept do the same job here.)
                 let chunk: [Option<(&Key, &KeyState)>; TOUCH_AHEAD] =
                     std::array::from_fn(|_| keys.next());
                 if chunk[0].is_none() {
@@ -198,8 +199,8 @@ impl Store {
         // A partition the consumer is writing (it takes the lock for one message at a time)
         // is read after the others rather than waited for, and then tried for up to a few
         // tens of microseconds before blocking. Blocking means parking_lot's spinning, then
-        // yielding the CPU: with both cores busy, a third of the scrapes made while ingesting
-        // lost 3-4.5 ms there on one or two partitions. One still taken after that means its
+        // yielding the CPU: with both cores busy, scrapes made while ingesting lost
+        // milliseconds there (docs/performance.md). One still taken after that means its
         // writer was preempted, and then waiting is right.
         let mut busy = Vec::new();
         for (tp, partition) in &partitions {
@@ -235,7 +236,7 @@ impl Store {
 
 /// One partition's counters per key, as `/metrics` exports them: a counter belongs to the
 /// partition whose events it counts, so it moves with the partition on a rebalance and never
-/// steps down where it is exported (see `export::metrics`).
+/// steps down where it is exported (see `read::metrics`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionCounters {
     pub tp: TopicPartition,

@@ -11,8 +11,8 @@
 //! bit-packed. Most lookups are of new ids, which a run does not hold: the bucket's hints,
 //! 16 or so bytes side by side, show that without reading the packed bits (unless a hint
 //! matches, about 1 time in 16), so a miss touches the index and one line of hints, a fifth
-//! of the run's bytes, rather than the packed bits, where 82 % of a lookup's time was spent
-//! waiting for the line (`perf`, 4.5 M entries) when every field was packed whole. Keys are
+//! of the run's bytes, rather than the packed bits, where most of a lookup's time went waiting
+//! for the line when every field was packed whole (`perf`; docs/performance.md). Keys are
 //! uniformly distributed hashes, so a lookup starts at the place in its bucket that the hint
 //! predicts.
 //!
@@ -156,8 +156,8 @@ impl Run {
         // Reading the hints needs the bucket's start, itself a read that misses the cache in a
         // large run: first read the hint where the coarse index predicts it, a load of its own
         // (keys are uniform: the same line 84 % of the time, the next one otherwise), so that
-        // the exact read that follows finds its line on the way. A lookup of a new id in 4.5 M
-        // entries took 200-230 ns instead of 270-295 on the (loaded) test machine.
+        // the exact read that follows finds its line on the way (what that saves is in
+        // docs/performance.md).
         let shift = COARSE_SHIFT.min(self.bucket_bits);
         let (c0, c1) = (
             self.coarse[bucket >> shift] as usize,

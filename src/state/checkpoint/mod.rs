@@ -519,7 +519,7 @@ mod tests {
     }
 
     /// Checkpoints written before an upgrade still read the same: `testdata/format-3.bin`
-    /// is `mixed`'s state as the build of 1214f71 encoded it, before the monotonic counters
+    /// is `mixed`'s state as a format-3 build encoded it, before the monotonic counters
     /// moved from the key into its series, the window totals beside their heads, and the
     /// de-duplication ids from varints to words.
     #[test]
@@ -542,7 +542,7 @@ mod tests {
     }
 
     /// Checkpoints of format 4 still read the same: `testdata/format-4.bin` is `mixed`'s
-    /// state as the build of 33b951e encoded it, before rings were saved with their layout,
+    /// state as a format-4 build encoded it, before rings were saved with their layout,
     /// windows with their coverage, and with the de-duplication ids as a hash table's 64-bit
     /// words: converted as it is read.
     #[test]
