@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pure::condition::{Condition, Op, Severity};
+use crate::pure::kpi::Kpi;
 use crate::pure::window::WindowLength;
 
 /// The defaults, and the documentation of every key.
@@ -52,8 +54,9 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The configuration, loaded and validated once at start-up ([`Config::load`]): every value
+/// that needs parsing is typed here.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
@@ -66,8 +69,27 @@ pub struct Config {
     pub alerting: AlertingConfig,
     pub alertmanager: AlertmanagerConfig,
     /// Alert rules (docs/alerts.md), evaluated per (campaign, channel).
-    #[serde(default)]
     pub alerts: Vec<AlertRuleConfig>,
+}
+
+/// The configuration as written: what serde reads, before window lengths and alert rules
+/// are parsed into types (they need the other keys to be checked: the bucket count, the
+/// windows a rule names).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Written {
+    kafka: KafkaConfig,
+    http: HttpConfig,
+    windows: WrittenWindows,
+    kpi: KpiConfig,
+    dedup: DedupConfig,
+    limits: LimitsConfig,
+    checkpoint: CheckpointConfig,
+    log: LogConfig,
+    alerting: AlertingConfig,
+    alertmanager: AlertmanagerConfig,
+    #[serde(default)]
+    alerts: Vec<WrittenAlertRule>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,17 +286,26 @@ pub struct HttpConfig {
     pub open_healthz: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct WindowsConfig {
-    /// Window lengths, each also the value of the `window` label.
-    #[serde(deserialize_with = "string_list")]
-    pub lengths: Vec<String>,
+    /// Window lengths in configuration order, each label also the value of the `window`
+    /// label.
+    pub lengths: Vec<WindowLength>,
     /// Buckets per window: the resolution of the trailing edge.
     pub buckets: u32,
     /// How far ahead of the wall clock an event may be stamped and still be accepted.
-    #[serde(with = "humantime_serde")]
     pub max_future_skew: Duration,
+}
+
+/// `[windows]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenWindows {
+    #[serde(deserialize_with = "string_list")]
+    lengths: Vec<String>,
+    buckets: u32,
+    #[serde(with = "humantime_serde")]
+    max_future_skew: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -374,38 +405,215 @@ pub struct AlertmanagerConfig {
     pub bearer_token_file: String,
 }
 
-/// One `[[alerts]]` rule.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[alerts]]` rule (docs/alerts.md), typed.
+#[derive(Debug, Clone, PartialEq)]
 pub struct AlertRuleConfig {
     /// CamelCase; becomes `alertname`.
     pub name: String,
-    /// cvr | aov | cac | clv | roas | clv_cac | gmv | ad_spend | visits | orders | new_customers
-    pub kpi: String,
-    /// `<`, `<=`, `>` or `>=` with `threshold`, for threshold rules.
-    pub op: Option<String>,
-    pub threshold: Option<f64>,
-    /// For drop rules: fires when the KPI fell by at least this fraction against the
-    /// preceding window of the same length.
-    pub drop: Option<f64>,
-    pub window: String,
+    pub kpi: Kpi,
+    /// A threshold (`op` and `threshold`), or a drop against the preceding window (`drop`).
+    pub condition: Condition,
+    /// Index into `windows.lengths`.
+    pub window: usize,
     /// How long the condition must hold before firing.
-    #[serde(rename = "for", with = "humantime_serde", default)]
     pub for_: Duration,
-    /// critical | warning | info
-    pub severity: String,
+    pub severity: Severity,
     /// Volume guards: the rule is not evaluated while the window holds less than this.
-    #[serde(default)]
     pub min_ad_spend: f64,
-    #[serde(default)]
     pub min_orders: u64,
-    #[serde(default)]
     pub min_visits: u64,
     /// A firing alert resolves only once the value is this fraction past the threshold
     /// (e.g. ROAS back above 2 x 1.05), and its guards are relaxed by the same fraction
     /// (spend down to 100 x 0.95), so it flaps around neither.
-    #[serde(default = "default_hysteresis")]
     pub hysteresis: f64,
+}
+
+/// One `[[alerts]]` rule as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenAlertRule {
+    /// CamelCase; becomes `alertname`.
+    name: String,
+    /// cvr | aov | cac | clv | roas | clv_cac | gmv | ad_spend | visits | orders | new_customers
+    kpi: String,
+    /// `<`, `<=`, `>` or `>=` with `threshold`, for threshold rules.
+    op: Option<String>,
+    threshold: Option<f64>,
+    /// For drop rules: fires when the KPI fell by at least this fraction against the
+    /// preceding window of the same length.
+    drop: Option<f64>,
+    window: String,
+    /// How long the condition must hold before firing.
+    #[serde(rename = "for", with = "humantime_serde", default)]
+    for_: Duration,
+    /// critical | warning | info
+    severity: String,
+    /// Volume guards: the rule is not evaluated while the window holds less than this.
+    #[serde(default)]
+    min_ad_spend: f64,
+    #[serde(default)]
+    min_orders: u64,
+    #[serde(default)]
+    min_visits: u64,
+    /// A firing alert resolves only once the value is this fraction past the threshold
+    /// (e.g. ROAS back above 2 x 1.05), and its guards are relaxed by the same fraction
+    /// (spend down to 100 x 0.95), so it flaps around neither.
+    #[serde(default = "default_hysteresis")]
+    hysteresis: f64,
+}
+
+impl WindowsConfig {
+    /// Parses and checks `[windows]`: each length once, here.
+    fn from_written(w: WrittenWindows) -> Result<WindowsConfig, ConfigError> {
+        if w.buckets == 0 || w.buckets > 3600 {
+            return Err(invalid(
+                "windows.buckets",
+                format!("must be between 1 and 3600, got {}", w.buckets),
+            ));
+        }
+        if w.lengths.is_empty() || w.lengths.len() > crate::pure::window::MAX_WINDOWS {
+            return Err(invalid(
+                "windows.lengths",
+                format!(
+                    "must list between 1 and {} windows",
+                    crate::pure::window::MAX_WINDOWS
+                ),
+            ));
+        }
+        let mut lengths: Vec<WindowLength> = Vec::new();
+        for (i, label) in w.lengths.iter().enumerate() {
+            let key = format!("windows.lengths[{i}]");
+            let length = humantime::parse_duration(label.trim())
+                .map_err(|e| invalid(&key, format!("{label:?} is not a duration ({e})")))?;
+            if length < Duration::from_secs(1) || length > Duration::from_secs(31 * 86_400) {
+                return Err(invalid(
+                    &key,
+                    format!("{label:?} must be between 1s and 31d"),
+                ));
+            }
+            let buckets = crate::pure::window::bucket_count(length.as_millis() as i64, w.buckets);
+            if buckets * 2 < w.buckets as usize {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{label:?} divides into only {buckets} equal buckets (windows.buckets = {}); use a length in whole seconds",
+                        w.buckets
+                    ),
+                ));
+            }
+            if let Some(twin) = lengths.iter().find(|w| w.length == length) {
+                return Err(invalid(
+                    &key,
+                    format!("{label:?} is the same length as {:?}", twin.label),
+                ));
+            }
+            lengths.push(WindowLength {
+                label: label.trim().to_owned(),
+                length,
+            });
+        }
+        Ok(WindowsConfig {
+            lengths,
+            buckets: w.buckets,
+            max_future_skew: w.max_future_skew,
+        })
+    }
+}
+
+impl AlertRuleConfig {
+    /// Parses and checks the `i`th `[[alerts]]` rule against the configured windows.
+    fn from_written(
+        i: usize,
+        rule: WrittenAlertRule,
+        windows: &[WindowLength],
+    ) -> Result<AlertRuleConfig, ConfigError> {
+        let key = |field: &str| format!("alerts[{i}].{field}");
+        let camel = rule
+            .name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase())
+            && rule.name.chars().all(|c| c.is_ascii_alphanumeric());
+        if !camel {
+            return Err(invalid(
+                key("name"),
+                format!("{:?} is not CamelCase", rule.name),
+            ));
+        }
+        let kpi = Kpi::parse(&rule.kpi).ok_or_else(|| {
+            let names: Vec<&str> = Kpi::ALL.iter().map(|k| k.name()).collect();
+            invalid(
+                key("kpi"),
+                format!("{:?} is not one of {}", rule.kpi, names.join(", ")),
+            )
+        })?;
+        let window = windows
+            .iter()
+            .position(|w| w.label == rule.window)
+            .ok_or_else(|| {
+                invalid(
+                    key("window"),
+                    format!(
+                        "{:?} is not in windows.lengths; give [[alerts]] rules for your windows, or `alerts = []`",
+                        rule.window
+                    ),
+                )
+            })?;
+        let severity = Severity::parse(&rule.severity)
+            .ok_or_else(|| invalid(key("severity"), "must be critical, warning or info"))?;
+        let condition = match (&rule.op, rule.threshold, rule.drop) {
+            (Some(op), Some(threshold), None) => {
+                let op = Op::parse(op).ok_or_else(|| {
+                    invalid(key("op"), format!("{op:?} is not one of <, <=, >, >="))
+                })?;
+                if !threshold.is_finite() {
+                    return Err(invalid(key("threshold"), "must be a finite number"));
+                }
+                Condition::Threshold { op, threshold }
+            }
+            (None, None, Some(fraction)) => {
+                if !(fraction > 0.0 && fraction < 1.0) {
+                    return Err(invalid(
+                        key("drop"),
+                        "must be a fraction between 0 and 1 (0.3 is a 30 % drop)",
+                    ));
+                }
+                Condition::Drop { fraction }
+            }
+            _ => {
+                return Err(invalid(
+                    key("op"),
+                    "a rule has either `op` and `threshold`, or `drop`",
+                ));
+            }
+        };
+        if !(rule.hysteresis.is_finite() && (0.0..1.0).contains(&rule.hysteresis)) {
+            return Err(invalid(
+                key("hysteresis"),
+                "must be a fraction between 0 and 1",
+            ));
+        }
+        if !(rule.min_ad_spend.is_finite() && rule.min_ad_spend >= 0.0) {
+            return Err(invalid(key("min_ad_spend"), "must be 0 or more"));
+        }
+        Ok(AlertRuleConfig {
+            name: rule.name,
+            kpi,
+            condition,
+            window,
+            for_: rule.for_,
+            severity,
+            min_ad_spend: rule.min_ad_spend,
+            min_orders: rule.min_orders,
+            min_visits: rule.min_visits,
+            hysteresis: rule.hysteresis,
+        })
+    }
+
+    /// Whether the rule compares its window with the preceding one, which must then be kept.
+    pub fn is_drop(&self) -> bool {
+        matches!(self.condition, Condition::Drop { .. })
+    }
 }
 
 fn default_hysteresis() -> f64 {
@@ -438,17 +646,34 @@ impl Config {
         file: Option<&Path>,
         env: Option<BTreeMap<String, String>>,
     ) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_TOML,
-            config::FileFormat::Toml,
-        ));
+        let mut layers: Vec<Box<dyn config::Source + Send + Sync>> = Vec::new();
         if let Some(path) = file {
-            builder = builder.add_source(
+            layers.push(Box::new(
                 config::File::from(path)
                     .format(config::FileFormat::Toml)
                     .required(true),
-            );
+            ));
         }
+        Self::load_layers(layers, env)
+    }
+
+    /// The defaults with `text` (TOML) on top, and no environment: a configuration written
+    /// in code, as tests and embedders have it.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let layer = config::File::from_str(text, config::FileFormat::Toml);
+        Self::load_layers(vec![Box::new(layer)], Some(BTreeMap::new()))
+    }
+
+    fn load_layers(
+        layers: Vec<Box<dyn config::Source + Send + Sync>>,
+        env: Option<BTreeMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(layers);
         let mut environment = config::Environment::with_prefix("ECOM_PULSE")
             .prefix_separator("__")
             .separator("__")
@@ -457,14 +682,34 @@ impl Config {
         if let Some(vars) = &env {
             environment = environment.source(Some(vars.clone().into_iter().collect()));
         }
-        let mut config: Config = builder.add_source(environment).build()?.try_deserialize()?;
-        config.kafka.properties.resolve_references(env.as_ref())?;
+        let mut written: Written = builder.add_source(environment).build()?.try_deserialize()?;
+        written.kafka.properties.resolve_references(env.as_ref())?;
+        let windows = WindowsConfig::from_written(written.windows)?;
+        let alerts = written
+            .alerts
+            .into_iter()
+            .enumerate()
+            .map(|(i, rule)| AlertRuleConfig::from_written(i, rule, &windows.lengths))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = Config {
+            kafka: written.kafka,
+            http: written.http,
+            windows,
+            kpi: written.kpi,
+            dedup: written.dedup,
+            limits: written.limits,
+            checkpoint: written.checkpoint,
+            log: written.log,
+            alerting: written.alerting,
+            alertmanager: written.alertmanager,
+            alerts,
+        };
         config.validate()?;
         Ok(config)
     }
 
     /// Checks what types cannot express. Called once by `load`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.kafka.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must name at least one broker"));
         }
@@ -486,13 +731,6 @@ impl Config {
             return Err(invalid(
                 "kafka.consumer_nice",
                 format!("must be between 0 and 19, got {}", self.kafka.consumer_nice),
-            ));
-        }
-        self.window_lengths()?;
-        if self.windows.buckets == 0 || self.windows.buckets > 3600 {
-            return Err(invalid(
-                "windows.buckets",
-                format!("must be between 1 and 3600, got {}", self.windows.buckets),
             ));
         }
         if !is_currency_code(&self.kpi.reporting_currency) {
@@ -632,139 +870,22 @@ impl Config {
                 "use basic auth or a bearer token, not both",
             ));
         }
-        let windows = self.window_lengths()?;
         let mut names = std::collections::BTreeSet::new();
         for (i, rule) in self.alerts.iter().enumerate() {
-            let key = |field: &str| format!("alerts[{i}].{field}");
-            let camel = rule
-                .name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_uppercase())
-                && rule.name.chars().all(|c| c.is_ascii_alphanumeric());
-            if !camel {
+            if !names.insert((rule.name.as_str(), rule.window)) {
                 return Err(invalid(
-                    key("name"),
-                    format!("{:?} is not CamelCase", rule.name),
-                ));
-            }
-            if !names.insert((rule.name.clone(), rule.window.clone())) {
-                return Err(invalid(
-                    key("name"),
-                    format!("{} is defined twice for window {}", rule.name, rule.window),
-                ));
-            }
-            if !ALERT_KPIS.contains(&rule.kpi.as_str()) {
-                return Err(invalid(
-                    key("kpi"),
-                    format!("{:?} is not one of {}", rule.kpi, ALERT_KPIS.join(", ")),
-                ));
-            }
-            if !windows.iter().any(|w| w.label == rule.window) {
-                return Err(invalid(
-                    key("window"),
+                    format!("alerts[{i}].name"),
                     format!(
-                        "{:?} is not in windows.lengths; give [[alerts]] rules for your windows, or `alerts = []`",
-                        rule.window
+                        "{} is defined twice for window {}",
+                        rule.name, self.windows.lengths[rule.window].label
                     ),
                 ));
-            }
-            if !["critical", "warning", "info"].contains(&rule.severity.as_str()) {
-                return Err(invalid(
-                    key("severity"),
-                    "must be critical, warning or info",
-                ));
-            }
-            match (&rule.op, rule.threshold, rule.drop) {
-                (Some(op), Some(t), None) => {
-                    if !["<", "<=", ">", ">="].contains(&op.as_str()) {
-                        return Err(invalid(
-                            key("op"),
-                            format!("{op:?} is not one of <, <=, >, >="),
-                        ));
-                    }
-                    if !t.is_finite() {
-                        return Err(invalid(key("threshold"), "must be a finite number"));
-                    }
-                }
-                (None, None, Some(d)) => {
-                    if !(d > 0.0 && d < 1.0) {
-                        return Err(invalid(
-                            key("drop"),
-                            "must be a fraction between 0 and 1 (0.3 is a 30 % drop)",
-                        ));
-                    }
-                }
-                _ => {
-                    return Err(invalid(
-                        key("op"),
-                        "a rule has either `op` and `threshold`, or `drop`",
-                    ));
-                }
-            }
-            if !(rule.hysteresis.is_finite() && (0.0..1.0).contains(&rule.hysteresis)) {
-                return Err(invalid(
-                    key("hysteresis"),
-                    "must be a fraction between 0 and 1",
-                ));
-            }
-            if !(rule.min_ad_spend.is_finite() && rule.min_ad_spend >= 0.0) {
-                return Err(invalid(key("min_ad_spend"), "must be 0 or more"));
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
         Ok(())
-    }
-
-    /// The configured windows, parsed, in config order.
-    pub fn window_lengths(&self) -> Result<Vec<WindowLength>, ConfigError> {
-        if self.windows.lengths.is_empty()
-            || self.windows.lengths.len() > crate::pure::window::MAX_WINDOWS
-        {
-            return Err(invalid(
-                "windows.lengths",
-                format!(
-                    "must list between 1 and {} windows",
-                    crate::pure::window::MAX_WINDOWS
-                ),
-            ));
-        }
-        let mut out: Vec<WindowLength> = Vec::new();
-        for (i, label) in self.windows.lengths.iter().enumerate() {
-            let key = format!("windows.lengths[{i}]");
-            let length = humantime::parse_duration(label.trim())
-                .map_err(|e| invalid(&key, format!("{label:?} is not a duration ({e})")))?;
-            if length < Duration::from_secs(1) || length > Duration::from_secs(31 * 86_400) {
-                return Err(invalid(
-                    &key,
-                    format!("{label:?} must be between 1s and 31d"),
-                ));
-            }
-            let buckets =
-                crate::pure::window::bucket_count(length.as_millis() as i64, self.windows.buckets);
-            if buckets * 2 < self.windows.buckets as usize {
-                return Err(invalid(
-                    &key,
-                    format!(
-                        "{label:?} divides into only {buckets} equal buckets (windows.buckets = {}); use a length in whole seconds",
-                        self.windows.buckets
-                    ),
-                ));
-            }
-            if let Some(twin) = out.iter().find(|w| w.length == length) {
-                return Err(invalid(
-                    &key,
-                    format!("{label:?} is the same length as {:?}", twin.label),
-                ));
-            }
-            out.push(WindowLength {
-                label: label.trim().to_owned(),
-                length,
-            });
-        }
-        Ok(out)
     }
 
     /// Currency rates with upper-case codes (environment keys arrive in lower case).
@@ -776,26 +897,6 @@ impl Config {
             .collect()
     }
 }
-
-/// A window label's length in milliseconds (labels are validated by `Config::validate`).
-pub fn parse_window(label: &str) -> i64 {
-    humantime::parse_duration(label.trim()).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// What an alert rule may watch.
-pub const ALERT_KPIS: [&str; 11] = [
-    "cvr",
-    "aov",
-    "cac",
-    "clv",
-    "roas",
-    "clv_cac",
-    "gmv",
-    "ad_spend",
-    "visits",
-    "orders",
-    "new_customers",
-];
 
 fn is_currency_code(code: &str) -> bool {
     code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
@@ -908,6 +1009,10 @@ mod tests {
         Config::load_with_env(Some(&path), env(&[]))
     }
 
+    fn labels(lengths: &[WindowLength]) -> Vec<&str> {
+        lengths.iter().map(|w| w.label.as_str()).collect()
+    }
+
     fn error_of(text: &str) -> String {
         load_toml(text).unwrap_err().to_string()
     }
@@ -919,7 +1024,7 @@ mod tests {
         assert_eq!(c.kafka.group_id, "ecom-pulse");
         assert_eq!(c.kafka.topics, ["visits", "orders", "ad-spend"]);
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9898");
-        assert_eq!(c.windows.lengths, ["5m", "1h", "24h"]);
+        assert_eq!(labels(&c.windows.lengths), ["5m", "1h", "24h"]);
         assert_eq!(c.kpi.reporting_currency, "USD");
         assert_eq!(c.kpi.purchases_per_year, 4.0);
         assert_eq!(c.kpi.lifetime_years, 3.0);
@@ -950,7 +1055,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.kafka.brokers, "env:1,env:2");
         assert_eq!(c.kafka.group_id, "g");
-        assert_eq!(c.windows.lengths, ["10s", "2m"]);
+        assert_eq!(labels(&c.windows.lengths), ["10s", "2m"]);
         assert_eq!(c.kafka.topics, ["a", "b"]);
         assert_eq!(c.kafka.properties.get("sasl.password").unwrap(), "secret");
     }

@@ -26,7 +26,7 @@ fn campaign(i: usize) -> String {
 #[test]
 fn a_million_campaign_names_stay_within_the_key_limit_and_valid() {
     let config = Config::load(None).expect("default config");
-    let pipeline = Pipeline::from_config(&config).expect("valid");
+    let pipeline = Pipeline::from_config(&config);
     let max_keys = config.limits.max_keys;
     let store = Store::default();
     let now = ecom_pulse::now_ms();

@@ -34,148 +34,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::AlertRuleConfig;
+use crate::pure::condition::{Condition, Severity, drop_factors, without_noise};
 use crate::pure::key::Key;
-use crate::pure::kpi::{ClvAssumptions, Kpis, Sums};
+use crate::pure::kpi::{ClvAssumptions, Kpi, Sums};
 use crate::pure::window::Windows;
 use crate::state::store::Snapshot;
-
-/// What a rule watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kpi {
-    Cvr,
-    Aov,
-    Cac,
-    Clv,
-    Roas,
-    ClvCac,
-    Gmv,
-    AdSpend,
-    Visits,
-    Orders,
-    NewCustomers,
-}
-
-impl Kpi {
-    pub fn parse(name: &str) -> Option<Kpi> {
-        Some(match name {
-            "cvr" => Kpi::Cvr,
-            "aov" => Kpi::Aov,
-            "cac" => Kpi::Cac,
-            "clv" => Kpi::Clv,
-            "roas" => Kpi::Roas,
-            "clv_cac" => Kpi::ClvCac,
-            "gmv" => Kpi::Gmv,
-            "ad_spend" => Kpi::AdSpend,
-            "visits" => Kpi::Visits,
-            "orders" => Kpi::Orders,
-            "new_customers" => Kpi::NewCustomers,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kpi::Cvr => "cvr",
-            Kpi::Aov => "aov",
-            Kpi::Cac => "cac",
-            Kpi::Clv => "clv",
-            Kpi::Roas => "roas",
-            Kpi::ClvCac => "clv_cac",
-            Kpi::Gmv => "gmv",
-            Kpi::AdSpend => "ad_spend",
-            Kpi::Visits => "visits",
-            Kpi::Orders => "orders",
-            Kpi::NewCustomers => "new_customers",
-        }
-    }
-
-    /// The value for some sums; `None` where undefined (zero denominator).
-    pub fn of(self, s: &Sums, k: &Kpis) -> Option<f64> {
-        match self {
-            Kpi::Cvr => k.cvr,
-            Kpi::Aov => k.aov,
-            Kpi::Cac => k.cac,
-            Kpi::Clv => k.clv,
-            Kpi::Roas => k.roas,
-            Kpi::ClvCac => k.clv_cac,
-            Kpi::Gmv => Some(s.gmv()),
-            Kpi::AdSpend => Some(s.ad_spend()),
-            Kpi::Visits => Some(s.visits as f64),
-            Kpi::Orders => Some(s.orders as f64),
-            Kpi::NewCustomers => Some(s.new_customers as f64),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-impl Op {
-    pub fn parse(s: &str) -> Option<Op> {
-        Some(match s {
-            "<" => Op::Lt,
-            "<=" => Op::Le,
-            ">" => Op::Gt,
-            ">=" => Op::Ge,
-            _ => return None,
-        })
-    }
-
-    pub fn symbol(self) -> &'static str {
-        match self {
-            Op::Lt => "<",
-            Op::Le => "<=",
-            Op::Gt => ">",
-            Op::Ge => ">=",
-        }
-    }
-
-    fn holds(self, value: f64, threshold: f64) -> bool {
-        match self {
-            Op::Lt => value < threshold,
-            Op::Le => value <= threshold,
-            Op::Gt => value > threshold,
-            Op::Ge => value >= threshold,
-        }
-    }
-
-    /// The threshold a firing alert must cross back over to resolve. Without float noise, as
-    /// the generated PromQL prints it: CVR < 0.1 resolves at exactly 0.105 (21 orders on 200
-    /// visits) in both, not at 0.10500000000000001 here only.
-    pub fn resolve_at(self, threshold: f64, hysteresis: f64) -> f64 {
-        without_noise(match self {
-            Op::Lt | Op::Le => threshold + threshold.abs() * hysteresis,
-            Op::Gt | Op::Ge => threshold - threshold.abs() * hysteresis,
-        })
-    }
-}
-
-/// For a drop rule: the share of the preceding window's value at or under which it enters,
-/// and the share under which a firing alert stays (the drop less the hysteresis). Without
-/// float noise, as the generated PromQL prints them.
-pub fn drop_factors(fraction: f64, hysteresis: f64) -> (f64, f64) {
-    (
-        without_noise(1.0 - fraction),
-        without_noise(1.0 - fraction * (1.0 - hysteresis)),
-    )
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Condition {
-    Threshold {
-        op: Op,
-        threshold: f64,
-    },
-    /// Fires when the KPI fell by at least this fraction against the preceding window.
-    Drop {
-        fraction: f64,
-    },
-}
 
 /// A validated rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,8 +49,10 @@ pub struct Rule {
     /// Index into the configured windows.
     pub window: usize,
     pub window_label: Arc<str>,
+    /// The window's length.
+    pub window_ms: i64,
     pub for_ms: i64,
-    pub severity: String,
+    pub severity: Severity,
     pub min_ad_spend: f64,
     pub min_orders: u64,
     pub min_visits: u64,
@@ -195,25 +60,17 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// From a rule that `Config::validate` accepted.
+    /// The engine's form of a configured rule.
     pub fn from_config(c: &AlertRuleConfig, windows: &Windows) -> Rule {
-        let condition = match (c.op.as_deref(), c.threshold, c.drop) {
-            (Some(op), Some(threshold), None) => Condition::Threshold {
-                op: Op::parse(op).expect("validated"),
-                threshold,
-            },
-            (_, _, Some(fraction)) => Condition::Drop { fraction },
-            _ => unreachable!("validated by Config"),
-        };
-        let window = windows.index_of(&c.window).expect("validated");
         Rule {
             name: c.name.clone(),
-            kpi: Kpi::parse(&c.kpi).expect("validated"),
-            condition,
-            window,
-            window_label: windows.specs()[window].label.clone(),
+            kpi: c.kpi,
+            condition: c.condition,
+            window: c.window,
+            window_label: windows.specs()[c.window].label.clone(),
+            window_ms: windows.specs()[c.window].length_ms,
             for_ms: c.for_.as_millis() as i64,
-            severity: c.severity.clone(),
+            severity: c.severity,
             min_ad_spend: c.min_ad_spend,
             min_orders: c.min_orders,
             min_visits: c.min_visits,
@@ -307,12 +164,6 @@ impl Rule {
             ),
         }
     }
-}
-
-/// Rounds to 1e-9: a computed bar is then the number the PromQL prints (a relaxed guard of
-/// 19, not 18.999999999999996), and a value exactly at it falls on the same side in both.
-fn without_noise(x: f64) -> f64 {
-    (x * 1e9).round() / 1e9
 }
 
 /// The least volume a window must hold for a rule to be evaluated on it.
@@ -426,7 +277,7 @@ impl fmt::Display for Phase {
 pub struct Alert {
     pub rule: usize,
     pub name: String,
-    pub severity: String,
+    pub severity: Severity,
     pub key: Key,
     pub window: Arc<str>,
     pub phase: Phase,
@@ -538,7 +389,7 @@ impl Engine {
                         let alert = Alert {
                             rule: r,
                             name: rule.name.clone(),
-                            severity: rule.severity.clone(),
+                            severity: rule.severity,
                             key: key.clone(),
                             window: rule.window_label.clone(),
                             phase: if firing {
@@ -646,6 +497,8 @@ fn end(alert: Alert, now_ms: i64, reason: ResolvedReason) -> Transition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::pure::condition::Op;
     use crate::state::store::Row;
     use std::time::Duration;
 
@@ -661,8 +514,11 @@ mod tests {
     }
 
     fn rule(toml: &str) -> Rule {
-        let c: AlertRuleConfig = toml::from_str(toml).unwrap();
-        Rule::from_config(&c, &windows())
+        let config = Config::from_toml(&format!(
+            "[windows]\nlengths = [\"5m\", \"1h\"]\n\n[[alerts]]\n{toml}"
+        ))
+        .unwrap();
+        Rule::from_config(&config.alerts[0], &windows())
     }
 
     fn roas_below(threshold: f64, for_: &str, guard: f64) -> Rule {
@@ -1092,10 +948,9 @@ mod tests {
             ad_spend_micros: money(100.0),
         };
         let k = s.kpis(&CLV);
-        for name in crate::config::ALERT_KPIS {
-            let kpi = Kpi::parse(name).unwrap();
-            assert_eq!(kpi.name(), name);
-            assert!(kpi.of(&s, &k).is_some(), "{name}");
+        for kpi in Kpi::ALL {
+            assert_eq!(Kpi::parse(kpi.name()), Some(kpi));
+            assert!(kpi.of(&s, &k).is_some(), "{}", kpi.name());
         }
         assert_eq!(Kpi::Roas.of(&s, &k), Some(5.0));
         assert_eq!(Kpi::ClvCac.of(&s, &k), Some(600.0 / 20.0));

@@ -50,7 +50,7 @@ pub fn rfc3339(ms: i64) -> String {
 pub fn labels(alert: &Alert) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("alertname".to_string(), alert.name.clone()),
-        ("severity".to_string(), alert.severity.clone()),
+        ("severity".to_string(), alert.severity.to_string()),
         ("campaign".to_string(), alert.key.campaign.to_string()),
         ("channel".to_string(), alert.key.channel.to_string()),
         ("window".to_string(), alert.window.to_string()),
@@ -326,7 +326,7 @@ mod tests {
         let alert = Alert {
             rule: 0,
             name: "RoasBelowBreakEven".into(),
-            severity: "warning".into(),
+            severity: crate::pure::condition::Severity::Warning,
             key: Key::new("spring", "paid_social"),
             window: "1h".into(),
             phase: Phase::Firing,

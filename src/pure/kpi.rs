@@ -93,6 +93,89 @@ pub struct Kpis {
     pub clv_cac: Option<f64>,
 }
 
+/// What a rule watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kpi {
+    Cvr,
+    Aov,
+    Cac,
+    Clv,
+    Roas,
+    ClvCac,
+    Gmv,
+    AdSpend,
+    Visits,
+    Orders,
+    NewCustomers,
+}
+
+impl Kpi {
+    /// Every KPI a rule may watch, in the order the documentation lists them.
+    pub const ALL: [Kpi; 11] = [
+        Kpi::Cvr,
+        Kpi::Aov,
+        Kpi::Cac,
+        Kpi::Clv,
+        Kpi::Roas,
+        Kpi::ClvCac,
+        Kpi::Gmv,
+        Kpi::AdSpend,
+        Kpi::Visits,
+        Kpi::Orders,
+        Kpi::NewCustomers,
+    ];
+
+    pub fn parse(name: &str) -> Option<Kpi> {
+        Some(match name {
+            "cvr" => Kpi::Cvr,
+            "aov" => Kpi::Aov,
+            "cac" => Kpi::Cac,
+            "clv" => Kpi::Clv,
+            "roas" => Kpi::Roas,
+            "clv_cac" => Kpi::ClvCac,
+            "gmv" => Kpi::Gmv,
+            "ad_spend" => Kpi::AdSpend,
+            "visits" => Kpi::Visits,
+            "orders" => Kpi::Orders,
+            "new_customers" => Kpi::NewCustomers,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kpi::Cvr => "cvr",
+            Kpi::Aov => "aov",
+            Kpi::Cac => "cac",
+            Kpi::Clv => "clv",
+            Kpi::Roas => "roas",
+            Kpi::ClvCac => "clv_cac",
+            Kpi::Gmv => "gmv",
+            Kpi::AdSpend => "ad_spend",
+            Kpi::Visits => "visits",
+            Kpi::Orders => "orders",
+            Kpi::NewCustomers => "new_customers",
+        }
+    }
+
+    /// The value for some sums; `None` where undefined (zero denominator).
+    pub fn of(self, s: &Sums, k: &Kpis) -> Option<f64> {
+        match self {
+            Kpi::Cvr => k.cvr,
+            Kpi::Aov => k.aov,
+            Kpi::Cac => k.cac,
+            Kpi::Clv => k.clv,
+            Kpi::Roas => k.roas,
+            Kpi::ClvCac => k.clv_cac,
+            Kpi::Gmv => Some(s.gmv()),
+            Kpi::AdSpend => Some(s.ad_spend()),
+            Kpi::Visits => Some(s.visits as f64),
+            Kpi::Orders => Some(s.orders as f64),
+            Kpi::NewCustomers => Some(s.new_customers as f64),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! passed in, so everything here is tested exhaustively and fast.
 
 pub mod cells;
+pub mod condition;
 pub mod decode;
 pub mod dedup;
 pub mod key;

@@ -216,7 +216,7 @@ impl Feed {
                 alertname: &a.name,
                 state: t.to,
                 previous_state: t.from,
-                severity: &a.severity,
+                severity: a.severity.as_str(),
                 campaign: &a.key.campaign,
                 channel: &a.key.channel,
                 window: &a.window,

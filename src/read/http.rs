@@ -669,7 +669,7 @@ mod tests {
         alerts.replace(vec![crate::alert::Alert {
             rule: 0,
             name: "RoasBelowBreakEven".into(),
-            severity: "warning".into(),
+            severity: crate::pure::condition::Severity::Warning,
             key: crate::pure::key::Key::new("spring", "paid_social"),
             window: "1h".into(),
             phase: crate::alert::Phase::Firing,

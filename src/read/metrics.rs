@@ -572,7 +572,7 @@ impl Collector for AlertCollector {
             let mut m = Metric::from_label(vec![
                 pair("alertname", &a.name),
                 pair("alertstate", &a.phase.to_string()),
-                pair("severity", &a.severity),
+                pair("severity", a.severity.as_str()),
                 pair("campaign", &a.key.campaign),
                 pair("channel", &a.key.channel),
                 pair("window", &a.window),

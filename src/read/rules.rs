@@ -15,10 +15,11 @@
 
 use std::fmt::Write;
 
-use crate::alert::{Alert, Condition, Engine, Kpi, Op, Phase, Rule, drop_factors};
+use crate::alert::{Alert, Engine, Phase, Rule};
 use crate::config::Config;
+use crate::pure::condition::{Condition, Op, drop_factors};
 use crate::pure::key::Key;
-use crate::pure::kpi::{ClvAssumptions, Sums};
+use crate::pure::kpi::{ClvAssumptions, Kpi, Sums};
 use crate::pure::window::Windows;
 use crate::state::store::{Row, Snapshot};
 
@@ -246,11 +247,7 @@ pub fn render_prometheus_rule(config: &Config) -> String {
 }
 
 fn windows(config: &Config) -> Windows {
-    Windows::new(
-        &config.window_lengths().expect("validated"),
-        config.windows.buckets,
-        &[],
-    )
+    Windows::new(&config.windows.lengths, config.windows.buckets, &[])
 }
 
 fn sel(series: &str, window: &str) -> String {
@@ -411,7 +408,7 @@ fn render_alert(out: &mut String, rule: &Rule) {
     let _ = writeln!(
         out,
         "        labels:\n          severity: {}",
-        q(&rule.severity)
+        q(rule.severity.as_str())
     );
     let _ = writeln!(out, "        annotations:");
     let _ = writeln!(out, "          summary: {}", q(&summary_template(rule)));
@@ -501,10 +498,7 @@ pub fn render_tests(config: &Config, rules_file: &str) -> String {
             };
             *groups.entry(labels).or_default() += s;
         }
-        for kpi in crate::config::ALERT_KPIS
-            .iter()
-            .map(|k| Kpi::parse(k).expect("known"))
-        {
+        for kpi in Kpi::ALL {
             let name = series(level, kpi);
             let _ = writeln!(
                 out,
@@ -836,7 +830,7 @@ fn render_exp_alert(out: &mut String, rule: &Rule, campaign: &str, value: f64) {
     let _ = writeln!(
         out,
         "          - exp_labels:\n              severity: {}\n              campaign: {campaign}\n              channel: social\n              window: {}",
-        q(&rule.severity),
+        q(rule.severity.as_str()),
         q(w)
     );
     let summary = summary_template(rule)
@@ -857,7 +851,7 @@ fn render_exp_alert(out: &mut String, rule: &Rule, campaign: &str, value: f64) {
 
 fn render_alert_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
     let w = &*rule.window_label;
-    let window_ms = crate::config::parse_window(w);
+    let window_ms = rule.window_ms;
     let (bad, good, before) = test_values(rule);
     let step_ms = 60_000;
     // Enough samples for an `offset` of the window, then the `for` duration.
@@ -945,7 +939,7 @@ fn guard_test(rule: &Rule, clv: &ClvAssumptions, windows: &Windows) -> Option<Gu
     if !guarded || rule.hysteresis <= 0.0 {
         return None;
     }
-    let window_ms = crate::config::parse_window(&rule.window_label);
+    let window_ms = rule.window_ms;
     let (bad, _, before) = test_values(rule);
     // Drops: a preceding window at the old value first.
     let start = match before {

@@ -71,7 +71,7 @@ impl Service {
     /// Binds `http.listen` and creates the consumer: everything that can fail because of the
     /// configuration fails here, before anything runs.
     pub async fn start(config: &Config) -> Result<Service, ServiceError> {
-        let pipeline = Arc::new(Pipeline::from_config(config)?);
+        let pipeline = Arc::new(Pipeline::from_config(config));
         let clv = ClvAssumptions {
             purchases_per_year: config.kpi.purchases_per_year,
             lifetime_years: config.kpi.lifetime_years,

@@ -734,7 +734,7 @@ mod tests {
         config.checkpoint.partitions = 4;
         let topic = config.checkpoint.topic_name(&config.kafka.group_id);
         mock.create_topic(&topic, 4, 1).unwrap();
-        let pipeline = Pipeline::from_config(&config).unwrap();
+        let pipeline = Pipeline::from_config(&config);
         let store =
             CheckpointStore::new(&config.kafka, &config.checkpoint, pipeline.windows.clone())
                 .unwrap();

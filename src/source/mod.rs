@@ -541,7 +541,7 @@ mod tests {
 
     fn context() -> SourceContext {
         let config = Config::load_with_env(None, Some(Default::default())).unwrap();
-        let pipeline = Arc::new(Pipeline::from_config(&config).unwrap());
+        let pipeline = Arc::new(Pipeline::from_config(&config));
         let labels: Vec<&str> = pipeline.windows.specs().iter().map(|s| &*s.label).collect();
         let checkpoints =
             CheckpointStore::new(&config.kafka, &config.checkpoint, pipeline.windows.clone())
