@@ -24,8 +24,9 @@
 //! - [`state`]: the partitions shared with readers ([`state::store`]), the pipeline built from
 //!   the configuration, and the checkpoint format that saves a partition's state with its
 //!   offset ([`state::checkpoint`]).
-//! - [`runtime`]: what every task shares: the service's own metrics and readiness
-//!   ([`runtime::telemetry`]), task failures and the faults tests inject.
+//! - [`runtime`]: what every task shares: the service's own metrics ([`runtime::telemetry`]),
+//!   readiness ([`runtime::health`]), rate-limited logging, task failures and the faults tests
+//!   inject.
 //! - [`source`]: the consumer group member (at-least-once: offsets stored after apply), the
 //!   take-over of assigned partitions, the checkpoint topic, dead letters.
 //! - [`alert`]: threshold and drop rules with `for`, guards and hysteresis; Alertmanager

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Alert, ResolvedReason};
 use crate::config::AlertmanagerConfig;
-use crate::runtime::telemetry::{RateLimit, Telemetry};
+use crate::runtime::rate_limit::RateLimit;
+use crate::runtime::telemetry::Telemetry;
 
 /// What the evaluator tells the notifier after each evaluation.
 #[derive(Debug, Clone)]

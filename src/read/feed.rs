@@ -18,7 +18,8 @@ use crate::config::KafkaConfig;
 use crate::pure::kpi::ClvAssumptions;
 use crate::pure::window::Windows;
 use crate::read::rows::{KpiRow, RowCoverage, kpi_row};
-use crate::runtime::telemetry::{Coverage, Telemetry};
+use crate::runtime::health::Coverage;
+use crate::runtime::telemetry::Telemetry;
 use crate::source::client::Quiet;
 use crate::state::store::Snapshot;
 

@@ -20,7 +20,8 @@ use crate::pure::window::Windows;
 use crate::read::history::History;
 use crate::read::metrics::render_kpis_in_pieces;
 use crate::read::rows::{RowCoverage, kpi_row};
-use crate::runtime::telemetry::{Coverage, Health, Telemetry};
+use crate::runtime::health::{Coverage, Health};
+use crate::runtime::telemetry::Telemetry;
 use crate::state::store::{GroupBy, Store};
 
 /// What the handlers read. Cheap to clone.

@@ -19,7 +19,7 @@ use crate::pure::key_state::EventTypes;
 use crate::pure::kpi::{ClvAssumptions, Kpis, Sums};
 use crate::pure::rebuild::{COMPLETE, coverage_ratio};
 use crate::pure::window::Windows;
-use crate::runtime::telemetry::Health;
+use crate::runtime::health::Health;
 use crate::state::store::{Snapshot, Store};
 
 /// A windowed gauge: name, help, and how to read it from the sums or KPIs.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pure::kpi::{ClvAssumptions, Sums};
 use crate::pure::window::Windows;
-use crate::runtime::telemetry::Coverage;
+use crate::runtime::health::Coverage;
 use crate::state::store::Snapshot;
 
 /// One row of `/api/v1/kpis`. A label that was grouped away is `null`.

@@ -14,7 +14,8 @@ use crate::pure::kpi::ClvAssumptions;
 use crate::pure::window::Windows;
 use crate::read::feed::Feed;
 use crate::read::history::History;
-use crate::runtime::telemetry::{Health, Telemetry};
+use crate::runtime::health::Health;
+use crate::runtime::telemetry::Telemetry;
 use crate::state::store::{Snapshot, Store};
 
 pub struct Ticker {

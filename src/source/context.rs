@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Redactor;
 use crate::pure::pipeline::Pipeline;
-use crate::runtime::telemetry::{Health, RateLimit, Telemetry};
+use crate::runtime::health::Health;
+use crate::runtime::rate_limit::RateLimit;
+use crate::runtime::telemetry::Telemetry;
 use crate::source::checkpoints::CheckpointStore;
 use crate::source::deadletter::DeadLetters;
 use crate::source::restore::{Restored, Restorer};

@@ -28,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::pure::pipeline::Pipeline;
+use crate::runtime::health::Health;
+use crate::runtime::rate_limit::RateLimit;
 use crate::runtime::task::TaskFailure;
-use crate::runtime::telemetry::{Health, RateLimit, Telemetry};
+use crate::runtime::telemetry::Telemetry;
 use crate::source::checkpoints::CheckpointStore;
 use crate::source::client::Quiet;
 use crate::source::deadletter::DeadLetters;
@@ -476,7 +478,7 @@ mod tests {
 
     use crate::config::Config;
     use crate::pure::partition::PartitionState;
-    use crate::runtime::telemetry::Progress;
+    use crate::runtime::health::Progress;
     use crate::state::store::{SharedPartition, TopicPartition};
 
     /// Only the calling thread yields: a thread started after it keeps the default priority.

@@ -11,7 +11,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
-use crate::runtime::telemetry::Health;
+use crate::runtime::health::Health;
 use crate::source::client::Quiet;
 use crate::source::{Kafka, SHUTDOWN_STEP};
 use crate::state::store::TopicPartition;
