@@ -11,7 +11,7 @@
 //! costs 9 bytes an id and more with its slack (2^23 slots, 75 MB, for 5.6 M); a probabilistic
 //! filter cannot be asked to forget one generation, nor to never call a new id a duplicate
 //! with the odds wanted. Ids can be sorted instead: sorted, uniformly distributed keys need no
-//! slack and no stored prefix (see [`run`]), so an id takes 41 bits and a little index, 5.4
+//! slack and no stored prefix (see `run`), so an id takes 41 bits and a little index, 5.4
 //! bytes, while 56 of its hash bits are compared: with 5.6 M ids held, a new event is taken for
 //! a duplicate by chance with probability 7.8·10⁻¹¹. A sorted array cannot take one id at a
 //! time, so new ids wait in a hash table until a batch of them is merged in.
@@ -479,7 +479,7 @@ impl Serialize for Dedup {
     }
 }
 
-/// Formats 4 and 5 (see [`FORMAT_5`]); format 4's packed words are converted as they are read.
+/// Formats 4 and 5 (see `FORMAT_5`); format 4's packed words are converted as they are read.
 impl<'de> Deserialize<'de> for Dedup {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dedup, D::Error> {
         struct V;

@@ -295,7 +295,7 @@ impl CheckpointStore {
     }
 
     /// Saves every partition of `parts` whose state moved since its last save. Chunks go out
-    /// in waves of about [`WAVE_BYTES`], each wave's chunks together and then its manifests:
+    /// in waves of about `WAVE_BYTES`, each wave's chunks together and then its manifests:
     /// two round trips per wave, not two per partition (with hundreds of partitions that was
     /// the difference between milliseconds and half a minute), while the bytes in flight
     /// stay bounded (librdkafka copies every chunk until it is acknowledged; a round of all
