@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::service::*;
 use common::*;
 
 fn run_with_config(toml: &str, env: &[(&str, &str)]) -> (i32, String) {

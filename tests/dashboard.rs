@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use common::{broker::*, prometheus::*, service::*};
 use serde_json::Value;
 
 const DASHBOARD: &str = concat!(

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use common::{prometheus::*, scrape::*};
 
 #[test]
 fn demo_serves_live_kpis_and_stops_cleanly() {

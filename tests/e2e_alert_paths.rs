@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use common::{alertmanager::*, broker::*, prometheus::*, scrape::*, service::*};
 use serde_json::Value;
 
 fn visit(campaign: &str, id: &str, ts: i64) -> Msg {

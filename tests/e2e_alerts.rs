@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use common::{alertmanager::*, broker::*, pki::*, prometheus::*, scrape::*, service::*};
 
 fn order(id: &str, ts: i64, amount: u32) -> Msg {
     Msg::json(

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
+use common::{broker::*, ledger::*, prometheus::*, scrape::*, service::*};
 
 /// Visits on the single partition of `visits`.
 const N: u64 = 1_000_000;

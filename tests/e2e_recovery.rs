@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use common::{broker::*, ledger::*, prometheus::*, scrape::*, service::*};
 
 const WINDOWS: [&str; 3] = ["5m", "1h", "24h"];
 const CHANNELS: &[&str] = &["email", "paid_social", "display"];

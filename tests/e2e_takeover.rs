@@ -16,6 +16,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use common::{broker::*, ledger::*, scrape::*, service::*};
 use rand::Rng;
 use rdkafka::mocking::MockCluster;
 

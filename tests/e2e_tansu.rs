@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use common::{broker::*, prometheus::*, scrape::*, service::*};
 
 const WINDOWS: [&str; 3] = ["5m", "1h", "24h"];
 

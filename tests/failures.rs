@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use common::{broker::*, ledger::*, scrape::*, service::*};
 
 /// Each task, the fault site in it, and what its failure is called.
 const TASKS: [(&str, &str, &str); 7] = [

@@ -87,7 +87,7 @@ fn a_million_campaign_names_stay_within_the_key_limit_and_valid() {
         assert!(!key.campaign.chars().any(char::is_control), "{key:?}");
     }
     assert!(text.contains("campaign=\"evil-0[31mred\""));
-    common::promtool_check(&text);
+    common::prometheus::promtool_check(&text);
 }
 
 /// Through Tansu and the service, with `limits.max_keys = 300`: 3,000 campaigns on the three
@@ -96,6 +96,7 @@ fn a_million_campaign_names_stay_within_the_key_limit_and_valid() {
 #[test]
 fn an_instance_exports_at_most_max_keys_of_a_topic() {
     use common::*;
+    use common::{broker::*, prometheus::*, service::*};
     use std::time::Duration;
     let tansu = Tansu::start();
     tansu.create_topics(&TOPICS, 3);

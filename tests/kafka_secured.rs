@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use common::{broker::*, ledger::*, pki::*, service::*};
 
 const CHANNELS: &[&str] = &["email", "paid_social"];
 const ALICE_PASSWORD: &str = "alice-Pa55-only-in-a-file";

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use common::{broker::*, ledger::*, prometheus::*, scrape::*, service::*};
 use ecom_pulse::config::Config;
 use ecom_pulse::service::Service as Ecom;
 use ecom_pulse::state::store::TopicPartition;

@@ -7,6 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::scrape::*;
 use common::*;
 
 fn chromium(port: u16, args: &[&str]) -> String {

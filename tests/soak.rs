@@ -32,6 +32,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use common::{broker::*, ledger::*, prometheus::*, service::*};
 
 const CHANNELS: &[&str] = &["email", "paid_social", "display", "affiliate"];
 

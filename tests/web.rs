@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use common::{pki::*, prometheus::*, service::*};
 
 const ENDPOINTS: &[&str] = &[
     "/metrics",
