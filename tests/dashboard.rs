@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use common::{broker::*, prometheus::*, service::*};
@@ -170,18 +170,18 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     assert!(queries.len() >= 30, "{} queries", queries.len());
 
     // Rates need two scrapes, alerts need the guards met: poll until every query has data.
-    let deadline = Instant::now() + Duration::from_secs(180);
     let mut empty: Vec<(String, String)> = queries.clone();
-    while !empty.is_empty() {
+    let filled = poll(Duration::from_secs(180), || {
         empty.retain(|(name, q)| match prometheus.query(q) {
             Ok(result) => result.is_empty(),
             Err(e) => panic!("{name}: {q}: {e}"),
         });
-        if Instant::now() > deadline {
-            panic!("queries without data after 3 minutes:\n{empty:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        empty.is_empty().then_some(())
+    });
+    assert!(
+        filled.is_some(),
+        "queries without data after 3 minutes:\n{empty:#?}"
+    );
     // The ROAS headline equals the fleet recording rule: both are sums divided. Compared at
     // the instant the rule was last evaluated, so both read the same scraped samples (the
     // generator keeps changing them every second). A scrape stamped just before that
@@ -207,14 +207,11 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         }
         compared.push((at, headline, fleet));
         // Wait for the next evaluation (every second).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while evaluated_at() <= at {
-            assert!(
-                Instant::now() < deadline,
-                "the rule was not evaluated again"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(
+            "the rule to be evaluated again",
+            Duration::from_secs(10),
+            || (evaluated_at() > at).then_some(()),
+        );
     }
     panic!("the headline never equalled the recording rule: {compared:?}");
 }

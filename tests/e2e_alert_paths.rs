@@ -20,39 +20,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::events::{order, spend, visit};
 use common::*;
 use common::{alertmanager::*, broker::*, prometheus::*, scrape::*, service::*};
 use serde_json::Value;
-
-fn visit(campaign: &str, id: &str, ts: i64) -> Msg {
-    Msg::json(
-        "visits",
-        campaign,
-        format!(
-            r#"{{"type":"visit","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email"}}"#
-        ),
-    )
-}
-
-fn order(campaign: &str, id: &str, ts: i64, amount: u32) -> Msg {
-    Msg::json(
-        "orders",
-        campaign,
-        format!(
-            r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email","amount":{amount},"new_customer":true}}"#
-        ),
-    )
-}
-
-fn spend(campaign: &str, id: &str, ts: i64, amount: u32) -> Msg {
-    Msg::json(
-        "ad-spend",
-        campaign,
-        format!(
-            r#"{{"type":"ad_spend","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"email","amount":{amount}}}"#
-        ),
-    )
-}
 
 /// The service's config with the alert topic set (keys of [kafka] go before its sub-table).
 fn with_alerts_topic(config: String) -> String {
@@ -201,9 +172,12 @@ fn a_campaign_whose_window_empties_stops_firing_in_both_paths() {
                 produce(
                     &tansu.brokers(),
                     &[
-                        visit("ended", &format!("v{sent}"), ts),
-                        visit("selling", &format!("v{sent}"), ts),
-                        order("selling", &format!("o{sent}"), ts, 40),
+                        visit(format!("v{sent}"), ts).on("ended", "email").msg(),
+                        visit(format!("v{sent}"), ts).on("selling", "email").msg(),
+                        order(format!("o{sent}"), ts, 40)
+                            .on("selling", "email")
+                            .new_customer(true)
+                            .msg(),
                     ],
                 );
                 sent += 1;
@@ -378,11 +352,20 @@ fn spend_wobbling_under_the_guard_keeps_the_alert_and_a_pause_resolves_it_in_bot
     produce(
         &tansu.brokers(),
         &[
-            spend("promo", "s0", t0 - 120_000, 4),
-            spend("promo", "s1", t0 - 60_000, 96),
-            order("promo", "o0", t0, 50),
-            order("promo", "o1", t0, 50),
-            order("promo", "o2", t0, 50),
+            spend("s0", t0 - 120_000, 4).on("promo", "email").msg(),
+            spend("s1", t0 - 60_000, 96).on("promo", "email").msg(),
+            order("o0", t0, 50)
+                .on("promo", "email")
+                .new_customer(true)
+                .msg(),
+            order("o1", t0, 50)
+                .on("promo", "email")
+                .new_customer(true)
+                .msg(),
+            order("o2", t0, 50)
+                .on("promo", "email")
+                .new_customer(true)
+                .msg(),
         ],
     );
     let promo = BTreeSet::from(["promo".to_string()]);

@@ -6,28 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::events::{order, spend};
 use common::*;
 use common::{alertmanager::*, broker::*, pki::*, prometheus::*, scrape::*, service::*};
-
-fn order(id: &str, ts: i64, amount: u32) -> Msg {
-    Msg::json(
-        "orders",
-        "promo",
-        format!(
-            r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"campaign":"promo","channel":"paid_social","amount":{amount},"new_customer":true}}"#
-        ),
-    )
-}
-
-fn spend(id: &str, ts: i64, amount: u32) -> Msg {
-    Msg::json(
-        "ad-spend",
-        "promo",
-        format!(
-            r#"{{"type":"ad_spend","event_id":"{id}","timestamp":{ts},"campaign":"promo","channel":"paid_social","amount":{amount}}}"#
-        ),
-    )
-}
 
 /// Fast evaluation, and the guide's rule with a short `for`.
 const RULES: &str = r#"
@@ -77,8 +58,19 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
     let ts = now_ms() - 1_000;
 
     // ROAS 4: 3,000 of orders on 750 of spend.
-    let mut batch: Vec<Msg> = (0..30).map(|i| order(&format!("o{i}"), ts, 100)).collect();
-    batch.extend((0..3).map(|i| spend(&format!("s{i}"), ts, 250)));
+    let mut batch: Vec<Msg> = (0..30)
+        .map(|i| {
+            order(format!("o{i}"), ts, 100)
+                .on("promo", "paid_social")
+                .new_customer(true)
+                .msg()
+        })
+        .collect();
+    batch.extend((0..3).map(|i| {
+        spend(format!("s{i}"), ts, 250)
+            .on("promo", "paid_social")
+            .msg()
+    }));
     produce(&tansu.brokers(), &batch);
     wait_for("ROAS 4", Duration::from_secs(60), || {
         (roas(&svc) == Some(4.0)).then_some(())
@@ -89,7 +81,11 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
     produce(
         &tansu.brokers(),
         &(3..8)
-            .map(|i| spend(&format!("s{i}"), ts, 250))
+            .map(|i| {
+                spend(format!("s{i}"), ts, 250)
+                    .on("promo", "paid_social")
+                    .msg()
+            })
             .collect::<Vec<_>>(),
     );
     wait_for("ROAS 1.5", Duration::from_secs(60), || {
@@ -162,7 +158,12 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
     produce(
         &tansu.brokers(),
         &(30..60)
-            .map(|i| order(&format!("o{i}"), ts, 100))
+            .map(|i| {
+                order(format!("o{i}"), ts, 100)
+                    .on("promo", "paid_social")
+                    .new_customer(true)
+                    .msg()
+            })
             .collect::<Vec<_>>(),
     );
     wait_for("ROAS 3", Duration::from_secs(60), || {
@@ -350,8 +351,19 @@ fn alerts_reach_an_alertmanager_behind_tls_and_basic_auth() {
     let wrong = start(&pki.path("wrong-password"));
     // ROAS 1.5 straight away.
     let ts = now_ms() - 1_000;
-    let mut batch: Vec<Msg> = (0..15).map(|i| order(&format!("o{i}"), ts, 100)).collect();
-    batch.extend((0..4).map(|i| spend(&format!("s{i}"), ts, 250)));
+    let mut batch: Vec<Msg> = (0..15)
+        .map(|i| {
+            order(format!("o{i}"), ts, 100)
+                .on("promo", "paid_social")
+                .new_customer(true)
+                .msg()
+        })
+        .collect();
+    batch.extend((0..4).map(|i| {
+        spend(format!("s{i}"), ts, 250)
+            .on("promo", "paid_social")
+            .msg()
+    }));
     produce(&tansu.brokers(), &batch);
     let listed = wait_for(
         "the alert to reach Alertmanager",

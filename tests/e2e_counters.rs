@@ -99,12 +99,12 @@ impl Ledger {
             // deterministically.
             let partition = (n % PARTITIONS as u64) as i32;
             let channel = ORGANIC[(n / PARTITIONS as u64) as usize % ORGANIC.len()];
+            let visit = events::visit(format!("org-{n}"), ts);
             let json = match channel {
-                Some(c) => format!(
-                    r#"{{"type":"visit","event_id":"org-{n}","timestamp":{ts},"channel":"{c}"}}"#
-                ),
-                None => format!(r#"{{"type":"visit","event_id":"org-{n}","timestamp":{ts}}}"#),
-            };
+                Some(c) => visit.channel(c),
+                None => visit,
+            }
+            .json();
             send(producer, "visits", None, Some(partition), json.as_bytes());
             *self
                 .organic
@@ -244,7 +244,7 @@ fn settled_evaluation(
     series: Option<&BTreeSet<String>>,
 ) -> (f64, BTreeSet<String>) {
     let mut last = String::new();
-    let found = wait_for_or(Duration::from_secs(90), || {
+    let found = poll(Duration::from_secs(90), || {
         let stamps = query(prom, &format!("timestamp({})", rule(COUNTERS[0])));
         let t = stamps.iter().map(|s| s.value).reduce(f64::max)?;
         let mut labels = BTreeSet::new();
@@ -281,25 +281,11 @@ fn settled_evaluation(
     found.unwrap_or_else(|| panic!("Prometheus never settled on the ledger: {last}"))
 }
 
-/// Like `wait_for`, returning `None` at the timeout so the caller can say what it saw last.
-fn wait_for_or<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Waits until Prometheus' latest scrapes show exactly `owners` (instance → partitions
 /// assigned, none catching up) and no other instance up.
 fn wait_owners(prom: &Prometheus, what: &str, owners: &[(&str, f64)], logs: &[&Service]) {
     let mut last = String::new();
-    let done = wait_for_or(Duration::from_secs(90), || {
+    let done = poll(Duration::from_secs(90), || {
         let assigned: BTreeMap<String, f64> = query(prom, "ecom_pulse_partitions_assigned")
             .into_iter()
             .map(|s| (s.labels["instance"].clone(), s.value))

@@ -30,13 +30,9 @@ fn group(name: &str) -> String {
 fn visit(i: u64, start: i64) -> Msg {
     let ts = start + (i as i64 * SPAN_MS) / N as i64;
     let campaign = format!("dd-c{}", i % KEYS);
-    Msg::json(
-        "visits",
-        &campaign,
-        format!(
-            r#"{{"type":"visit","event_id":"dd-{i}","timestamp":{ts},"campaign":"{campaign}","channel":"web"}}"#
-        ),
-    )
+    events::visit(format!("dd-{i}"), ts)
+        .on(&campaign, "web")
+        .msg()
 }
 
 /// Produces visits `ids`, 100,000 at a time (so the test never holds them all). Uncompressed:
@@ -62,25 +58,21 @@ fn visits_horizon(m: &Metrics) -> f64 {
 }
 
 fn wait_counted(svc: &Service, accepted: f64, duplicates: f64) -> Metrics {
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    loop {
+    let (mut a, mut d) = (0.0, 0.0);
+    poll(Duration::from_secs(180), || {
         let m = svc.metrics();
-        let (a, d) = (
+        (a, d) = (
             m.sum("ecom_pulse_events_total"),
             m.sum("ecom_pulse_events_duplicate_total"),
         );
-        if a + d >= accepted + duplicates {
-            return m;
-        }
-
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "timed out: {a} accepted, {d} duplicates\n--- service log ---\n{}",
-                svc.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        (a + d >= accepted + duplicates).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out: {a} accepted, {d} duplicates\n--- service log ---\n{}",
+            svc.log()
+        )
+    })
 }
 
 #[test]
@@ -156,14 +148,11 @@ fn a_million_ids_in_one_partition_are_all_remembered_for_the_horizon() {
     // are forgotten early, the horizon kept falls below the configured one, and re-sends from
     // before it count again. (An instance of its own, on the orders topic alone.)
     let order = |i: i64| {
-        Msg::json(
-            "orders",
-            "dd-o",
-            format!(
-                r#"{{"type":"order","event_id":"dd-o{i}","timestamp":{},"campaign":"dd-o","channel":"web","amount":"10.00","new_customer":false}}"#,
-                start + i * 100
-            ),
-        )
+        events::order(format!("dd-o{i}"), start + i * 100, 0)
+            .amount_text("10.00")
+            .on("dd-o", "web")
+            .new_customer(false)
+            .msg()
     };
     produce(&tansu.brokers(), &(0..8_400).map(order).collect::<Vec<_>>());
     produce(&tansu.brokers(), &(0..1_000).map(order).collect::<Vec<_>>());

@@ -20,21 +20,20 @@ fn group(name: &str) -> String {
 }
 
 fn scrape_until(svc: &Service, what: &str, expected: Expected) -> Metrics {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    let mut got = None;
+    poll(Duration::from_secs(120), || {
         let m = svc.metrics();
-        let got = counter_totals(&[&m]);
-        if got == expected {
-            return m;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}: {got:?} != {expected:?}\n--- service log ---\n{}",
-                svc.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let totals = counter_totals(&[&m]);
+        let done = totals == expected;
+        got = Some(totals);
+        done.then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for {what}: {got:?} != {expected:?}\n--- service log ---\n{}",
+            svc.log()
+        )
+    })
 }
 
 #[test]

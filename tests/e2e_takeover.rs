@@ -26,34 +26,37 @@ const ROUNDS: usize = 10;
 /// Both instances' scrapes once together they hold all 18 partitions, all caught up, and
 /// their counters add up to `expected`.
 fn settled(a: &Service, b: &Service, expected: Expected, round: usize) -> (Metrics, Metrics) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    let held = |m: &Metrics| m.get("ecom_pulse_partitions_assigned").unwrap_or(0.0);
+    let behind = |m: &Metrics| m.get("ecom_pulse_partitions_catching_up").unwrap_or(1.0);
+    let mut last = None;
+    poll(Duration::from_secs(120), || {
         let scrape = |s: &Service| s.get("/metrics").ok().filter(|(st, _)| *st == 200);
-        if let (Some((_, ta)), Some((_, tb))) = (scrape(a), scrape(b)) {
-            let (ma, mb) = (Metrics::parse(&ta), Metrics::parse(&tb));
-            let held = |m: &Metrics| m.get("ecom_pulse_partitions_assigned").unwrap_or(0.0);
-            let behind = |m: &Metrics| m.get("ecom_pulse_partitions_catching_up").unwrap_or(1.0);
-            if held(&ma) + held(&mb) == 18.0
-                && behind(&ma) + behind(&mb) == 0.0
-                && counter_totals(&[&ma, &mb]) == expected
-            {
-                return (ma, mb);
-            }
-            if std::time::Instant::now() > deadline {
-                panic!(
-                    "round {round}: not settled after 120 s: assigned {} + {}, catching up {} + {}, counted {:?} of {expected:?}\n--- a ---\n{}\n--- b ---\n{}",
-                    held(&ma),
-                    held(&mb),
-                    behind(&ma),
-                    behind(&mb),
-                    counter_totals(&[&ma, &mb]),
-                    tail(&a.log()),
-                    tail(&b.log()),
-                );
-            }
+        let (Some((_, ta)), Some((_, tb))) = (scrape(a), scrape(b)) else {
+            return None;
+        };
+        let (ma, mb) = (Metrics::parse(&ta), Metrics::parse(&tb));
+        let done = held(&ma) + held(&mb) == 18.0
+            && behind(&ma) + behind(&mb) == 0.0
+            && counter_totals(&[&ma, &mb]) == expected;
+        if done {
+            return Some((ma, mb));
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        last = Some((ma, mb));
+        None
+    })
+    .unwrap_or_else(|| {
+        let (ma, mb) = last.unwrap_or_default();
+        panic!(
+            "round {round}: not settled after 120 s: assigned {} + {}, catching up {} + {}, counted {:?} of {expected:?}\n--- a ---\n{}\n--- b ---\n{}",
+            held(&ma),
+            held(&mb),
+            behind(&ma),
+            behind(&mb),
+            counter_totals(&[&ma, &mb]),
+            tail(&a.log()),
+            tail(&b.log()),
+        )
+    })
 }
 
 fn tail(log: &str) -> String {

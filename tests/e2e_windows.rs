@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::events::{order, visit};
 use common::*;
 use common::{broker::*, scrape::*, service::*};
 use ecom_pulse::config::Config;
@@ -28,31 +29,25 @@ struct Want {
 fn events(prefix: &str, ts: i64, visits: usize, orders: usize, spend: f64) -> Vec<Msg> {
     let mut out = Vec::new();
     for i in 0..visits {
-        out.push(Msg::json(
-            "visits",
-            "shop",
-            format!(
-                r#"{{"type":"visit","event_id":"{prefix}-v{i}","timestamp":{ts},"campaign":"shop","channel":"search"}}"#
-            ),
-        ));
+        out.push(
+            visit(format!("{prefix}-v{i}"), ts)
+                .on("shop", "search")
+                .msg(),
+        );
     }
     for i in 0..orders {
-        out.push(Msg::json(
-            "orders",
-            "shop",
-            format!(
-                r#"{{"type":"order","event_id":"{prefix}-o{i}","timestamp":{ts},"campaign":"shop","channel":"search","amount":100}}"#
-            ),
-        ));
+        out.push(
+            order(format!("{prefix}-o{i}"), ts, 100)
+                .on("shop", "search")
+                .msg(),
+        );
     }
     if spend > 0.0 {
-        out.push(Msg::json(
-            "ad-spend",
-            "shop",
-            format!(
-                r#"{{"type":"ad_spend","event_id":"{prefix}-s","timestamp":{ts},"campaign":"shop","channel":"search","amount":{spend}}}"#
-            ),
-        ));
+        out.push(
+            common::events::spend(format!("{prefix}-s"), ts, spend)
+                .on("shop", "search")
+                .msg(),
+        );
     }
     out
 }
@@ -226,13 +221,10 @@ async fn a_window_the_topic_no_longer_holds_says_so_and_raises_nothing() {
     let visits: Vec<Msg> = (0..7_000_i64)
         .map(|i| {
             let ts = now - 50 * MIN + i * 50 * MIN / 7_000;
-            Msg::json(
-                "visits",
-                "shop",
-                format!(
-                    r#"{{"type":"visit","event_id":"r{i}","timestamp":{ts},"campaign":"shop","channel":"search","pad":"{pad}"}}"#
-                ),
-            )
+            visit(format!("r{i}"), ts)
+                .on("shop", "search")
+                .field("pad", format!("\"{pad}\""))
+                .msg()
         })
         .collect();
     // ROAS 0.5 in both windows.

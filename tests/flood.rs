@@ -111,13 +111,9 @@ fn an_instance_exports_at_most_max_keys_of_a_topic() {
     let now = now_ms();
     let flood: Vec<Msg> = (0..3_000)
         .map(|i| {
-            Msg::json(
-                "visits",
-                &format!("c{i}"),
-                format!(
-                    r#"{{"type":"visit","event_id":"f{i}","timestamp":{now},"campaign":"c{i}","channel":"paid_social"}}"#
-                ),
-            )
+            events::visit(format!("f{i}"), now)
+                .on(format!("c{i}"), "paid_social")
+                .msg()
         })
         .collect();
     produce(&tansu.brokers(), &flood);

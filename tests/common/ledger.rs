@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::broker::Msg;
+use super::events::{order, spend, visit};
 use super::scrape::{Metrics, windowed};
 
 /// Sums per (campaign, channel) of events known to have been produced once.
@@ -59,45 +60,28 @@ impl Traffic {
                 .ledger
                 .entry((campaign.clone(), channel.clone()))
                 .or_default();
-            let (topic, json) = match s % 20 {
+            let event = match s % 20 {
                 0 | 1 => {
                     let cents = 1_000 + (s * 37) % 9_000;
                     let new = s.is_multiple_of(3);
                     e.orders += 1;
                     e.new_customers += u64::from(new);
                     e.gmv_micros += cents as u128 * 10_000;
-                    (
-                        "orders",
-                        format!(
-                            r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"{channel}","amount":"{}.{:02}","new_customer":{new}}}"#,
-                            cents / 100,
-                            cents % 100
-                        ),
-                    )
+                    order(&id, ts, 0)
+                        .amount_text(format!("{}.{:02}", cents / 100, cents % 100))
+                        .new_customer(new)
                 }
                 2 => {
                     let cents = 500 + (s * 13) % 2_000;
                     e.ad_spend_micros += cents as u128 * 10_000;
-                    (
-                        "ad-spend",
-                        format!(
-                            r#"{{"type":"ad_spend","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"{channel}","amount":{}.{:02}}}"#,
-                            cents / 100,
-                            cents % 100
-                        ),
-                    )
+                    spend(&id, ts, format!("{}.{:02}", cents / 100, cents % 100))
                 }
                 _ => {
                     e.visits += 1;
-                    (
-                        "visits",
-                        format!(
-                            r#"{{"type":"visit","event_id":"{id}","timestamp":{ts},"campaign":"{campaign}","channel":"{channel}"}}"#
-                        ),
-                    )
+                    visit(&id, ts)
                 }
             };
-            let m = Msg::json(topic, &campaign, json);
+            let m = event.on(&campaign, &channel).msg();
             self.produced.push(Msg {
                 topic: m.topic,
                 key: m.key.clone(),

@@ -13,6 +13,7 @@
 
 pub mod alertmanager;
 pub mod broker;
+pub mod events;
 pub mod ledger;
 pub mod pki;
 pub mod prometheus;
@@ -49,19 +50,25 @@ pub fn tool(name: &str, hint: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("`{name}` is not installed; {hint} (scripts/test does this)"))
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` saying `what`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+/// The one way tests wait for a condition: polls `check` every 50 ms until it returns
+/// `Some`, for at most `timeout`. `None` when it never held, for a caller whose failure
+/// message needs what it last saw; [`wait_for`] panics itself.
+pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Like [`poll`], panicking after `timeout` with `what` it waited for.
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, check).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// Kills the child when dropped.

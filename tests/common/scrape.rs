@@ -65,7 +65,7 @@ fn dechunk(mut rest: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// A scrape, as series text → value.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Metrics {
     pub text: String,
     pub series: BTreeMap<String, f64>,
