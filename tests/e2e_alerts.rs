@@ -10,6 +10,27 @@ use common::events::{order, spend};
 use common::*;
 use common::{alertmanager::*, broker::*, pki::*, prometheus::*, scrape::*, service::*};
 
+/// Orders `ids` of 100 for `promo` on `paid_social`, each from a new customer.
+fn orders(ids: std::ops::Range<u32>, ts: i64) -> Vec<Msg> {
+    ids.map(|i| {
+        order(format!("o{i}"), ts, 100)
+            .on("promo", "paid_social")
+            .new_customer(true)
+            .msg()
+    })
+    .collect()
+}
+
+/// Spend `ids` of 250 on `promo`, `paid_social`.
+fn spends(ids: std::ops::Range<u32>, ts: i64) -> Vec<Msg> {
+    ids.map(|i| {
+        spend(format!("s{i}"), ts, 250)
+            .on("promo", "paid_social")
+            .msg()
+    })
+    .collect()
+}
+
 /// Fast evaluation, and the guide's rule with a short `for`.
 const RULES: &str = r#"
 [alerting]
@@ -58,19 +79,8 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
     let ts = now_ms() - 1_000;
 
     // ROAS 4: 3,000 of orders on 750 of spend.
-    let mut batch: Vec<Msg> = (0..30)
-        .map(|i| {
-            order(format!("o{i}"), ts, 100)
-                .on("promo", "paid_social")
-                .new_customer(true)
-                .msg()
-        })
-        .collect();
-    batch.extend((0..3).map(|i| {
-        spend(format!("s{i}"), ts, 250)
-            .on("promo", "paid_social")
-            .msg()
-    }));
+    let mut batch = orders(0..30, ts);
+    batch.extend(spends(0..3, ts));
     produce(&tansu.brokers(), &batch);
     wait_for("ROAS 4", Duration::from_secs(60), || {
         (roas(&svc) == Some(4.0)).then_some(())
@@ -78,16 +88,7 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
     svc.wait_ready(Duration::from_secs(30));
 
     // More spend, no more sales: ROAS 3,000 / 2,000 = 1.5.
-    produce(
-        &tansu.brokers(),
-        &(3..8)
-            .map(|i| {
-                spend(format!("s{i}"), ts, 250)
-                    .on("promo", "paid_social")
-                    .msg()
-            })
-            .collect::<Vec<_>>(),
-    );
+    produce(&tansu.brokers(), &spends(3..8, ts));
     wait_for("ROAS 1.5", Duration::from_secs(60), || {
         (roas(&svc) == Some(1.5)).then_some(())
     });
@@ -155,17 +156,7 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
     );
 
     // Sales recover: 6,000 / 2,000 = 3 (past the 2.1 hysteresis): resolved everywhere.
-    produce(
-        &tansu.brokers(),
-        &(30..60)
-            .map(|i| {
-                order(format!("o{i}"), ts, 100)
-                    .on("promo", "paid_social")
-                    .new_customer(true)
-                    .msg()
-            })
-            .collect::<Vec<_>>(),
-    );
+    produce(&tansu.brokers(), &orders(30..60, ts));
     wait_for("ROAS 3", Duration::from_secs(60), || {
         (roas(&svc) == Some(3.0)).then_some(())
     });
@@ -190,90 +181,8 @@ fn roas_below_break_even_reaches_alertmanager_and_resolves() {
         Some(1.0)
     );
 
-    // The alert topic holds the transitions, keyed by campaign, in order.
-    let transitions = read_topic(&tansu.brokers(), "alerts", Duration::from_secs(30), |m| {
-        m.len() >= 3
-    });
-    let states: Vec<(&str, &str)> = transitions
-        .iter()
-        .map(|(_, v)| {
-            (
-                v["previous_state"].as_str().unwrap(),
-                v["state"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        states,
-        [
-            ("inactive", "pending"),
-            ("pending", "firing"),
-            ("firing", "resolved")
-        ]
-    );
-    for (key, v) in &transitions {
-        assert_eq!(key, "promo");
-        assert_eq!(v["schema"], "ecom-pulse.alert.v1");
-        assert_eq!(v["alertname"], "RoasBelowBreakEven");
-    }
-    // Only the resolution has a reason: the sales came back.
-    assert!(
-        transitions[..2]
-            .iter()
-            .all(|(_, v)| v.get("resolved_reason").is_none())
-    );
-    assert_eq!(transitions[2].1["resolved_reason"], "recovered");
-
-    // The KPI topic carries snapshots with every sum and KPI; the latest says ROAS 3.
-    let snapshots = read_topic(&tansu.brokers(), "kpis", Duration::from_secs(30), |m| {
-        m.iter()
-            .any(|(_, v)| v["window"] == "1h" && v["roas"] == 3.0)
-    });
-    let (key, latest) = snapshots
-        .iter()
-        .rev()
-        .find(|(_, v)| v["window"] == "1h")
-        .unwrap();
-    assert_eq!(key, "promo");
-    assert_eq!(latest["schema"], "ecom-pulse.kpi.v1");
-    assert_eq!(latest["currency"], "USD");
-    assert_eq!(latest["campaign"], "promo");
-    assert_eq!(latest["orders"], 60);
-    assert_eq!(latest["gmv"], 6000.0);
-    assert_eq!(latest["ad_spend"], 2000.0);
-    assert!(latest["cvr"].is_null());
-    assert!(
-        snapshots.iter().any(|(_, v)| v["roas"] == 1.5),
-        "the low point was published too"
-    );
-
-    // The example optimiser (examples/rank_by_roas.py, docs/alerts.md) ranks campaigns from
-    // that feed.
-    let out = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/rank_by_roas.py"
-        ))
-        .args([
-            "--brokers",
-            &tansu.brokers(),
-            "--topic",
-            "kpis",
-            "--window",
-            "1h",
-        ])
-        .output()
-        .expect("python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.starts_with("promo") && stdout.contains("ROAS   3.00"),
-        "{stdout}"
-    );
+    the_alert_topic_holds_the_transitions_in_order(&tansu.brokers());
+    the_kpi_feed_carries_every_sum_and_the_optimiser_ranks_from_it(&tansu.brokers());
 }
 
 /// Alertmanager behind TLS and basic auth (its own `--web.config.file`): ecom-pulse pushes with
@@ -351,19 +260,8 @@ fn alerts_reach_an_alertmanager_behind_tls_and_basic_auth() {
     let wrong = start(&pki.path("wrong-password"));
     // ROAS 1.5 straight away.
     let ts = now_ms() - 1_000;
-    let mut batch: Vec<Msg> = (0..15)
-        .map(|i| {
-            order(format!("o{i}"), ts, 100)
-                .on("promo", "paid_social")
-                .new_customer(true)
-                .msg()
-        })
-        .collect();
-    batch.extend((0..4).map(|i| {
-        spend(format!("s{i}"), ts, 250)
-            .on("promo", "paid_social")
-            .msg()
-    }));
+    let mut batch = orders(0..15, ts);
+    batch.extend(spends(0..4, ts));
     produce(&tansu.brokers(), &batch);
     let listed = wait_for(
         "the alert to reach Alertmanager",
@@ -392,4 +290,85 @@ fn alerts_reach_an_alertmanager_behind_tls_and_basic_auth() {
         },
     );
     assert!(!wrong.log().contains("not-it"), "{}", wrong.log());
+}
+
+/// The alert topic holds the transitions, keyed by campaign, in order.
+fn the_alert_topic_holds_the_transitions_in_order(brokers: &str) {
+    let transitions = read_topic(brokers, "alerts", Duration::from_secs(30), |m| m.len() >= 3);
+    let states: Vec<(&str, &str)> = transitions
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["previous_state"].as_str().unwrap(),
+                v["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("inactive", "pending"),
+            ("pending", "firing"),
+            ("firing", "resolved")
+        ]
+    );
+    for (key, v) in &transitions {
+        assert_eq!(key, "promo");
+        assert_eq!(v["schema"], "ecom-pulse.alert.v1");
+        assert_eq!(v["alertname"], "RoasBelowBreakEven");
+    }
+    // Only the resolution has a reason: the sales came back.
+    assert!(
+        transitions[..2]
+            .iter()
+            .all(|(_, v)| v.get("resolved_reason").is_none())
+    );
+    assert_eq!(transitions[2].1["resolved_reason"], "recovered");
+}
+
+/// The KPI topic carries snapshots with every sum and KPI, the latest saying ROAS 3; the
+/// example optimiser ranks campaigns from it.
+fn the_kpi_feed_carries_every_sum_and_the_optimiser_ranks_from_it(brokers: &str) {
+    let snapshots = read_topic(brokers, "kpis", Duration::from_secs(30), |m| {
+        m.iter()
+            .any(|(_, v)| v["window"] == "1h" && v["roas"] == 3.0)
+    });
+    let (key, latest) = snapshots
+        .iter()
+        .rev()
+        .find(|(_, v)| v["window"] == "1h")
+        .unwrap();
+    assert_eq!(key, "promo");
+    assert_eq!(latest["schema"], "ecom-pulse.kpi.v1");
+    assert_eq!(latest["currency"], "USD");
+    assert_eq!(latest["campaign"], "promo");
+    assert_eq!(latest["orders"], 60);
+    assert_eq!(latest["gmv"], 6000.0);
+    assert_eq!(latest["ad_spend"], 2000.0);
+    assert!(latest["cvr"].is_null());
+    assert!(
+        snapshots.iter().any(|(_, v)| v["roas"] == 1.5),
+        "the low point was published too"
+    );
+
+    // The example optimiser (examples/rank_by_roas.py, docs/alerts.md) ranks campaigns from
+    // that feed.
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/rank_by_roas.py"
+        ))
+        .args(["--brokers", brokers, "--topic", "kpis", "--window", "1h"])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("promo") && stdout.contains("ROAS   3.00"),
+        "{stdout}"
+    );
 }

@@ -444,13 +444,21 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
         began.elapsed()
     );
 
-    // Every counter series, on each instance and recorded, only ever went up. `resets()`
-    // compares consecutive samples of a series, also across the gaps where a partition was
-    // away from that instance. A window over the whole test.
     let whole = format!("{}ms", now_ms() - prom_started + 60_000);
+    no_counter_ever_stepped_down(&prom, &whole);
+    every_partition_changed_hands(&prom, &whole);
+    the_fleet_rise_is_what_was_applied(&prom, &ledger, (t_start, &at_start, &start_by_key), t_end);
+    the_final_values_are_the_ledgers(&prom, &ledger, t_end);
+    println!("done in {:?}", began.elapsed());
+}
+
+/// Every counter series, on each instance and recorded, only ever went up over `whole` (a
+/// range over the whole test). `resets()` compares consecutive samples of a series, also
+/// across the gaps where a partition was away from that instance.
+fn no_counter_ever_stepped_down(prom: &Prometheus, whole: &str) {
     for counter in COUNTERS {
         for name in [counter.to_string(), rule(counter)] {
-            let resets = query(&prom, &format!("resets({name}[{whole}])"));
+            let resets = query(prom, &format!("resets({name}[{whole}])"));
             assert!(!resets.is_empty(), "no series of {name}");
             let stepped: Vec<String> = resets
                 .iter()
@@ -465,10 +473,13 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
             );
         }
     }
-    // Every partition changed hands: each visits partition's (none) series came from both
-    // instances.
+}
+
+/// Every partition changed hands: each visits partition's (none) series came from both
+/// instances.
+fn every_partition_changed_hands(prom: &Prometheus, whole: &str) {
     let exporters = query(
-        &prom,
+        prom,
         &format!(
             r#"count by (partition) (max_over_time(ecom_visits_total{{campaign="(none)",channel="organic_search"}}[{whole}]))"#
         ),
@@ -482,8 +493,18 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
             describe(&s.labels)
         );
     }
+}
 
-    // Fleet exactness. Prometheus 2.42 selects the samples in [t - R, t], both ends
+/// Fleet exactness: from the evaluation at `t_start` to the one at `t_end`, the recorded
+/// series rose by exactly what the ledger says was applied, in total and per key.
+fn the_fleet_rise_is_what_was_applied(
+    prom: &Prometheus,
+    ledger: &Ledger,
+    (t_start, at_start, start_by_key): (f64, &Expected, &BTreeMap<(String, String), Expected>),
+    t_end: f64,
+) {
+    let at_end = ledger.total();
+    // Prometheus 2.42 selects the samples in [t - R, t], both ends
     // included, so with R = t_end - t_start the range holds every recorded series' samples
     // from the evaluation at t_start to the one at t_end. With its first and last samples
     // exactly on the range's ends, increase() does not extrapolate: it is last - first (plus
@@ -491,7 +512,7 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
     let range_ms = ((t_end - t_start) * 1000.0).round() as i64;
     assert!(range_ms > 0);
     let expected_rise: BTreeMap<(String, String), Expected> = {
-        let (end, start) = (ledger.by_key(), &start_by_key);
+        let (end, start) = (ledger.by_key(), start_by_key);
         end.into_iter()
             .map(|(k, e)| {
                 let s = start.get(&k).copied().unwrap_or_default();
@@ -507,9 +528,9 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
             .collect()
     };
     for counter in COUNTERS {
-        let total = of(&at_end, counter) - of(&at_start, counter);
+        let total = of(&at_end, counter) - of(at_start, counter);
         let fleet = scalar_at(
-            &prom,
+            prom,
             &format!("sum(increase({}[{range_ms}ms]))", rule(counter)),
             t_end,
         )
@@ -524,7 +545,7 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
         );
         assert_eq!(units(counter, fleet), total, "{counter} over the fleet");
         let per_key = query_at(
-            &prom,
+            prom,
             &format!(
                 "sum by (campaign, channel) (increase({}[{range_ms}ms]))",
                 rule(counter)
@@ -542,34 +563,33 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
         // series), and extrapolates at the ends of series that start or stop inside the
         // range: not exact, by amounts that depend on timing, so only shown.
         let raw = scalar_at(
-            &prom,
+            prom,
             &format!("sum(increase({counter}[{range_ms}ms]))"),
             t_end,
         );
         println!("  over the per-instance series instead: {raw:?}");
     }
     assert!(
-        of(&at_end, "ecom_visits_total") - of(&at_start, "ecom_visits_total") > 0,
+        of(&at_end, "ecom_visits_total") - of(at_start, "ecom_visits_total") > 0,
         "traffic flowed"
     );
+}
 
-    // The final values: per key, the partitions' counters add up to the ledger, on the
-    // surviving instance's series as in the recorded ones; and each partition's organic
-    // visits are exactly those produced to it.
+/// The final values: per key, the partitions' counters add up to the ledger, on the
+/// surviving instance's series as in the recorded ones; and each partition's organic visits
+/// are exactly those produced to it.
+fn the_final_values_are_the_ledgers(prom: &Prometheus, ledger: &Ledger, t_end: f64) {
     let by_key = ledger.by_key();
     for counter in COUNTERS {
         for name in [counter.to_string(), rule(counter)] {
-            let got: BTreeMap<(String, String), i64> = query_at(
-                &prom,
-                &format!("sum by (campaign, channel) ({name})"),
-                t_end,
-            )
-            .into_iter()
-            .map(|s| {
-                let key = (s.labels["campaign"].clone(), s.labels["channel"].clone());
-                (key, units(counter, s.value))
-            })
-            .collect();
+            let got: BTreeMap<(String, String), i64> =
+                query_at(prom, &format!("sum by (campaign, channel) ({name})"), t_end)
+                    .into_iter()
+                    .map(|s| {
+                        let key = (s.labels["campaign"].clone(), s.labels["channel"].clone());
+                        (key, units(counter, s.value))
+                    })
+                    .collect();
             let want: BTreeMap<(String, String), i64> = by_key
                 .iter()
                 .map(|(k, e)| (k.clone(), of(e, counter)))
@@ -579,7 +599,7 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
         }
     }
     let organic: BTreeMap<(String, i32), u64> = query_at(
-        &prom,
+        prom,
         &format!(r#"{}{{campaign="(none)"}}"#, rule("ecom_visits_total")),
         t_end,
     )
@@ -593,5 +613,4 @@ fn counters_stay_monotonic_and_add_up_through_a_join_a_crash_and_a_leave() {
     })
     .collect();
     assert_eq!(organic, ledger.organic, "(none) visits per partition");
-    println!("done in {:?}", began.elapsed());
 }

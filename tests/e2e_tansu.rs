@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::events::{self, json_string};
 use common::*;
 use common::{broker::*, prometheus::*, scrape::*, service::*};
 
@@ -15,48 +16,36 @@ fn group(name: &str) -> String {
     format!("{name}-{}", now_ms())
 }
 
+/// A visit with every field of the schema, in either timestamp form (they alternate).
 fn visit(id: &str, ts: i64, campaign: &str, channel: &str) -> Msg {
-    // Alternate the two timestamp forms.
-    let ts = if id.len().is_multiple_of(2) {
-        ts.to_string()
-    } else {
-        format!("\"{}\"", rfc3339(ts))
-    };
-    Msg::json(
-        "visits",
-        campaign,
-        format!(
-            r#"{{"type":"visit","event_id":"{id}","timestamp":{ts},"visitor_id":"u-{id}","campaign":{},"channel":"{channel}","device":"mobile"}}"#,
-            json_str(campaign)
-        ),
-    )
+    let visit = events::visit(id, ts)
+        .on(campaign, channel)
+        .field("visitor_id", json_string(&format!("u-{id}")))
+        .field("device", json_string("mobile"));
+    match id.len().is_multiple_of(2) {
+        true => visit,
+        false => visit.timestamp_text(rfc3339(ts)),
+    }
+    .msg()
 }
 
+/// An order with every field of the schema; `amount` as JSON (a number or a string).
 fn order(id: &str, ts: i64, campaign: &str, channel: &str, amount: &str, new: bool) -> Msg {
-    Msg::json(
-        "orders",
-        campaign,
-        format!(
-            r#"{{"type":"order","event_id":"{id}","timestamp":{ts},"order_id":"{id}","customer_id":"c-{id}","amount":{amount},"currency":"USD","new_customer":{new},"campaign":{},"channel":"{channel}"}}"#,
-            json_str(campaign)
-        ),
-    )
+    events::order(id, ts, amount)
+        .on(campaign, channel)
+        .new_customer(new)
+        .field("order_id", json_string(id))
+        .field("customer_id", json_string(&format!("c-{id}")))
+        .field("currency", json_string("USD"))
+        .msg()
 }
 
+/// Spend stamped in RFC 3339; `amount` as JSON.
 fn spend(id: &str, ts: i64, campaign: &str, channel: &str, amount: &str) -> Msg {
-    Msg::json(
-        "ad-spend",
-        campaign,
-        format!(
-            r#"{{"type":"ad_spend","event_id":"{id}","timestamp":"{}","campaign":{},"channel":"{channel}","amount":{amount}}}"#,
-            rfc3339(ts),
-            json_str(campaign)
-        ),
-    )
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
+    events::spend(id, ts, amount)
+        .on(campaign, channel)
+        .timestamp_text(rfc3339(ts))
+        .msg()
 }
 
 /// The worked examples of docs/contract.md ("KPIs"), one campaign each (amounts alternate
@@ -328,14 +317,8 @@ fn worked_examples_come_out_exact_in_every_window() {
     });
 }
 
-#[test]
-fn bad_input_is_counted_by_reason_and_good_traffic_stays_exact() {
-    let tansu = Tansu::start();
-    tansu.create_topics(&TOPICS, 3);
-    let now = now_ms();
-    let ts = now - 10_000;
-    let hostile = "spring \"sale\" \\ 50% off\nnow";
-
+/// Valid traffic for two keys, one of them named with quotes, a backslash and a newline.
+fn good_traffic(ts: i64, hostile: &str) -> Vec<Msg> {
     let mut good = Vec::new();
     for i in 0..300 {
         good.push(visit(&format!("gv-{i}"), ts, "good", "email"));
@@ -363,11 +346,15 @@ fn bad_input_is_counted_by_reason_and_good_traffic_stays_exact() {
         good.push(spend(&format!("gs-{i}"), ts, "good", "email", "33.33"));
         good.push(spend(&format!("hs-{i}"), ts, hostile, "paid_social", "25"));
     }
+    good
+}
 
+/// One message or more for every rejection reason, with the reason expected.
+fn bad_input(now: i64) -> Vec<(Msg, &'static str)> {
     let bad = |topic: &'static str, value: &str| Msg::json(topic, "good", value.to_string());
     let two_days_ago = now - 2 * 86_400_000;
     let tomorrow = now + 86_400_000;
-    let mut bad_messages: Vec<(Msg, &str)> = vec![
+    vec![
         (bad("visits", "not json at all"), "malformed_json"),
         (
             bad("visits", r#"{"type":"visit","event_id":"t1""#),
@@ -490,7 +477,19 @@ fn bad_input_is_counted_by_reason_and_good_traffic_stays_exact() {
             ),
             "too_early",
         ),
-    ];
+    ]
+}
+
+#[test]
+fn bad_input_is_counted_by_reason_and_good_traffic_stays_exact() {
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    let now = now_ms();
+    let ts = now - 10_000;
+    let hostile = "spring \"sale\" \\ 50% off\nnow";
+
+    let good = good_traffic(ts, hostile);
+    let mut bad_messages = bad_input(now);
     // Interleave: good traffic, then the bad messages, then 40 re-sent good ones.
     let mut messages = Vec::new();
     let split = good.len() / 2;

@@ -74,7 +74,13 @@ impl Event {
 
     /// The amount as a decimal string (`"12.34"`), which the schema also accepts.
     pub fn amount_text(mut self, amount: impl Display) -> Event {
-        self.amount = Some(format!("\"{amount}\""));
+        self.amount = Some(json_string(&amount.to_string()));
+        self
+    }
+
+    /// The timestamp as RFC 3339 text, the schema's other form.
+    pub fn timestamp_text(mut self, text: impl Display) -> Event {
+        self.timestamp = json_string(&text.to_string());
         self
     }
 
@@ -92,13 +98,15 @@ impl Event {
     /// The message value.
     pub fn json(&self) -> String {
         let mut out = format!(
-            r#"{{"type":"{}","event_id":"{}","timestamp":{}"#,
-            self.kind, self.id, self.timestamp
+            r#"{{"type":"{}","event_id":{},"timestamp":{}"#,
+            self.kind,
+            json_string(&self.id),
+            self.timestamp
         );
         let text = |name: &str, value: &Option<String>| {
             value
                 .as_ref()
-                .map(|v| format!(r#","{name}":"{v}""#))
+                .map(|v| format!(r#","{name}":{}"#, json_string(v)))
                 .unwrap_or_default()
         };
         out += &text("campaign", &self.campaign);
@@ -134,4 +142,9 @@ impl Event {
     pub fn msg_keyed(&self, key: &str) -> Msg {
         Msg::json(self.topic(), key, self.json())
     }
+}
+
+/// A JSON string literal: names with quotes, backslashes or control characters stay valid.
+pub fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
 }
