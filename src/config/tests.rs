@@ -1,3 +1,6 @@
+//! Tests of loading: defaults, layering of file and environment, secrets, and every bad value
+//! failing with the key it concerns.
+
 use super::*;
 use crate::pure::window::WindowLength;
 

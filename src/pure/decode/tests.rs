@@ -1,3 +1,6 @@
+//! Tests of decoding: every rejection reason, both timestamp and amount forms, currencies,
+//! and the fast parser against the general one.
+
 use super::*;
 
 const RECORD_TS: i64 = 1_700_000_000_000;

@@ -1,3 +1,6 @@
+//! Tests of the de-duplication memory: the promise (a re-send within the horizon is caught,
+//! a new id never is), the memory bound, and checkpoints of it.
+
 use super::*;
 use proptest::prelude::*;
 
