@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 use common::{broker::*, ledger::*, prometheus::*, scrape::*, service::*};
 use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 
 const WINDOWS: [&str; 3] = ["5m", "1h", "24h"];
 const CHANNELS: &[&str] = &["email", "paid_search", "display"];
@@ -53,22 +53,7 @@ impl Producers {
     fn send(&self, codec: &str, partition: Option<i32>, messages: &[Msg]) {
         let producer = &self.0[codec];
         for m in messages {
-            let mut record = BaseRecord::to(m.topic).key(&m.key);
-            if let Some(p) = partition {
-                record = record.partition(p);
-            }
-            if let Some(v) = &m.value {
-                record = record.payload(v);
-            }
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(20));
-                    }
-                }
-            }
+            send(producer, m, partition);
         }
         producer
             .flush(Duration::from_secs(60))

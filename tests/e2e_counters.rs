@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use common::{broker::*, ledger::*, prometheus::*, service::*};
 use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use serde_json::Value;
 
 const RULES: &str = concat!(
@@ -72,24 +72,16 @@ impl Ledger {
     fn produce(&mut self, producer: &BaseProducer, keyed: usize, unkeyed: usize, organic: usize) {
         let ts = now_ms();
         for m in self.keyed.next(keyed, ts) {
-            send(
-                producer,
-                m.topic,
-                Some(&m.key),
-                None,
-                m.value.as_deref().unwrap(),
-            );
+            send(producer, &m, None);
         }
         for m in self.unkeyed.next(unkeyed, ts) {
             let partition = (self.unkeyed_sent % PARTITIONS as u64) as i32;
             self.unkeyed_sent += 1;
-            send(
-                producer,
-                m.topic,
-                None,
-                Some(partition),
-                m.value.as_deref().unwrap(),
-            );
+            let unkeyed = Msg {
+                key: String::new(),
+                ..m
+            };
+            send(producer, &unkeyed, Some(partition));
         }
         for _ in 0..organic {
             let n = self.organic_sent;
@@ -105,7 +97,12 @@ impl Ledger {
                 None => visit,
             }
             .json();
-            send(producer, "visits", None, Some(partition), json.as_bytes());
+            let visit = Msg {
+                topic: "visits",
+                key: String::new(),
+                value: Some(json.into_bytes()),
+            };
+            send(producer, &visit, Some(partition));
             *self
                 .organic
                 .entry((channel.unwrap_or("(none)").to_string(), partition))
@@ -138,31 +135,6 @@ impl Ledger {
             t.ad_spend_micros += e.ad_spend_micros;
         }
         t
-    }
-}
-
-fn send(
-    producer: &BaseProducer,
-    topic: &str,
-    key: Option<&str>,
-    partition: Option<i32>,
-    value: &[u8],
-) {
-    let mut record: BaseRecord<str, [u8]> = BaseRecord::to(topic).payload(value);
-    if let Some(key) = key {
-        record = record.key(key);
-    }
-    if let Some(partition) = partition {
-        record = record.partition(partition);
-    }
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, r)) => {
-                record = r;
-                producer.poll(Duration::from_millis(20));
-            }
-        }
     }
 }
 

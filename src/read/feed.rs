@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
@@ -117,14 +116,7 @@ impl Feed {
         if kafka.kpis_topic.is_empty() && kafka.alerts_topic.is_empty() {
             return Ok(None);
         }
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &kafka.brokers);
-        for (k, v) in &kafka.properties {
-            config.set(k, v);
-        }
-        for key in crate::source::client::CONSUMER_ONLY {
-            config.remove(key);
-        }
+        let mut config = crate::source::client::side_client(kafka);
         let producer = config
             .set("client.id", "ecom-pulse-feed")
             .set("acks", "all")

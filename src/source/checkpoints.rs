@@ -128,26 +128,7 @@ impl CheckpointStore {
         cfg: &CheckpointConfig,
         windows: Windows,
     ) -> Result<Self, CheckpointError> {
-        let mut base = ClientConfig::new();
-        base.set("bootstrap.servers", &kafka.brokers);
-        for (k, v) in &kafka.properties {
-            base.set(k, v);
-        }
-        // Consumer-group settings in kafka.properties mean nothing to these two clients.
-        for key in [
-            "group.id",
-            "session.timeout.ms",
-            "enable.auto.commit",
-            "enable.auto.offset.store",
-            "auto.offset.reset",
-            "statistics.interval.ms",
-            "partition.assignment.strategy",
-            "max.poll.interval.ms",
-            "heartbeat.interval.ms",
-            "group.instance.id",
-        ] {
-            base.remove(key);
-        }
+        let base = crate::source::client::side_client(kafka);
         let producer: BaseProducer<Deliveries> = base
             .clone()
             .set("client.id", "ecom-pulse-checkpoints")

@@ -2,12 +2,12 @@
 //! (the consumer reports broker trouble once) and the properties only a group consumer takes.
 
 use rdkafka::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
-use crate::config::Redactor;
+use crate::config::{KafkaConfig, Redactor};
 
 /// Settings of `kafka.properties` that only the group consumer understands.
 pub const CONSUMER_ONLY: [&str; 10] = [
@@ -22,6 +22,21 @@ pub const CONSUMER_ONLY: [&str; 10] = [
     "heartbeat.interval.ms",
     "group.instance.id",
 ];
+
+/// The connection settings of a client besides the group consumer: the brokers and
+/// `kafka.properties` (security above all), without the group's settings, which mean
+/// nothing to it and which librdkafka would warn about.
+pub fn side_client(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    for key in CONSUMER_ONLY {
+        config.remove(key);
+    }
+    config
+}
 
 /// The callbacks of the clients besides the main consumer (checkpoints, admin, feed,
 /// generator). Broker trouble is already reported by the main consumer (metrics, readiness,

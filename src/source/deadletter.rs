@@ -124,14 +124,7 @@ impl DeadLetters {
         if kafka.dead_letter_topic.is_empty() {
             return Ok(None);
         }
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &kafka.brokers);
-        for (k, v) in &kafka.properties {
-            config.set(k, v);
-        }
-        for key in crate::source::client::CONSUMER_ONLY {
-            config.remove(key);
-        }
+        let mut config = crate::source::client::side_client(kafka);
         let client_config = config.clone();
         let redactor = kafka.properties.redactor();
         let producer = config

@@ -24,14 +24,7 @@ pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The probing client: the consumer's connection settings, none of its group's.
 pub(super) fn probe_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers);
-    for (key, value) in &cfg.properties {
-        c.set(key, value);
-    }
-    for key in crate::source::client::CONSUMER_ONLY {
-        c.remove(key);
-    }
+    let mut c = crate::source::client::side_client(cfg);
     c.set("client.id", "ecom-pulse-watermarks");
     c
 }

@@ -162,7 +162,8 @@ impl Tansu {
     }
 }
 
-/// A message to produce: topic, key, value (`None`: a record without a value).
+/// A message to produce: topic, key (empty: a record without a key), value (`None`: a record
+/// without a value).
 pub struct Msg {
     pub topic: &'static str,
     pub key: String,
@@ -196,24 +197,36 @@ pub fn produce_with(brokers: &str, properties: &[(&str, &str)], messages: &[Msg]
     }
     let producer: BaseProducer = config.create().expect("producer");
     for m in messages {
-        let mut record = BaseRecord::to(m.topic).key(&m.key);
-        if let Some(v) = &m.value {
-            record = record.payload(v);
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(20));
-                }
-            }
-        }
+        send(&producer, m, None);
     }
     producer
         .flush(Duration::from_secs(60))
         .expect("every message acknowledged");
     assert_eq!(producer.in_flight_count(), 0);
+}
+
+/// Hands one message to `producer`, waiting while its queue is full: to `partition` if
+/// given, else by key (an empty key: no key, librdkafka's partitioner chooses).
+pub fn send(producer: &BaseProducer, m: &Msg, partition: Option<i32>) {
+    let mut record: BaseRecord<str, [u8]> = BaseRecord::to(m.topic);
+    if !m.key.is_empty() {
+        record = record.key(m.key.as_str());
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    if let Some(v) = &m.value {
+        record = record.payload(v.as_slice());
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 /// Reads every message of `topic` (all partitions, from the start) with an independent
