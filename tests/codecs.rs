@@ -145,24 +145,11 @@ fn zstd_gzip_lz4_and_plain_batches_in_turn_are_counted_exactly_through_tansu() {
 /// cannot serve snappy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snappy_and_every_other_codec_in_turn_are_counted_exactly_on_the_mock_cluster() {
-    use ecom_pulse::config::Config;
-    use ecom_pulse::service::Service as Ecom;
+    use common::inprocess::{service_on, shut_down};
     use rdkafka::mocking::MockCluster;
 
     let mock = MockCluster::new(1).unwrap();
-    for topic in TOPICS {
-        mock.create_topic(topic, 3, 1).unwrap();
-    }
-    let group = format!("codecs-{}", now_ms());
-    mock.create_topic(&format!("{group}-checkpoints"), 4, 1)
-        .unwrap();
-    let brokers = mock.bootstrap_servers();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, service_config(&brokers, &group, port, "")).unwrap();
-    let config = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
-    let service = Ecom::start(&config).await.unwrap();
+    let (brokers, _, port, service) = service_on(&mock, 3, 1, "codecs", "").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(service.run(stop.clone()));
     // Should an assertion fail, the service still stops, and the test ends.
@@ -196,12 +183,7 @@ async fn snappy_and_every_other_codec_in_turn_are_counted_exactly_on_the_mock_cl
     .unwrap();
     assert_none_stalled(&m);
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("the service stops")
-        .unwrap()
-        .unwrap();
+    shut_down(stop, running).await;
     drop(mock);
 }
 

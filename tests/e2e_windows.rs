@@ -7,10 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::events::{order, visit};
+use common::inprocess::{in_process, mock_topics, shut_down};
 use common::*;
 use common::{broker::*, scrape::*, service::*};
-use ecom_pulse::config::Config;
-use ecom_pulse::service::Service as Ecom;
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
@@ -207,13 +206,7 @@ fn a_configuration_change_keeps_what_fits_and_rebuilds_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_the_topic_no_longer_holds_says_so_and_raises_nothing() {
     let mock = MockCluster::new(1).unwrap();
-    for topic in TOPICS {
-        mock.create_topic(topic, 1, 1).unwrap();
-    }
-    let group = format!("retention-{}", now_ms());
-    mock.create_topic(&format!("{group}-checkpoints"), 4, 1)
-        .unwrap();
-    let brokers = mock.bootstrap_servers();
+    let (brokers, group) = mock_topics(&mock, 1, 1, "retention");
     // 7,000 visits of ~1 KB each over the last 50 minutes, oldest first: the first ~2,000
     // no longer fit.
     let now = now_ms();
@@ -242,17 +235,12 @@ async fn a_window_the_topic_no_longer_holds_says_so_and_raises_nothing() {
             "[[alerts]]\nname = \"{name}\"\nkpi = \"roas\"\nop = \"<\"\nthreshold = 2.0\nwindow = \"{window}\"\nfor = \"0s\"\nseverity = \"warning\"\nmin_ad_spend = 10.0\n"
         )
     };
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
     let extra = format!(
         "[windows]\nlengths = [\"5m\", \"1h\"]\n[alerting]\nevaluation_interval = \"1s\"\n{}{}",
         rule("RoasLowShort", "5m"),
         rule("RoasLowHour", "1h")
     );
-    std::fs::write(&path, service_config(&brokers, &group, port, &extra)).unwrap();
-    let config = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
-    let service = Ecom::start(&config).await.unwrap();
+    let (port, service) = in_process(&brokers, &group, &extra).await;
     let stop = CancellationToken::new();
     let running = tokio::spawn(service.run(stop.clone()));
 
@@ -301,10 +289,5 @@ async fn a_window_the_topic_no_longer_holds_says_so_and_raises_nothing() {
     let coverage: serde_json::Value = serde_json::from_str(&coverage).unwrap();
     assert_eq!(coverage["complete"], false, "{coverage}");
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("the service stops")
-        .unwrap()
-        .unwrap();
+    shut_down(stop, running).await;
 }

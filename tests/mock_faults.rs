@@ -6,10 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::inprocess::{service_on, shut_down};
 use common::*;
-use common::{broker::*, ledger::*, prometheus::*, scrape::*, service::*};
-use ecom_pulse::config::Config;
-use ecom_pulse::service::Service as Ecom;
+use common::{broker::*, ledger::*, prometheus::*, scrape::*};
 use ecom_pulse::state::store::TopicPartition;
 use rdkafka::consumer::Consumer;
 use rdkafka::mocking::MockCluster;
@@ -42,43 +41,6 @@ async fn produce_async(brokers: &str, messages: Vec<Msg>) {
     let brokers = brokers.to_string();
     tokio::task::spawn_blocking(move || produce(&brokers, &messages))
         .await
-        .unwrap();
-}
-
-/// The input topics on `mock`, `partitions` each replicated `replication` times, and the
-/// service on them, in-process and not yet running: its brokers, HTTP port and itself.
-async fn service_on(
-    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-    partitions: i32,
-    replication: i32,
-    group_prefix: &str,
-    extra_config: &str,
-) -> (String, String, u16, Ecom) {
-    for topic in TOPICS {
-        mock.create_topic(topic, partitions, replication).unwrap();
-    }
-    let group = format!("{group_prefix}-{}", now_ms());
-    mock.create_topic(&format!("{group}-checkpoints"), 4, replication)
-        .unwrap();
-    let brokers = mock.bootstrap_servers();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, service_config(&brokers, &group, port, extra_config)).unwrap();
-    let config = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
-    (brokers, group, port, Ecom::start(&config).await.unwrap())
-}
-
-/// Stops the service and requires a clean exit.
-async fn shut_down(
-    stop: CancellationToken,
-    running: tokio::task::JoinHandle<Result<(), ecom_pulse::service::ServiceError>>,
-) {
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("the service stops")
-        .unwrap()
         .unwrap();
 }
 
