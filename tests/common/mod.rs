@@ -1,10 +1,10 @@
 //! Shared harness for the integration tests, one fixture per file: a real Tansu broker
 //! (`broker`), the `ecom-pulse` binary (`service`), an HTTP client and the exposition it reads
-//! (`scrape`), the service in-process on the mock cluster (`inprocess`), a real Prometheus
-//! and promtool (`prometheus`), a real Alertmanager
-//! (`alertmanager`), the traffic ledger (`ledger`), certificates (`pki`), and the event
-//! builders every test uses (`events`). Every process started here is killed when its guard
-//! drops, so a failing test leaves nothing behind.
+//! (`scrape`), the service in-process on the mock cluster (`inprocess`), a real Prometheus and
+//! promtool (`prometheus`), a real Alertmanager (`alertmanager`), the traffic ledger
+//! (`ledger`), certificates (`pki`), and the event builders every test uses (`events`). Every
+//! process started here is killed when its guard drops, so a failing test leaves nothing
+//! behind.
 //!
 //! Missing tools are failures, not skips: `scripts/test` installs them.
 
