@@ -8,30 +8,28 @@
 //! clearly past its threshold, and keeps it while its guards hold at the relaxed bar). A
 //! window without data has no series, so the rules do not fire on it, and neither does
 //! ecom-pulse's own engine.
-//!
-//! The unit tests for `promtool test rules` are generated too, with expected values computed
-//! by ecom-pulse's own KPI code and, for the guards' hysteresis, by its alert engine run over
-//! the same inputs: promtool then checks the PromQL against the Rust.
+
+mod promtool;
+
+pub use promtool::render_tests;
 
 use std::fmt::Write;
 
-use crate::alert::{Alert, Engine, Phase, Rule};
+use crate::alert::Rule;
 use crate::config::Config;
-use crate::pure::condition::{Condition, Op, drop_factors};
-use crate::pure::key::Key;
-use crate::pure::kpi::{ClvAssumptions, Kpi, Sums};
+use crate::pure::condition::{Condition, drop_factors};
+use crate::pure::kpi::{ClvAssumptions, Kpi};
 use crate::pure::window::Windows;
-use crate::state::store::{Row, Snapshot};
 
 /// Roll-up levels: name and the labels kept.
-const LEVELS: [(&str, &str); 4] = [
+pub(super) const LEVELS: [(&str, &str); 4] = [
     ("campaign_channel", "campaign, channel, window"),
     ("campaign", "campaign, window"),
     ("channel", "channel, window"),
     ("fleet", "window"),
 ];
 
-const SUMS: [&str; 5] = ["visits", "orders", "new_customers", "gmv", "ad_spend"];
+pub(super) const SUMS: [&str; 5] = ["visits", "orders", "new_customers", "gmv", "ad_spend"];
 
 /// The recorded series for a KPI at a level.
 pub fn series(level: &str, kpi: Kpi) -> String {
@@ -44,7 +42,7 @@ pub fn series(level: &str, kpi: Kpi) -> String {
 }
 
 /// JSON strings are valid YAML double-quoted scalars: quoting without a YAML library.
-fn q(s: &str) -> String {
+pub(super) fn q(s: &str) -> String {
     serde_json::to_string(s).expect("a string serialises")
 }
 
@@ -129,7 +127,7 @@ pub fn render(config: &Config) -> String {
 }
 
 /// The counters, one per key and input partition.
-const COUNTERS: [&str; 5] = [
+pub(super) const COUNTERS: [&str; 5] = [
     "ecom_visits_total",
     "ecom_orders_total",
     "ecom_new_customers_total",
@@ -149,7 +147,7 @@ pub fn partition_counter(counter: &str) -> String {
 /// between the old owner's last scrape and the new one's first). `max`, not `sum`: while a
 /// member that lost its partitions has not noticed yet, two may export the same one for a
 /// moment, the new owner at or above the old.
-fn render_counters(out: &mut String) {
+pub(super) fn render_counters(out: &mut String) {
     out.push_str("  - name: ecom-pulse-counters\n    rules:\n");
     for counter in COUNTERS {
         let _ = writeln!(out, "      - record: {}", partition_counter(counter));
@@ -169,13 +167,13 @@ fn render_counters(out: &mut String) {
 /// session timeout, 45 s by default; a leader election, a broker restart), while the pending
 /// phase shows in `ALERTS` from the first minute. The gauge restarts from 0 whenever the
 /// partition moves, so a partition that is slow but moving does not fire.
-const STALLED_OVER_S: u32 = 60;
-const STALLED_FOR: &str = "2m";
-const STALLED_SUMMARY: &str = "Partition {{ $labels.topic }}/{{ $labels.partition }} has not advanced for {{ $value | printf \"%.0f\" }} s with events waiting";
-const STALLED_DESCRIPTION: &str = "ecom-pulse on {{ $labels.instance }} has events waiting in {{ $labels.topic }}/{{ $labels.partition }} and does not get past them: a batch the client cannot read (a compression codec it lacks, a corrupt batch) or a fetch the broker keeps failing. Nothing after it is counted until it is read. ecom_pulse_kafka_errors_total and the service log say what the Kafka client reports.";
+pub(super) const STALLED_OVER_S: u32 = 60;
+pub(super) const STALLED_FOR: &str = "2m";
+pub(super) const STALLED_SUMMARY: &str = "Partition {{ $labels.topic }}/{{ $labels.partition }} has not advanced for {{ $value | printf \"%.0f\" }} s with events waiting";
+pub(super) const STALLED_DESCRIPTION: &str = "ecom-pulse on {{ $labels.instance }} has events waiting in {{ $labels.topic }}/{{ $labels.partition }} and does not get past them: a batch the client cannot read (a compression codec it lacks, a corrupt batch) or a fetch the broker keeps failing. Nothing after it is counted until it is read. ecom_pulse_kafka_errors_total and the service log say what the Kafka client reports.";
 
 /// The service's own health rules.
-fn render_service_rules(out: &mut String) {
+pub(super) fn render_service_rules(out: &mut String) {
     out.push_str("  - name: ecom-pulse-service\n    rules:\n");
     let _ = writeln!(out, "      - alert: EcomPulsePartitionStalled");
     let _ = writeln!(
@@ -193,44 +191,6 @@ fn render_service_rules(out: &mut String) {
     render_dedup_rule(out);
 }
 
-/// Generated tests of the service rules. The stall alert: a partition stalled from the first
-/// minute fires once past the threshold for `for`; one that keeps moving, however long each
-/// pause, and an idle one do not.
-fn render_service_tests(out: &mut String, config: &Config) {
-    let series = |partition: u32| {
-        q(&format!(
-            "ecom_pulse_partition_stalled_seconds{{instance=\"i1\",topic=\"visits\",partition=\"{partition}\"}}"
-        ))
-    };
-    let _ = writeln!(
-        out,
-        "  - name: a partition stalled for minutes fires EcomPulsePartitionStalled, one that moves does not\n    interval: 1m\n    input_series:\n      - series: {}\n        values: \"0+60x6\"\n      - series: {}\n        values: \"0 90 0 90 0 90 0\"\n      - series: {}\n        values: \"0x6\"\n    alert_rule_test:",
-        series(0),
-        series(1),
-        series(2),
-    );
-    // Over the threshold from 2m (120 s): pending until 4m.
-    let _ = writeln!(
-        out,
-        "      - eval_time: 3m\n        alertname: EcomPulsePartitionStalled\n        exp_alerts: []"
-    );
-    for (eval, value) in [("4m", 240), ("6m", 360)] {
-        let fill = |text: &str| {
-            text.replace("{{ $labels.topic }}", "visits")
-                .replace("{{ $labels.partition }}", "0")
-                .replace("{{ $labels.instance }}", "i1")
-                .replace("{{ $value | printf \"%.0f\" }}", &value.to_string())
-        };
-        let _ = writeln!(
-            out,
-            "      - eval_time: {eval}\n        alertname: EcomPulsePartitionStalled\n        exp_alerts:\n          - exp_labels:\n              severity: \"warning\"\n              instance: i1\n              topic: visits\n              partition: \"0\"\n            exp_annotations:\n              summary: {}\n              description: {}",
-            q(&fill(STALLED_SUMMARY)),
-            q(&fill(STALLED_DESCRIPTION)),
-        );
-    }
-    render_dedup_test(out, config);
-}
-
 /// The same rules as a Prometheus Operator `PrometheusRule` (deploy/k8s/prometheusrule.yaml).
 pub fn render_prometheus_rule(config: &Config) -> String {
     let rules = render(config);
@@ -246,20 +206,20 @@ pub fn render_prometheus_rule(config: &Config) -> String {
     out
 }
 
-fn windows(config: &Config) -> Windows {
+pub(super) fn windows(config: &Config) -> Windows {
     Windows::new(&config.windows.lengths, config.windows.buckets, &[])
 }
 
-fn sel(series: &str, window: &str) -> String {
+pub(super) fn sel(series: &str, window: &str) -> String {
     format!("{series}{{window=\"{window}\"}}")
 }
 
 /// A constant for PromQL, without float noise (0.715, not 0.7150000000000001).
-fn num(x: f64) -> String {
+pub(super) fn num(x: f64) -> String {
     format!("{}", (x * 1e9).round() / 1e9)
 }
 
-const ON: &str = "on (campaign, channel, window)";
+pub(super) const ON: &str = "on (campaign, channel, window)";
 
 /// The PromQL of an alert rule, guards and hysteresis included: entering needs the
 /// condition and the full guards; a firing alert stays while the condition holds within the
@@ -307,7 +267,7 @@ pub fn alert_expr(rule: &Rule) -> String {
 }
 
 /// `on (window) …` that holds for the rule's window while every instance covers it whole.
-fn complete_expr(rule: &Rule) -> String {
+pub(super) fn complete_expr(rule: &Rule) -> String {
     let w = &*rule.window_label;
     let mut out = format!(
         "on (window) (min by (window) (ecom_pulse_window_coverage_ratio{{window=\"{w}\"}}) >= 1)"
@@ -321,26 +281,9 @@ fn complete_expr(rule: &Rule) -> String {
     out
 }
 
-/// Input series saying that the rule's window (and its preceding one) is whole for
-/// `samples` samples, as an instance reports it: without them no rule fires.
-fn coverage_inputs(out: &mut String, rule: &Rule, samples: usize) {
-    let w = &*rule.window_label;
-    let mut gauges = vec!["ecom_pulse_window_coverage_ratio"];
-    if matches!(rule.condition, Condition::Drop { .. }) {
-        gauges.push("ecom_pulse_preceding_window_coverage_ratio");
-    }
-    for gauge in gauges {
-        let _ = writeln!(
-            out,
-            "      - series: {}\n        values: \"1x{samples}\"",
-            q(&format!("{gauge}{{instance=\"i1\",window=\"{w}\"}}"))
-        );
-    }
-}
-
 /// ` and on (…) <sum> >= <bar>` for each guard of the rule (and, for drops, of its preceding
 /// window), at the bars the engine uses when the alert is `firing` or not.
-fn guard_expr(rule: &Rule, firing: bool) -> String {
+pub(super) fn guard_expr(rule: &Rule, firing: bool) -> String {
     let w = &*rule.window_label;
     let bars = rule.guards(firing);
     let drop = matches!(rule.condition, Condition::Drop { .. });
@@ -371,7 +314,7 @@ pub fn summary_template(rule: &Rule) -> String {
     )
 }
 
-fn description(rule: &Rule) -> String {
+pub(super) fn description(rule: &Rule) -> String {
     let relaxed = rule.guards(true);
     let guards: Vec<String> = [
         ("ad spend", rule.min_ad_spend, relaxed.ad_spend),
@@ -399,7 +342,7 @@ fn description(rule: &Rule) -> String {
     )
 }
 
-fn render_alert(out: &mut String, rule: &Rule) {
+pub(super) fn render_alert(out: &mut String, rule: &Rule) {
     let _ = writeln!(out, "      - alert: {}", rule.name);
     let _ = writeln!(out, "        expr: {}", q(&alert_expr(rule)));
     if rule.for_ms > 0 {
@@ -416,7 +359,7 @@ fn render_alert(out: &mut String, rule: &Rule) {
 }
 
 /// Milliseconds as a Prometheus duration.
-fn duration(ms: i64) -> String {
+pub(super) fn duration(ms: i64) -> String {
     if ms % 3_600_000 == 0 {
         format!("{}h", ms / 3_600_000)
     } else if ms % 60_000 == 0 {
@@ -428,215 +371,21 @@ fn duration(ms: i64) -> String {
     }
 }
 
-/// The `promtool test rules` file for the rules of `render(config)`, which it expects at
-/// `rules_file`. Inputs come from two instances; expected values from ecom-pulse's KPI code.
-pub fn render_tests(config: &Config, rules_file: &str) -> String {
-    let clv = ClvAssumptions {
-        purchases_per_year: config.kpi.purchases_per_year,
-        lifetime_years: config.kpi.lifetime_years,
-    };
-    let windows = windows(config);
-    let w = &*windows.specs()[0].label;
-    let mut out = String::new();
-    out.push_str("# Generated by `ecom-pulse rules --write`; run with `promtool test rules`.\n");
-    let _ = writeln!(
-        out,
-        "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:",
-        q(rules_file)
-    );
-
-    // Recording rules: one key split over two instances, one key on one, one campaign on two
-    // channels. Every level and every KPI is checked against the Rust computation.
-    let rows: [(&str, &str, &str, Sums); 4] = [
-        (
-            "i1",
-            "spring",
-            "social",
-            sums(6_000, 300, 60, 12_000.0, 3_000.0),
-        ),
-        (
-            "i2",
-            "spring",
-            "social",
-            sums(4_000, 200, 40, 8_000.0, 2_000.0),
-        ),
-        (
-            "i1",
-            "spring",
-            "search",
-            sums(1_000, 100, 10, 5_000.0, 500.0),
-        ),
-        (
-            "i2",
-            "brand",
-            "search",
-            sums(2_000, 40, 8, 3_000.0, 1_200.0),
-        ),
-    ];
-    out.push_str("  - name: recording rules compute KPIs from summed sums\n    interval: 1m\n    input_series:\n");
-    for (instance, campaign, channel, s) in &rows {
-        for (sum, v) in sum_values(s) {
-            let _ = writeln!(
-                out,
-                "      - series: {}\n        values: \"{v}x10\"",
-                q(&format!(
-                    "ecom_{sum}{{instance=\"{instance}\",campaign=\"{campaign}\",channel=\"{channel}\",window=\"{w}\"}}"
-                ))
-            );
-        }
-    }
-    out.push_str("    promql_expr_test:\n");
-    for (level, _) in LEVELS {
-        let mut groups: std::collections::BTreeMap<String, Sums> =
-            std::collections::BTreeMap::new();
-        for (_, campaign, channel, s) in &rows {
-            let labels = match level {
-                "campaign_channel" => format!("campaign=\"{campaign}\",channel=\"{channel}\","),
-                "campaign" => format!("campaign=\"{campaign}\","),
-                "channel" => format!("channel=\"{channel}\","),
-                _ => String::new(),
-            };
-            *groups.entry(labels).or_default() += s;
-        }
-        for kpi in Kpi::ALL {
-            let name = series(level, kpi);
-            let _ = writeln!(
-                out,
-                "      - expr: {}\n        eval_time: 5m\n        exp_samples:",
-                q(&name)
-            );
-            for (labels, s) in &groups {
-                if let Some(v) = kpi.of(s, &s.kpis(&clv)) {
-                    let _ = writeln!(
-                        out,
-                        "          - labels: {}\n            value: {}",
-                        q(&format!("{name}{{{labels}window=\"{w}\"}}")),
-                        fmt_f64(v)
-                    );
-                }
-            }
-        }
-    }
-
-    // Counters: a partition exported by one instance, then (after a rebalance, from a higher
-    // value) by another. Over the recorded series, increase() counts all of it.
-    let counter = COUNTERS[0];
-    let labels = "campaign=\"spring\",channel=\"social\",topic=\"visits\",partition=\"0\"";
-    let _ = writeln!(
-        out,
-        "  - name: counters follow their partition across instances\n    interval: 1m\n    input_series:\n      - series: {}\n        values: \"0+10x5 stale\"\n      - series: {}\n        values: \"_x6 70+10x4\"\n    promql_expr_test:",
-        q(&format!("{counter}{{instance=\"i1\",{labels}}}")),
-        q(&format!("{counter}{{instance=\"i2\",{labels}}}")),
-    );
-    for (expr, value) in [
-        (
-            format!("increase({}[10m])", partition_counter(counter)),
-            110,
-        ),
-        (format!("resets({}[10m])", partition_counter(counter)), 0),
-    ] {
-        let _ = writeln!(
-            out,
-            "      - expr: {}\n        eval_time: 10m\n        exp_samples:\n          - labels: {}\n            value: {value}",
-            q(&expr),
-            q(&format!("{{{labels}}}"))
-        );
-    }
-
-    render_service_tests(&mut out, config);
-
-    // Alerting rules: for each, a key that breaches it (held long enough) and one that does not.
-    let rules: Vec<Rule> = config
-        .alerts
-        .iter()
-        .map(|r| Rule::from_config(r, &windows))
-        .collect();
-    for rule in &rules {
-        render_alert_test(&mut out, rule, &clv);
-        if let Some(test) = guard_test(rule, &clv, &windows) {
-            render_guard_test(&mut out, rule, &test);
-        }
-    }
-    if let Some(rule) = rules
-        .iter()
-        .find(|r| matches!(r.condition, Condition::Threshold { .. }))
-    {
-        render_incomplete_test(&mut out, rule, &clv);
-    }
-    out
-}
-
-/// A window an instance does not hold whole (coverage under 1): `breaching` fired before,
-/// and stays firing; `late` breaches only from then on, and is not raised while it lasts.
-fn render_incomplete_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
-    let w = &*rule.window_label;
-    let (bad, _, _) = test_values(rule);
-    let held = (rule.for_ms / STEP_MS) as usize;
-    let whole_until = held + 3;
-    let steps = whole_until + held + 6;
-    let _ = writeln!(
-        out,
-        "  - name: {}\n    interval: 1m\n    input_series:",
-        q(&format!(
-            "alert {}: not evaluated while its window is incomplete",
-            rule.name
-        ))
-    );
-    let sums = sums_with(rule, bad, clv);
-    for (campaign, from) in [("breaching", 0), ("late", whole_until)] {
-        for (sum, v) in sum_values(&sums) {
-            // `_xN` is N missing samples, `vxN` N + 1 samples of v.
-            let values = if from == 0 {
-                format!("{v}x{steps}")
-            } else {
-                format!("_x{from} {v}x{}", steps - from)
-            };
-            let _ = writeln!(
-                out,
-                "      - series: {}\n        values: \"{values}\"",
-                q(&format!(
-                    "ecom_{sum}{{instance=\"i1\",campaign=\"{campaign}\",channel=\"social\",window=\"{w}\"}}"
-                ))
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "      - series: {}\n        values: \"1x{} 0.5x{}\"",
-        q(&format!(
-            "ecom_pulse_window_coverage_ratio{{instance=\"i1\",window=\"{w}\"}}"
-        )),
-        whole_until - 1,
-        steps - whole_until
-    );
-    let value = rule.kpi.of(&sums, &sums.kpis(clv)).unwrap_or(bad);
-    let _ = writeln!(out, "    alert_rule_test:");
-    for at in [held + 2, steps - 1] {
-        let _ = writeln!(
-            out,
-            "      - eval_time: {}\n        alertname: {}\n        exp_alerts:",
-            duration(at as i64 * STEP_MS),
-            rule.name
-        );
-        render_exp_alert(out, rule, "breaching", value);
-    }
-}
-
 /// Alerts on the service's own health, not on a KPI.
-const DEDUP_HORIZON_SHORT: &str = "EcomPulseDedupHorizonShort";
+pub(super) const DEDUP_HORIZON_SHORT: &str = "EcomPulseDedupHorizonShort";
 
-fn dedup_horizon_summary() -> &'static str {
+pub(super) fn dedup_horizon_summary() -> &'static str {
     "De-duplication of {{ $labels.topic }}/{{ $labels.partition }} remembers {{ $value | printf \"%.0f\" }} s of event ids, less than dedup.horizon"
 }
 
-fn dedup_horizon_description() -> &'static str {
+pub(super) fn dedup_horizon_description() -> &'static str {
     "On {{ $labels.instance }}, partition {{ $labels.topic }}/{{ $labels.partition }} brings more event ids per horizon than dedup.max_ids_per_partition holds, so the oldest are forgotten early (ecom_pulse_dedup_evicted_ids): an event re-sent further apart than this is counted again. Raise dedup.max_ids_per_partition (about 5.6 bytes an id) or spread the topic over more partitions."
 }
 
 /// In the `ecom-pulse-service` group: the de-duplication horizon a partition keeps, below the
 /// configured one for 10 minutes (a cap too small for the partition's rate, not a moment's
 /// burst).
-fn render_dedup_rule(out: &mut String) {
+pub(super) fn render_dedup_rule(out: &mut String) {
     let _ = writeln!(out, "      - alert: {DEDUP_HORIZON_SHORT}");
     let _ = writeln!(
         out,
@@ -655,420 +404,11 @@ fn render_dedup_rule(out: &mut String) {
     );
 }
 
-/// `promtool test rules` for [`render_dedup_rule`]: of two partitions on one instance, the
-/// one whose horizon is short fires after 10 minutes, not before; the other never does.
-fn render_dedup_test(out: &mut String, config: &Config) {
-    let configured = config.dedup.horizon.as_secs();
-    let short = configured / 3;
-    out.push_str("  - name: \"alert EcomPulseDedupHorizonShort (the horizon a partition keeps is below dedup.horizon)\"\n    interval: 1m\n    input_series:\n");
-    for (series, value) in [
-        (
-            "ecom_pulse_dedup_horizon_seconds{instance=\"i1\",topic=\"visits\",partition=\"0\"}",
-            configured,
-        ),
-        (
-            "ecom_pulse_dedup_horizon_seconds{instance=\"i1\",topic=\"orders\",partition=\"3\"}",
-            short,
-        ),
-        (
-            "ecom_pulse_dedup_configured_horizon_seconds{instance=\"i1\"}",
-            configured,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "      - series: {}\n        values: \"{value}x20\"",
-            q(series)
-        );
-    }
-    out.push_str("    alert_rule_test:\n");
-    let _ = writeln!(
-        out,
-        "      - eval_time: 5m\n        alertname: {DEDUP_HORIZON_SHORT}\n        exp_alerts: []"
-    );
-    let _ = writeln!(
-        out,
-        "      - eval_time: 12m\n        alertname: {DEDUP_HORIZON_SHORT}\n        exp_alerts:"
-    );
-    let fill = |template: &str| {
-        template
-            .replace("{{ $labels.instance }}", "i1")
-            .replace("{{ $labels.topic }}", "orders")
-            .replace("{{ $labels.partition }}", "3")
-            .replace("{{ $value | printf \"%.0f\" }}", &short.to_string())
-    };
-    let _ = writeln!(
-        out,
-        "          - exp_labels:\n              severity: \"warning\"\n              instance: i1\n              topic: orders\n              partition: \"3\"\n            exp_annotations:\n              summary: {}\n              description: {}",
-        q(&fill(dedup_horizon_summary())),
-        q(&fill(dedup_horizon_description()))
-    );
-}
-
-fn sums(visits: u64, orders: u64, new_customers: u64, gmv: f64, ad_spend: f64) -> Sums {
-    Sums {
-        visits,
-        orders,
-        new_customers,
-        gmv_micros: (gmv * 1e6) as u128,
-        ad_spend_micros: (ad_spend * 1e6) as u128,
-    }
-}
-
-fn sum_values(s: &Sums) -> [(&'static str, String); 5] {
-    [
-        ("visits", s.visits.to_string()),
-        ("orders", s.orders.to_string()),
-        ("new_customers", s.new_customers.to_string()),
-        ("gmv", fmt_f64(s.gmv())),
-        ("ad_spend", fmt_f64(s.ad_spend())),
-    ]
-}
-
-fn fmt_f64(v: f64) -> String {
-    format!("{v}")
-}
-
-/// Sums for which `rule`'s KPI has `value`, with every guard comfortably met.
-fn sums_with(rule: &Rule, value: f64, clv: &ClvAssumptions) -> Sums {
-    sums_at(rule, value, clv, Volume::Ample)
-}
-
-/// How much of each guarded sum a campaign of a generated test holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Volume {
-    /// Every guard met many times over.
-    Ample,
-    /// Short of each full guard but at or above its relaxed bar (where a whole number fits
-    /// between the two; a count guard without room stays at its full bar).
-    Wobble,
-    /// Under every relaxed bar: spend that stopped.
-    Paused,
-}
-
-/// A guarded sum at `volume`: `min` is the full bar, `relaxed` the firing one.
-fn guarded(min: f64, relaxed: f64, volume: Volume, whole: bool) -> f64 {
-    match (volume, whole) {
-        (Volume::Ample, _) => unreachable!("ample volumes are the base"),
-        (Volume::Wobble, false) => (min + relaxed) / 2.0,
-        (Volume::Wobble, true) => relaxed.ceil().min(min),
-        (Volume::Paused, false) => relaxed * 0.9,
-        (Volume::Paused, true) => (relaxed * 0.9).floor(),
-    }
-}
-
-/// Sums for which `rule`'s KPI has `value`, with the guarded sums at `volume`.
-fn sums_at(rule: &Rule, value: f64, clv: &ClvAssumptions, volume: Volume) -> Sums {
-    let relaxed = rule.guards(true);
-    let at = |min: f64, relaxed: f64, ample: f64, whole: bool| {
-        if volume == Volume::Ample || min <= 0.0 {
-            ample
-        } else {
-            guarded(min, relaxed, volume, whole)
-        }
-    };
-    let guard = at(
-        rule.min_ad_spend,
-        relaxed.ad_spend,
-        rule.min_ad_spend.max(1.0) * 10.0,
-        false,
-    );
-    let orders = at(
-        rule.min_orders as f64,
-        relaxed.orders,
-        (rule.min_orders.max(1) * 10) as f64,
-        true,
-    );
-    let visits = at(
-        rule.min_visits as f64,
-        relaxed.visits,
-        (rule.min_visits.max(1) * 100).max(orders as u64 * 10) as f64,
-        true,
-    );
-    let factor = clv.purchases_per_year * clv.lifetime_years;
-    // Start from a base and solve for the one sum that sets the KPI.
-    let (mut v, mut o, mut n, mut g, mut a) =
-        (visits, orders, (orders / 2.0).floor(), orders * 50.0, guard);
-    match rule.kpi {
-        Kpi::Roas => g = value * a,
-        Kpi::Cvr => o = value * v,
-        Kpi::Aov => g = value * o,
-        Kpi::Clv => g = value / factor * o,
-        Kpi::Cac => a = value * n,
-        Kpi::ClvCac => {
-            // clv / cac = (g / o * factor) / (a / n)  =>  g = value * a * o / (n * factor)
-            g = value * a * o / (n * factor);
-        }
-        Kpi::Gmv => g = value,
-        Kpi::AdSpend => a = value,
-        Kpi::Visits => v = value,
-        Kpi::Orders => o = value,
-        Kpi::NewCustomers => n = value,
-    }
-    sums(v as u64, o as u64, n as u64, g, a)
-}
-
-/// KPI values well past the threshold and well clear of it (hysteresis included), and for
-/// drops the preceding window's value.
-fn test_values(rule: &Rule) -> (f64, f64, Option<f64>) {
-    match rule.condition {
-        Condition::Threshold {
-            op: Op::Lt | Op::Le,
-            threshold,
-        } => (threshold * 0.5, threshold * 2.0, None),
-        Condition::Threshold {
-            op: Op::Gt | Op::Ge,
-            threshold,
-        } => (threshold * 2.0 + 1.0, threshold * 0.5, None),
-        Condition::Drop { fraction } => (4.0 * (1.0 - fraction) * 0.5, 4.0, Some(4.0)),
-    }
-}
-
-/// One entry of `exp_alerts`: the labels, and the annotations as Prometheus fills them in.
-fn render_exp_alert(out: &mut String, rule: &Rule, campaign: &str, value: f64) {
-    let w = &*rule.window_label;
-    let _ = writeln!(
-        out,
-        "          - exp_labels:\n              severity: {}\n              campaign: {campaign}\n              channel: social\n              window: {}",
-        q(rule.severity.as_str()),
-        q(w)
-    );
-    let summary = summary_template(rule)
-        .replace("{{ $labels.campaign }}", campaign)
-        .replace("{{ $labels.channel }}", "social")
-        .replace("{{ $labels.window }}", w)
-        .replace("{{ $value | printf \"%.3f\" }}", &format!("{value:.3}"));
-    let description = description(rule)
-        .replace("{{ $labels.campaign }}", campaign)
-        .replace("{{ $labels.channel }}", "social");
-    let _ = writeln!(
-        out,
-        "            exp_annotations:\n              summary: {}\n              description: {}",
-        q(&summary),
-        q(&description)
-    );
-}
-
-fn render_alert_test(out: &mut String, rule: &Rule, clv: &ClvAssumptions) {
-    let w = &*rule.window_label;
-    let window_ms = rule.window_ms;
-    let (bad, good, before) = test_values(rule);
-    let step_ms = 60_000;
-    // Enough samples for an `offset` of the window, then the `for` duration.
-    let steps = (window_ms / step_ms) as usize + (rule.for_ms / step_ms) as usize + 5;
-    let _ = writeln!(
-        out,
-        "  - name: {}\n    interval: 1m\n    input_series:",
-        q(&format!("alert {} ({})", rule.name, rule.describe()))
-    );
-    for (campaign, value) in [("breaching", bad), ("healthy", good)] {
-        let now = sums_with(rule, value, clv);
-        let earlier = before.map(|b| sums_with(rule, b, clv));
-        for ((sum, v_now), (_, v_before)) in sum_values(&now)
-            .into_iter()
-            .zip(sum_values(&earlier.unwrap_or(now)))
-        {
-            // Drop rules: the preceding window at the old value, then the new one.
-            let values = match before {
-                Some(_) => format!("{v_before}x{} {v_now}x{steps}", window_ms / step_ms),
-                None => format!("{v_now}x{steps}"),
-            };
-            let _ = writeln!(
-                out,
-                "      - series: {}\n        values: \"{values}\"",
-                q(&format!(
-                    "ecom_{sum}{{instance=\"i1\",campaign=\"{campaign}\",channel=\"social\",window=\"{w}\"}}"
-                ))
-            );
-        }
-    }
-    coverage_inputs(out, rule, steps + (window_ms / step_ms) as usize);
-    let eval_ms = if before.is_some() { window_ms } else { 0 } + rule.for_ms + 2 * step_ms;
-    let _ = writeln!(out, "    alert_rule_test:");
-    let _ = writeln!(
-        out,
-        "      - eval_time: {}\n        alertname: {}\n        exp_alerts:",
-        duration(eval_ms),
-        rule.name
-    );
-    let value = match rule.condition {
-        Condition::Drop { .. } => bad,
-        _ => rule
-            .kpi
-            .of(
-                &sums_with(rule, bad, clv),
-                &sums_with(rule, bad, clv).kpis(clv),
-            )
-            .unwrap_or(bad),
-    };
-    render_exp_alert(out, rule, "breaching", value);
-    if rule.for_ms > step_ms {
-        // Held for less than `for`: nothing yet.
-        let early = if before.is_some() { window_ms } else { 0 } + step_ms;
-        let _ = writeln!(
-            out,
-            "      - eval_time: {}\n        alertname: {}\n        exp_alerts: []",
-            duration(early),
-            rule.name
-        );
-    }
-}
-
-/// Samples a minute apart, as the generated tests' `interval`.
-const STEP_MS: i64 = 60_000;
-
-/// A generated test of the guards' hysteresis: what each campaign's window holds at each
-/// step, and the alerts that ecom-pulse's engine has firing at the steps checked.
-#[derive(Debug)]
-struct GuardTest {
-    /// Per campaign, the window's sums at each step, one a minute from 0.
-    campaigns: Vec<(&'static str, Vec<Sums>)>,
-    /// Steps checked, with the alerts firing there.
-    checks: Vec<(usize, Vec<Alert>)>,
-}
-
-/// Three campaigns breach the rule throughout. `wobbling` fires with ample volume, then its
-/// guarded sums fall between the relaxed and the full bars; `paused` fires, then falls under
-/// the relaxed bars; `entering` sits between the bars from the start. The expected alerts are
-/// whatever ecom-pulse's engine makes of these inputs, so promtool compares the PromQL with
-/// the engine itself: with guard hysteresis, `wobbling` still fires at the end and the other
-/// two do not (a unit test checks that the shipped rules' tests say so). `None` for a rule
-/// without guards or without hysteresis.
-fn guard_test(rule: &Rule, clv: &ClvAssumptions, windows: &Windows) -> Option<GuardTest> {
-    let guarded = rule.min_ad_spend > 0.0 || rule.min_orders > 0 || rule.min_visits > 0;
-    if !guarded || rule.hysteresis <= 0.0 {
-        return None;
-    }
-    let window_ms = rule.window_ms;
-    let (bad, _, before) = test_values(rule);
-    // Drops: a preceding window at the old value first.
-    let start = match before {
-        Some(_) => ((window_ms + STEP_MS - 1) / STEP_MS) as usize,
-        None => 0,
-    };
-    // Long enough to fire, and a margin.
-    let settle = ((rule.for_ms + STEP_MS - 1) / STEP_MS) as usize + 2;
-    let steps = start + settle + 3;
-    let campaigns: Vec<(&'static str, Vec<Sums>)> = [
-        ("wobbling", Volume::Wobble),
-        ("paused", Volume::Paused),
-        ("entering", Volume::Wobble),
-    ]
-    .into_iter()
-    .map(|(campaign, low)| {
-        let sums = (0..steps)
-            .map(|i| {
-                // Ample while the alert gets going; for a drop, also a window earlier, which
-                // that evaluation reads as the preceding window.
-                let ample =
-                    campaign != "entering" && (i < settle || (start..start + settle).contains(&i));
-                let value = match before {
-                    Some(b) if i < start => b,
-                    _ => bad,
-                };
-                sums_at(rule, value, clv, if ample { Volume::Ample } else { low })
-            })
-            .collect();
-        (campaign, sums)
-    })
-    .collect();
-    let checked = [start + settle - 1, steps - 1];
-    let mut engine = Engine::new(vec![rule.clone()], *clv);
-    let mut checks = Vec::new();
-    for i in 0..steps {
-        let at = i as i64 * STEP_MS;
-        let mut snapshot = Snapshot::default();
-        for (campaign, sums) in &campaigns {
-            let mut row = Row::new(windows.len());
-            row.windows[rule.window] = sums[i];
-            // What `offset <window>` reads: the newest sample at or before a window ago.
-            if before.is_some() && at >= window_ms {
-                row.previous[rule.window] = sums[((at - window_ms) / STEP_MS) as usize];
-            }
-            snapshot.rows.insert(Key::new(campaign, "social"), row);
-        }
-        engine.evaluate(&snapshot, at);
-        if checked.contains(&i) {
-            let firing = engine
-                .active()
-                .filter(|a| a.phase == Phase::Firing)
-                .cloned()
-                .collect();
-            checks.push((i, firing));
-        }
-    }
-    Some(GuardTest { campaigns, checks })
-}
-
-/// Promtool's expanding notation for a series: runs of one value as `v` or `vxN`.
-fn run_lengths(values: &[String]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < values.len() {
-        let run = values[i..].iter().take_while(|v| **v == values[i]).count();
-        out.push(match run {
-            1 => values[i].clone(),
-            _ => format!("{}x{}", values[i], run - 1),
-        });
-        i += run;
-    }
-    out.join(" ")
-}
-
-fn render_guard_test(out: &mut String, rule: &Rule, test: &GuardTest) {
-    let w = &*rule.window_label;
-    let _ = writeln!(
-        out,
-        "  - name: {}\n    interval: 1m\n    input_series:",
-        q(&format!(
-            "alert {}: guards with hysteresis (a firing alert stays firing just under them)",
-            rule.name
-        ))
-    );
-    for (campaign, sums) in &test.campaigns {
-        let columns: Vec<[(&str, String); 5]> = sums.iter().map(sum_values).collect();
-        for k in 0..SUMS.len() {
-            let sum = columns[0][k].0;
-            let values: Vec<String> = columns.iter().map(|c| c[k].1.clone()).collect();
-            let _ = writeln!(
-                out,
-                "      - series: {}\n        values: \"{}\"",
-                q(&format!(
-                    "ecom_{sum}{{instance=\"i1\",campaign=\"{campaign}\",channel=\"social\",window=\"{w}\"}}"
-                )),
-                run_lengths(&values)
-            );
-        }
-    }
-    let samples = test
-        .campaigns
-        .iter()
-        .map(|(_, s)| s.len())
-        .max()
-        .unwrap_or(0);
-    coverage_inputs(out, rule, samples);
-    let _ = writeln!(out, "    alert_rule_test:");
-    for (step, firing) in &test.checks {
-        let _ = write!(
-            out,
-            "      - eval_time: {}\n        alertname: {}\n        exp_alerts:",
-            duration(*step as i64 * STEP_MS),
-            rule.name
-        );
-        if firing.is_empty() {
-            out.push_str(" []\n");
-            continue;
-        }
-        out.push('\n');
-        for alert in firing {
-            render_exp_alert(out, rule, &alert.key.campaign, alert.value);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::promtool::{guard_test, run_lengths};
     use super::*;
+    use crate::alert::Alert;
 
     #[test]
     fn committed_rule_files_match_the_generator() {
