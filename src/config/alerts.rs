@@ -34,7 +34,8 @@ pub struct AlertRuleConfig {
 
 /// One `[[alerts]]` rule as written.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+// Named as users know it in serde's messages ("expected struct AlertRuleConfig").
+#[serde(deny_unknown_fields, rename = "AlertRuleConfig")]
 pub(super) struct WrittenAlertRule {
     /// CamelCase; becomes `alertname`.
     name: String,

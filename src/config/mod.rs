@@ -59,7 +59,9 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// The configuration, loaded and validated once at start-up ([`Config::load`]): every value
-/// that needs parsing is typed here.
+/// that needs parsing is typed here. What loading checked is not checked again: a `Config`
+/// changed in code afterwards must keep to the same rules (at least one window, a rule's
+/// window among them).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -80,7 +82,7 @@ pub struct Config {
 /// are parsed into types (they need the other keys to be checked: the bucket count, the
 /// windows a rule names).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename = "Config")]
 struct Written {
     kafka: KafkaConfig,
     http: HttpConfig,
@@ -230,9 +232,6 @@ impl Config {
             || self.dedup.horizon > Duration::from_secs(31 * 86_400)
         {
             return Err(invalid("dedup.horizon", "must be between 1s and 31d"));
-        }
-        if self.windows.max_future_skew > Duration::from_secs(3600) {
-            return Err(invalid("windows.max_future_skew", "must be at most 1h"));
         }
         // Runs of ids are indexed with u32s (see dedup::run).
         if !(1000..=1 << 31).contains(&self.dedup.max_ids_per_partition) {

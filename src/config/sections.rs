@@ -61,7 +61,7 @@ pub struct WindowsConfig {
 
 /// `[windows]` as written.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename = "WindowsConfig")]
 pub(super) struct WrittenWindows {
     #[serde(deserialize_with = "string_list")]
     lengths: Vec<String>,
@@ -216,6 +216,9 @@ impl WindowsConfig {
                 label: label.trim().to_owned(),
                 length,
             });
+        }
+        if w.max_future_skew > Duration::from_secs(3600) {
+            return Err(invalid("windows.max_future_skew", "must be at most 1h"));
         }
         Ok(WindowsConfig {
             lengths,

@@ -82,7 +82,7 @@ impl Windows {
     pub fn new(lengths: &[WindowLength], buckets: u32, previous: &[bool]) -> Windows {
         assert!(
             !lengths.is_empty() && lengths.len() <= MAX_WINDOWS && buckets > 0,
-            "validated by Config"
+            "at least one window and one bucket (the configuration checks them when loaded)"
         );
         let mut offset = 0;
         let specs: Vec<WindowSpec> = lengths
