@@ -34,8 +34,8 @@ pub struct AlertRuleConfig {
 
 /// One `[[alerts]]` rule as written.
 #[derive(Deserialize)]
-// Named as users know it in serde's messages ("expected struct AlertRuleConfig").
-#[serde(deny_unknown_fields, rename = "AlertRuleConfig")]
+// serde's messages say what was expected in the file's words, not the struct's name.
+#[serde(deny_unknown_fields, expecting = "an [[alerts]] rule")]
 pub(super) struct WrittenAlertRule {
     /// CamelCase; becomes `alertname`.
     name: String,

@@ -82,7 +82,7 @@ pub struct Config {
 /// are parsed into types (they need the other keys to be checked: the bucket count, the
 /// windows a rule names).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename = "Config")]
+#[serde(deny_unknown_fields, expecting = "a configuration table")]
 struct Written {
     kafka: KafkaConfig,
     http: HttpConfig,

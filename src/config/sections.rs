@@ -12,7 +12,7 @@ use super::{ConfigError, humantime_serde, invalid, string_list};
 use crate::pure::window::WindowLength;
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [kafka] table")]
 pub struct KafkaConfig {
     /// librdkafka `bootstrap.servers`.
     pub brokers: String,
@@ -37,7 +37,7 @@ pub struct KafkaConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [http] table")]
 pub struct HttpConfig {
     /// Listen address of the HTTP endpoints.
     pub listen: SocketAddr,
@@ -61,7 +61,7 @@ pub struct WindowsConfig {
 
 /// `[windows]` as written.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename = "WindowsConfig")]
+#[serde(deny_unknown_fields, expecting = "a [windows] table")]
 pub(super) struct WrittenWindows {
     #[serde(deserialize_with = "string_list")]
     lengths: Vec<String>,
@@ -71,7 +71,7 @@ pub(super) struct WrittenWindows {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [kpi] table")]
 pub struct KpiConfig {
     /// ISO 4217 code all amounts are converted to.
     pub reporting_currency: String,
@@ -86,7 +86,7 @@ pub struct KpiConfig {
 
 /// Cardinality governance: what one noisy producer can cost.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [limits] table")]
 pub struct LimitsConfig {
     /// (campaign, channel) keys held per input partition; events of further new keys are
     /// counted under campaign "(other)".
@@ -97,7 +97,7 @@ pub struct LimitsConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [dedup] table")]
 pub struct DedupConfig {
     /// Event-time span within which a repeated event id is a duplicate.
     #[serde(with = "humantime_serde")]
@@ -107,7 +107,7 @@ pub struct DedupConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [checkpoint] table")]
 pub struct CheckpointConfig {
     /// Compacted topic holding per-partition checkpoints; empty means `<group_id>-checkpoints`.
     pub topic: String,
@@ -131,7 +131,7 @@ impl CheckpointConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [alerting] table")]
 pub struct AlertingConfig {
     /// How often every rule is evaluated for every key.
     #[serde(with = "humantime_serde")]
@@ -144,7 +144,7 @@ pub struct AlertingConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [alertmanager] table")]
 pub struct AlertmanagerConfig {
     /// Alertmanager base URL; empty disables pushing.
     pub url: String,
@@ -236,7 +236,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [log] table")]
 pub struct LogConfig {
     pub format: LogFormat,
     /// `tracing_subscriber::EnvFilter` directives.
