@@ -381,3 +381,12 @@ fn missing_file_is_an_error() {
             .contains("/nonexistent/ecom.toml")
     );
 }
+
+#[test]
+fn a_value_of_the_wrong_shape_names_the_table_expected() {
+    let message = error_of("windows = \"5m\"\n");
+    assert!(message.contains("expected a [windows] table"), "{message}");
+    let message = error_of("alerts = [\"RoasLow\"]\n");
+    assert!(message.contains("expected an [[alerts]] rule"), "{message}");
+    assert!(message.contains("alerts[0]"), "{message}");
+}
