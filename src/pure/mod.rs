@@ -1,6 +1,7 @@
 //! The pure core: one message in, sums out. No I/O, no locks, no configuration; time is
 //! passed in, so everything here is tested exhaustively and fast.
 
+pub mod attribution;
 pub mod cells;
 pub mod condition;
 pub mod decode;
