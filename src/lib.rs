@@ -20,8 +20,8 @@
 //!   per-message step that updates a [`pure::partition`] (its keys' [`pure::key_state`] of
 //!   [`pure::cells`], its de-duplication memory, its offset); [`pure::kpi`] computes the
 //!   ratios from exact sums (the formulas of docs/contract.md, "KPIs").
-//!   [`pure::attribution`] shares an order's credit among the touches before it (not wired in
-//!   yet).
+//!   [`pure::attribution`] shares an order's credit among the touches before it, which
+//!   [`pure::touches`] keeps per visitor (neither is wired in yet).
 //! - [`config`]: the typed configuration, loaded and validated once at start-up.
 //! - [`state`]: the partitions shared with readers ([`state::store`]), the pipeline built from
 //!   the configuration, and the checkpoint format that saves a partition's state with its

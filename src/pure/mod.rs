@@ -13,4 +13,5 @@ pub mod limits;
 pub mod partition;
 pub mod pipeline;
 pub mod rebuild;
+pub mod touches;
 pub mod window;
