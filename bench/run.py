@@ -392,6 +392,10 @@ def main():
     p.add_argument("--scrape-keys", type=int, default=10_000)
     p.add_argument("--skip", action="append", default=[], help="tansu, mock or scrapes")
     args = p.parse_args()
+    # CPU time is read from /proc in 10 ms ticks: a run must take many of them to compare.
+    for name in ["tansu_events", "mock_events", "scrape_events"]:
+        if getattr(args, name) < 100_000:
+            p.error(f"--{name.replace('_', '-')} must be at least 100,000 (CPU is read in 10 ms ticks)")
     out = []
     machine = f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
     out.append(f"ecom-pulse bench/run.sh, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine}")
