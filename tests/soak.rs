@@ -8,11 +8,13 @@
 //! horizon = "1m"' SOAK_SECONDS=600 cargo test ...   # more config for the service
 //! ```
 //!
-//! Nothing is logged at WARN or ERROR once the service is ready; resident memory is flat over
-//! the last third of the run (within 5 %), after the de-duplication memory has filled its
-//! horizon (5 minutes here unless `SOAK_EXTRA` says otherwise; see below); consumer lag stays
-//! under five seconds of traffic; and at the end every counter and the 1h and 24h windows
-//! equal the ledger of produced events exactly.
+//! Nothing is logged at WARN or ERROR once the service is ready, apart from the alerts the
+//! traffic raises (two of its campaigns only ever spend, so their ROAS alerts fire once each);
+//! resident memory is flat over the last third of the run (within 5 %), after the
+//! de-duplication memory has filled its horizon (5 minutes here unless `SOAK_EXTRA` says
+//! otherwise; see below); consumer lag stays under five seconds of traffic; and at the end
+//! every counter, and every window longer than the run (1h and 24h for the default half hour,
+//! 24h alone for a run of two hours), equal the ledger of produced events exactly.
 //!
 //! The consumer group keeps librdkafka's default session timeout (45 s), as a deployment
 //! would: the 6 s of the other tests is for fast rebalances, and Tansu's storage maintenance
@@ -231,7 +233,13 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
         settle.elapsed(),
         timeline()
     );
-    assert_exact(&traffic.ledger, &[&m], &["1h", "24h"]);
+    // A window shorter than the run holds only its end, which the ledger does not tell apart.
+    let whole: Vec<&str> = [("1h", 3_600), ("24h", 86_400)]
+        .into_iter()
+        .filter(|&(_, length)| seconds + 60 < length)
+        .map(|(window, _)| window)
+        .collect();
+    assert_exact(&traffic.ledger, &[&m], &whole);
     // The lag figures below are real series, one per owned partition.
     assert_eq!(
         m.text
@@ -243,9 +251,12 @@ fn half_an_hour_of_steady_traffic_stays_exact_quiet_and_flat() {
     promtool_check(&m.text);
 
     let log = svc.log();
+    // Alert transitions are the service's output, not trouble: the traffic's spend-only
+    // campaigns fire their ROAS rules.
     let noisy: Vec<&str> = log[quiet_from..]
         .lines()
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .filter(|l| !l.contains("alertname="))
         .collect();
     assert!(
         noisy.is_empty(),
